@@ -1,0 +1,120 @@
+"""Input-pipeline speed: corpus shards -> shuffled float32 torch batches (ShardStream + DataLoader).
+
+Goal: >= 10 M spikes/s at batch 4096 on a 2-core machine (the published model's epoch over 255 M spikes must not
+wait on data). The corpus (10 shards x 1 M float16 spikes, blocks of 4096) is built once under bench/.cache/.
+Writes bench/results/loader.json: spikes_per_s (best worker setting), spikes_per_s_workers{0,1,2},
+spikes_per_s_noshuffle, bytes_per_spike, machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import CACHE, write_results
+
+WINDOW = 20
+
+
+def build_corpus(shards: int, rows: int, block: int) -> Path:
+    """A cached corpus of ``shards`` x ``rows`` random float16 spikes (one recording per shard)."""
+    from deepspike.shards import Block, write_shard
+
+    root = CACHE / f"loader_corpus_{shards}x{rows}_b{block}"
+    if (root / "manifest.json").exists():
+        return root
+    (root / "shards").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    entries, recordings = [], []
+    for i in range(shards):
+        rec = f"rec-{i:03d}"
+
+        def blocks(rec: str = rec) -> object:
+            for a in range(0, rows, block):
+                n = min(block, rows - a)
+                w = rng.standard_normal((n, WINDOW), dtype=np.float32).astype(np.float16)
+                yield Block(w, np.arange(a, a + n), np.zeros(n, np.int16), np.full(n, -1), {"recording": rec})
+
+        path = f"shards/{rec}-0000.tar"
+        info = write_shard(root / path, blocks(), key_prefix=rec)
+        entries.append({"path": path, **info, "recording": rec, "split": "train"})
+        recordings.append({"id": rec, "split": "train", "num_spikes": info["num_spikes"]})
+        print(f"built {path}", flush=True)
+    manifest = {
+        "format": "deepspike-corpus",
+        "format_version": 1,
+        "num_spikes": shards * rows,
+        "shards": entries,
+        "recordings": recordings,
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def measure(root: Path, workers: int, shuffle: bool, max_batches: int | None, batch: int) -> tuple[float, float, int]:
+    """Spikes per wall second and per main-process CPU second over one epoch (or ``max_batches``), start-up
+    included. The CPU figure is what one free core would do with num_workers=0 (the 2-core box is shared)."""
+    from deepspike.stream import make_loader
+
+    loader = make_loader(root, batch_size=batch, num_workers=workers, shuffle=shuffle, rank=0, world_size=1)
+    n = 0
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i, b in enumerate(loader):
+        n += b["wave"].shape[0]
+        assert b["wave"].dtype.is_floating_point and b["wave"].dtype.itemsize == 4
+        if max_batches is not None and i + 1 >= max_batches:
+            break
+    return n / (time.perf_counter() - t0), n / (time.process_time() - c0), n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--shards", type=int, default=10)
+    ap.add_argument("--rows", type=int, default=1_000_000, help="spikes per shard")
+    ap.add_argument("--block", type=int, default=4096, help="rows per shard block")
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--max-batches", type=int, default=None, help="cap per measurement (default: one epoch)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)  # the loader is single-threaded per process; keep the figure honest on 2 cores
+    root = build_corpus(args.shards, args.rows, args.block)
+    rows = args.shards * args.rows
+    disk = sum(p.stat().st_size for p in (root / "shards").glob("*.tar"))
+    load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
+    measure(root, 0, True, 20, args.batch)  # warm the page cache and imports
+    figures: dict[str, object] = {}
+    for w in args.workers:
+        rate, cpu_rate, n = measure(root, w, True, args.max_batches, args.batch)
+        figures[f"spikes_per_s_workers{w}"] = round(rate)
+        if w == 0:
+            figures["spikes_per_cpu_s_workers0"] = round(cpu_rate)
+        print(f"workers={w} shuffle=on: {rate / 1e6:.2f} M spikes/s ({n} spikes)", flush=True)
+    best = max(v for k, v in figures.items() if k.startswith("spikes_per_s_workers"))
+    rate, cpu_rate, _ = measure(root, 0, False, args.max_batches, args.batch)
+    print(f"workers=0 shuffle=off: {rate / 1e6:.2f} M spikes/s", flush=True)
+    figures["spikes_per_cpu_s_noshuffle"] = round(cpu_rate)
+    write_results(
+        "loader",
+        {
+            "spikes_per_s": best,
+            **figures,
+            "spikes_per_s_noshuffle": round(rate),
+            "bytes_per_spike": round(disk / rows, 2),
+            "num_spikes": rows,
+            "batch_size": args.batch,
+            "goal_spikes_per_s": 10_000_000,
+            "load_average_at_start": load,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

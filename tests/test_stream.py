@@ -1,0 +1,249 @@
+"""The shard stream: exact round trip, DDP partition with equal batch counts, shuffling, epochs, corrupt shards."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from deepspike.errors import ShardError
+from deepspike.shards import Block, iter_blocks, write_shard
+from deepspike.stream import ShardStream, load_manifest, make_loader, read_blocks
+
+SIZES = [300, 3000, 1234, 777, 2048, 513, 1999, 900, 640]  # the last shard is the val split
+BLOCK = 256
+WINDOW = 20
+
+
+class Corpus:
+    """A tiny on-disk corpus plus, per global row id, what was written."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        rng = np.random.default_rng(0)
+        shards, waves, labels, recs = [], [], [], []
+        recordings = [{"id": f"rec-{i}", "split": "val" if i == 6 else "train"} for i in range(7)]
+        (root / "shards").mkdir(parents=True)
+        for i, n in enumerate(SIZES):
+            r = 6 if i == len(SIZES) - 1 else i % 6
+            w = rng.normal(size=(n, WINDOW)).astype(np.float16)
+            lab = rng.integers(-1, 5, n)
+            blocks = [
+                Block(w[a : a + BLOCK], np.arange(a, min(n, a + BLOCK)), np.zeros(min(BLOCK, n - a), np.int16),
+                      lab[a : a + BLOCK], {"recording": f"rec-{r}"})
+                for a in range(0, n, BLOCK)
+            ]  # fmt: skip
+            path = f"shards/rec-{r}-{i:04d}.tar"
+            info = write_shard(root / path, blocks, key_prefix=f"rec-{r}")
+            shards.append({"path": path, **info, "recording": f"rec-{r}", "split": recordings[r]["split"]})
+            waves.append(w), labels.append(lab), recs.append(np.full(n, r))
+        manifest = {"format": "deepspike-corpus", "num_spikes": sum(SIZES), "shards": shards, "recordings": recordings}
+        (root / "manifest.json").write_text(json.dumps(manifest))
+        self.waves, self.labels, self.recs = np.concatenate(waves), np.concatenate(labels), np.concatenate(recs)
+        self.train_ids = np.arange(sum(SIZES[:-1]))
+
+    def shard_path(self, i: int) -> Path:
+        return next(self.root.glob(f"shards/*-{i:04d}.tar"))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+    return Corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def _collect(ds: ShardStream, num_workers: int = 0, persistent: bool = False) -> list[dict[str, np.ndarray]]:
+    loader = DataLoader(ds, batch_size=None, num_workers=num_workers, persistent_workers=persistent)
+    return [{k: v.numpy() for k, v in b.items()} for b in loader]
+
+
+def _ids(batches: list[dict[str, np.ndarray]]) -> np.ndarray:
+    return np.concatenate([b["id"] for b in batches])
+
+
+def _stream(corpus: Corpus, **kw: Any) -> ShardStream:
+    opts = {"batch_size": 256, "buffer_rows": 1024, "return_ids": True, "rank": 0, "world_size": 1} | kw
+    return ShardStream(corpus.root, **opts)
+
+
+def test_round_trip_every_row_once_bit_exact(corpus: Corpus) -> None:
+    ds = _stream(corpus, return_labels=True)
+    batches = _collect(ds)
+    ids = _ids(batches)
+    assert np.array_equal(np.sort(ids), corpus.train_ids)
+    assert len(batches) == len(ds) == -(-len(corpus.train_ids) // 256)
+    assert all(len(b["id"]) == 256 for b in batches[:-1])
+    wave = np.concatenate([b["wave"] for b in batches])
+    assert wave.dtype == np.float32 and wave.shape == (len(ids), WINDOW)
+    assert np.array_equal(wave, corpus.waves[ids].astype(np.float32))  # float16 -> float32 is exact
+    assert np.array_equal(np.concatenate([b["label"] for b in batches]), corpus.labels[ids])
+    assert np.array_equal(np.concatenate([b["rec"] for b in batches]), corpus.recs[ids])
+    assert not np.array_equal(ids, np.sort(ids))  # shuffled
+
+
+def test_unshuffled_is_manifest_order(corpus: Corpus) -> None:
+    ids = _ids(_collect(_stream(corpus, shuffle=False)))
+    assert np.array_equal(ids, corpus.train_ids)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_ranks_partition_rows_with_equal_batch_counts(corpus: Corpus, world: int, workers: int) -> None:
+    per_rank = []
+    for rank in range(world):
+        ds = _stream(corpus, rank=rank, world_size=world, num_workers=workers)
+        batches = _collect(ds, num_workers=workers)
+        assert len(batches) == len(ds)
+        per_rank.append((len(batches), [len(b["id"]) for b in batches], _ids(batches)))
+    assert len({n for n, _, _ in per_rank}) == 1  # no DDP hang
+    assert len({tuple(sorted(s)) for _, s, _ in per_rank}) == 1  # same batch sizes too
+    counts = Counter(np.concatenate([i for _, _, i in per_rank]).tolist())
+    assert sorted(counts) == corpus.train_ids.tolist()  # every row read
+    repeated = sum(c - 1 for c in counts.values())
+    assert repeated <= (world - 1) * max(1, workers)  # documented padding bound: <= 1 row per slot
+    if world > 1:  # ranks see different rows
+        assert not set(per_rank[0][2].tolist()) & set(per_rank[1][2].tolist()) - {i for i, c in counts.items() if c > 1}
+
+
+def test_more_slots_than_rows(corpus: Corpus) -> None:
+    lens, seen = [], []
+    for rank in range(3):
+        ds = ShardStream([str(corpus.shard_path(0))], batch_size=64, chunks_per_slot=200, return_ids=True,
+                         rank=rank, world_size=3)  # fmt: skip
+        batches = _collect(ds)
+        lens.append(len(batches))
+        seen.extend(_ids(batches).tolist())
+    assert len(set(lens)) == 1 and set(seen) == set(range(SIZES[0])) and len(seen) - SIZES[0] <= 2
+
+
+def test_batches_mix_recordings(corpus: Corpus) -> None:
+    batches = _collect(_stream(corpus, batch_size=512, buffer_rows=4096, return_labels=True))
+    full = [b for b in batches if len(b["rec"]) == 512]
+    mixes = [len(np.unique(b["rec"])) for b in full]
+    assert min(mixes) >= 4, mixes
+
+
+def test_epochs_and_seeds(corpus: Corpus) -> None:
+    ds = _stream(corpus)
+    e0 = _ids(_collect(ds))
+    assert np.array_equal(e0, _ids(_collect(ds)))  # same seed + epoch: same order
+    ds.set_epoch(1)
+    e1 = _ids(_collect(ds))
+    assert not np.array_equal(e0, e1) and np.array_equal(np.sort(e0), np.sort(e1))
+    assert not np.array_equal(e0, _ids(_collect(_stream(corpus, seed=1))))
+
+
+def _loader_ids(corpus: Corpus, epoch: int | None = None, **kw: Any) -> tuple[Any, np.ndarray]:
+    opts = {"batch_size": 256, "num_workers": 2, "buffer_rows": 1024, "return_ids": True, "rank": 0, "world_size": 1}
+    loader = make_loader(corpus.root, **(opts | kw))
+    if epoch is not None:
+        loader.dataset.set_epoch(epoch)
+    return loader, np.concatenate([b["id"].numpy() for b in loader])
+
+
+def test_persistent_workers_follow_set_epoch(corpus: Corpus) -> None:
+    loader, e0 = _loader_ids(corpus, persistent_workers=True)
+    loader.dataset.set_epoch(1)
+    e1 = np.concatenate([b["id"].numpy() for b in loader])
+    assert not np.array_equal(e0, e1)
+    assert np.array_equal(e1, _loader_ids(corpus, epoch=1)[1])  # reproducible with fresh workers
+
+
+def test_grouped_transfer_keeps_the_batches(corpus: Corpus) -> None:
+    loader, _ = _loader_ids(corpus, transfer_batches=3)
+    grouped = [tuple(b["id"].tolist()) for b in loader]
+    plain = [tuple(b["id"].tolist()) for b in _collect(_stream(corpus, num_workers=2), num_workers=2)]
+    assert len(grouped) == len(loader) == len(plain) and sorted(grouped) == sorted(plain)
+
+
+def test_resample_keeps_epoch_length(corpus: Corpus) -> None:
+    for rank in range(2):
+        plain = _stream(corpus, rank=rank, world_size=2)
+        res = _stream(corpus, rank=rank, world_size=2, resample=True)
+        batches = _collect(res)
+        assert len(batches) == len(res) == len(plain)
+        assert [len(b["id"]) for b in batches] == [len(b["id"]) for b in _collect(plain)]
+        assert set(_ids(batches).tolist()) <= set(corpus.train_ids.tolist())
+
+
+def test_drop_last_gives_full_batches(corpus: Corpus) -> None:
+    ds = _stream(corpus, drop_last=True)
+    batches = _collect(ds)
+    assert len(batches) == len(ds) == len(corpus.train_ids) // 256
+    assert {len(b["id"]) for b in batches} == {256}
+
+
+@pytest.fixture
+def damaged(corpus: Corpus, tmp_path: Path) -> tuple[Path, list[str]]:
+    root = tmp_path / "damaged"
+    shutil.copytree(corpus.root, root)
+    cut, junk = (
+        root / corpus.shard_path(1).relative_to(corpus.root),
+        root / corpus.shard_path(4).relative_to(corpus.root),
+    )
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    junk.write_bytes(b"\x00garbage" * 999)
+    return root, [cut.name, junk.name]
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_corrupt_shards_are_skipped_and_counts_kept(damaged: tuple[Path, list[str]], world: int) -> None:
+    root, names = damaged
+    lens = []
+    for rank in range(world):
+        ds = ShardStream(root, batch_size=256, buffer_rows=1024, return_ids=True, rank=rank, world_size=world)
+        with pytest.warns(RuntimeWarning, match="skipping corrupt shard") as rec:
+            batches = _collect(ds)
+        assert len(batches) == len(ds)
+        lens.append(len(batches))
+        warned = {n for n in names if any(n in str(w.message) for w in rec)}
+        assert warned and len(warned) == ds.corrupt_shards
+        assert set(_ids(batches).tolist()) <= set(range(sum(SIZES)))
+    assert len(set(lens)) == 1
+    if world == 1:
+        assert warned == set(names)
+
+
+def test_corrupt_shard_raises_when_asked(damaged: tuple[Path, list[str]]) -> None:
+    root, names = damaged
+    ds = ShardStream(root, batch_size=256, on_corrupt="raise", shuffle=False, rank=0, world_size=1)
+    with pytest.raises(ShardError, match=names[0]):
+        _collect(ds)
+
+
+def test_manifest_lookup(corpus: Corpus, tmp_path: Path) -> None:
+    m, base = load_manifest(corpus.root)
+    assert base == str(corpus.root) and len(m["shards"]) == len(SIZES)
+    assert load_manifest(corpus.root / "manifest.json")[1] == str(corpus.root)
+    assert load_manifest(f"{corpus.root}/shards/*.tar")[1] == str(corpus.root)  # manifest in the parent dir
+    one = ShardStream([str(corpus.shard_path(2))], return_ids=True, shuffle=False, rank=0, world_size=1)
+    ids = _ids(_collect(one))
+    assert np.array_equal(ids, np.arange(sum(SIZES[:2]), sum(SIZES[:3])))  # global ids in manifest order
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(corpus.shard_path(0), lone / "a.tar")
+    with pytest.raises(ShardError, match="needs the manifest"):
+        ShardStream(f"{lone}/*.tar")
+    with pytest.raises(ShardError, match="manifest"):
+        ShardStream(tmp_path / "nowhere")
+
+
+def test_fast_reader_matches_iter_blocks(corpus: Corpus) -> None:
+    url = str(corpus.shard_path(1))
+    for skip, limit in [(0, None), (3, 4), (11, None), (12, 1)]:
+        ref = list(iter_blocks(url, skip, limit))
+        got = list(read_blocks(f"file:{url}", skip, limit))
+        assert len(ref) == len(got)
+        for a, b in zip(ref, got, strict=True):
+            assert np.array_equal(a.waves, b.waves) and np.array_equal(a.labels, b.labels)
+
+
+def test_batch_dtypes(corpus: Corpus) -> None:
+    b = next(iter(_stream(corpus, return_labels=True)))
+    assert b["wave"].dtype == torch.float32 and b["id"].dtype == b["label"].dtype == b["rec"].dtype == torch.int64
