@@ -1,0 +1,29 @@
+"""DeepSpike: a foundation-model framework for spike sorting.
+
+Public API (imported lazily so `import deepspike` stays fast and torch-free until needed):
+``open_recording``, ``load_ground_truth``, ``load_encoder``, ``sort``, ``WindowSpec``.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "open_recording": "deepspike.io",
+    "load_ground_truth": "deepspike.io",
+    "load_encoder": "deepspike.export",
+    "sort": "deepspike.sorting",
+    "WindowSpec": "deepspike.spec",
+    "extract_spikes": "deepspike.extract",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'deepspike' has no attribute {name!r}")

@@ -97,7 +97,7 @@ def _decode(url: str, key: str, members: dict[str, bytes]) -> Block:
     try:
         arr = {m: np.load(io.BytesIO(members[m]), allow_pickle=False) for m in MEMBERS if m.endswith(".npy")}
         meta = json.loads(members["meta.json"])
-    except Exception as e:  # noqa: BLE001 - any decode failure means a corrupt member
+    except Exception as e:
         raise ShardError(f"{url}: block {key!r} cannot be decoded ({e}); the shard is corrupt, rebuild it") from e
     w = arr["wave.npy"]
     n = w.shape[0] if w.ndim == 2 else -1
@@ -121,7 +121,7 @@ def iter_blocks(url: str, skip: int = 0, limit: int | None = None) -> Iterator[B
     members: dict[str, bytes] = {}
     try:
         stream = wds.gopen(str(url), "rb")
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ShardError(f"cannot open shard {url}: {e}") from e
     try:
         with stream, tarfile.open(fileobj=stream, mode="r|*") as tar:

@@ -1,0 +1,343 @@
+"""Corpus stage: many recordings -> spike windows -> WebDataset tar shards + ``manifest.json``.
+
+Each recording is processed independently (in a process pool) into its own shards, then a per-recording
+record is written to ``out/.done/<id>.json``. That record is the unit of resumption: a killed build restarts
+and skips every recording whose record exists and whose source is unchanged. Slices of the recording list
+(``part``/``num_parts``) build the same way on cluster nodes; the manifest is written once all are done.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepspike import __version__
+from deepspike.errors import DeepSpikeError, OutputExistsError
+from deepspike.shards import Block, slug, write_shard
+from deepspike.spec import WindowSpec
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+DONE_DIR = ".done"
+SHARD_DIR = "shards"
+
+
+@dataclass
+class CorpusConfig:
+    """Validated corpus-build options; defaults and documentation live in ``conf/corpus.yaml``."""
+
+    recordings: list[str]
+    out: str
+    overwrite: bool = False
+    workers: int = 1
+    block_size: int = 4096
+    shard_spikes: int = 1_000_000
+    val_fraction: float = 0.1
+    seed: int = 0
+    gt_tolerance_ms: float = 0.4
+    part: int = 0
+    num_parts: int = 1
+    merge_only: bool = False
+    progress: bool = True
+    recording_options: dict[str, Any] = field(default_factory=dict)
+    synthetic: dict[str, Any] = field(default_factory=dict)
+    window: dict[str, Any] = field(default_factory=dict)
+    extract: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        checks = [
+            (self.workers >= 1, f"workers must be >= 1, got {self.workers}"),
+            (self.block_size >= 1, f"block_size must be >= 1, got {self.block_size}"),
+            (self.shard_spikes >= self.block_size, "shard_spikes must be >= block_size"),
+            (0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {self.val_fraction}"),
+            (self.num_parts >= 1 and 0 <= self.part < self.num_parts, "need 0 <= part < num_parts"),
+            (self.gt_tolerance_ms > 0, "gt_tolerance_ms must be > 0"),
+            (bool(self.out), "out must name the corpus directory"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise DeepSpikeError(f"corpus config: {msg} (see conf/corpus.yaml)")
+
+    @classmethod
+    def from_cfg(cls, cfg: Any) -> CorpusConfig:
+        """From a Hydra/OmegaConf config or a plain dict."""
+        from omegaconf import OmegaConf
+
+        d = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
+        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        rec = d.get("recordings") or []
+        d["recordings"] = [rec] if isinstance(rec, str) else list(rec)
+        c = cls(**d)
+        c.validate()
+        return c
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def expand_recordings(patterns: Sequence[str]) -> list[Path]:
+    """Paths and globs -> sorted unique existing paths; a pattern matching nothing is an error."""
+    out: list[Path] = []
+    for pat in patterns:
+        hits = sorted(glob.glob(os.path.expanduser(str(pat)))) if glob.has_magic(str(pat)) else [str(pat)]
+        hits = [h for h in hits if not h.endswith(".gt")]  # ground-truth folders sit beside recordings
+        if not hits or not all(Path(h).exists() for h in hits):
+            raise DeepSpikeError(f"recording {pat!r} matches no file; check the path or glob in `recordings=`")
+        out.extend(Path(h) for h in hits)
+    seen: set[Path] = set()
+    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+def recording_id(path: Path) -> str:
+    """Stable id: file stem + a short hash of the resolved path (two `rec.mat` in two folders differ)."""
+    stem = path.name.split(".")[0] if path.is_file() else path.name
+    return f"{slug(stem)}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
+
+
+def source_fingerprint(path: Path) -> dict[str, Any]:
+    """Size and sha256 of a file or of every file in a folder (sorted), to record provenance and detect edits."""
+    h = hashlib.sha256()
+    size = 0
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        size += f.stat().st_size
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return {"size": size, "sha256": h.hexdigest()}
+
+
+def synthetic_recordings(opts: dict[str, Any], progress: bool) -> list[Path]:
+    """Generate (or reuse) the synthetic source recordings asked for in ``synthetic``."""
+    n = int(opts.get("n", 0) or 0)
+    if n <= 0:
+        return []
+    from deepspike.synthetic import write_synthetic_recordings
+
+    fs = opts.get("sampling_frequency", "random")
+    kw = {"sampling_frequency": fs if fs == "random" else float(fs)}
+    return list(
+        write_synthetic_recordings(
+            Path(opts.get("dir", "data/generated/synthetic")),
+            n,
+            seed=int(opts.get("seed", 0)),
+            duration_s=float(opts.get("duration_s", 30.0)),
+            **kw,
+        )
+    )
+
+
+# ------------------------------------------------------------------------------------ one recording
+
+
+def _blocks(spikes: Any, rec_id: str, block_size: int) -> Iterator[Block]:
+    n = len(spikes)
+    for start in range(0, n, block_size):
+        sl = slice(start, min(n, start + block_size))
+        yield Block(
+            waves=spikes.waves[sl].astype(np.float16),
+            times=spikes.sample_index[sl],
+            chans=spikes.channel[sl],
+            labels=spikes.labels[sl],
+            meta={"recording": rec_id, "sampling_frequency": float(spikes.sampling_frequency)},
+        )
+
+
+def build_recording(path: Path, out: Path, cfg: CorpusConfig) -> dict[str, Any]:
+    """Extract one recording into its shards and write its done-record; return the record."""
+    from deepspike.extract import ExtractParams, extract_spikes
+    from deepspike.io import load_ground_truth, open_recording
+
+    t0 = time.perf_counter()
+    rec_id = recording_id(path)
+    opts = {k: v for k, v in cfg.recording_options.items() if v is not None}
+    recording = open_recording(path, **opts)
+    gt = load_ground_truth(path, recording=recording)
+    spec = WindowSpec.from_dict(cfg.window)
+    params = ExtractParams.from_config(cfg.extract)
+    spikes = extract_spikes(recording, params=params, spec=spec, gt=gt, tolerance_ms=cfg.gt_tolerance_ms)
+    shards = []
+    blocks = list(_blocks(spikes, rec_id, cfg.block_size))
+    per_shard = max(1, cfg.shard_spikes // cfg.block_size)
+    for k in range(0, max(1, len(blocks)), per_shard):
+        rel = f"{SHARD_DIR}/{rec_id}-{k // per_shard:04d}.tar"
+        info = write_shard(out / rel, blocks[k : k + per_shard], key_prefix=rec_id)
+        shards.append({"path": rel, "recording": rec_id, **info})
+    record = {
+        "id": rec_id,
+        "path": str(path),
+        **source_fingerprint(path),
+        "sampling_frequency": float(recording.get_sampling_frequency()),
+        "num_channels": int(recording.get_num_channels()),
+        "duration_s": float(recording.get_total_duration()),
+        "num_spikes": len(spikes),
+        "has_labels": gt is not None,
+        "noise_levels": [float(x) for x in np.atleast_1d(spikes.noise_levels)],
+        "seconds": round(time.perf_counter() - t0, 3),
+        "shards": shards,
+    }
+    _write_json_atomic(out / DONE_DIR / f"{rec_id}.json", record)
+    return record
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _done_record(out: Path, path: Path) -> dict[str, Any] | None:
+    """The finished record of ``path`` if it exists, its shards exist and the source is unchanged."""
+    f = out / DONE_DIR / f"{recording_id(path)}.json"
+    if not f.exists():
+        return None
+    rec = json.loads(f.read_text())
+    if not all((out / s["path"]).exists() for s in rec["shards"]):
+        return None
+    if source_fingerprint(path)["sha256"] != rec["sha256"]:
+        log.warning("%s changed since it was built; rebuilding it", path)
+        return None
+    return rec
+
+
+# ------------------------------------------------------------------------------------------- build
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if (out / MANIFEST).exists():
+        if not overwrite:
+            raise OutputExistsError(
+                f"{out / MANIFEST} exists: a corpus is already built in {out}. Use another `out=` or pass "
+                "`overwrite=true` to delete and rebuild it."
+            )
+        log.warning("overwrite=true: deleting the corpus in %s", out)
+        for name in (SHARD_DIR, DONE_DIR):
+            shutil.rmtree(out / name, ignore_errors=True)
+        (out / MANIFEST).unlink()
+    (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    (out / DONE_DIR).mkdir(parents=True, exist_ok=True)
+
+
+def _run(todo: list[Path], out: Path, cfg: CorpusConfig) -> Iterable[dict[str, Any]]:
+    """Build ``todo`` recordings, in a spawn-based pool when workers > 1 (fork + torch/BLAS threads hang)."""
+    if cfg.workers == 1 or len(todo) <= 1:
+        for p in todo:
+            yield build_recording(p, out, cfg)
+        return
+    with ProcessPoolExecutor(min(cfg.workers, len(todo)), mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(build_recording, p, out, cfg): p for p in todo}
+        for fut in as_completed(futures):
+            try:
+                yield fut.result()
+            except Exception as e:
+                for f in futures:
+                    f.cancel()
+                raise DeepSpikeError(f"building the corpus failed on {futures[fut]}: {e}") from e
+
+
+def build_corpus(cfg: CorpusConfig) -> Path | None:
+    """Build (or resume) this part of the corpus; return the manifest path once every part is done."""
+    from tqdm.auto import tqdm
+
+    out = Path(cfg.out)
+    paths = expand_recordings(cfg.recordings) + synthetic_recordings(cfg.synthetic, cfg.progress)
+    if not paths:
+        raise DeepSpikeError("no recordings given: pass `recordings='[PATH_OR_GLOB,...]'` or `synthetic.n=N`")
+    if not cfg.merge_only:
+        _prepare_out(out, cfg.overwrite)
+        mine = paths[cfg.part :: cfg.num_parts]
+        todo = [p for p in mine if _done_record(out, p) is None]
+        log.info("%d recordings in this part, %d already built", len(mine), len(mine) - len(todo))
+        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="corpus", unit="rec", disable=not cfg.progress)
+        for rec in _run(todo, out, cfg):
+            bar.update()
+            bar.set_postfix(spikes=rec["num_spikes"])
+        bar.close()
+    records = [_done_record(out, p) for p in paths]
+    if any(r is None for r in records):
+        missing = sum(r is None for r in records)
+        log.info("%d recordings still to build in other parts; manifest not written yet", missing)
+        return None
+    return write_manifest(out, [r for r in records if r is not None], cfg)
+
+
+def split_recordings(ids: Sequence[str], val_fraction: float, seed: int) -> dict[str, str]:
+    """Recording id -> "train"/"val": a seeded permutation of the sorted ids, by recording (no leakage)."""
+    ids = sorted(ids)
+    n_val = 0 if val_fraction <= 0 or len(ids) < 2 else max(1, round(val_fraction * len(ids)))
+    order = np.random.default_rng(seed).permutation(len(ids))
+    val = {ids[i] for i in order[:n_val]}
+    return {i: ("val" if i in val else "train") for i in ids}
+
+
+def write_manifest(out: Path, records: list[dict[str, Any]], cfg: CorpusConfig) -> Path:
+    """Write ``manifest.json`` atomically from finished recording records."""
+    from deepspike.extract import ExtractParams
+
+    split = split_recordings([r["id"] for r in records], cfg.val_fraction, cfg.seed)
+    shards, recordings = [], []
+    for r in records:
+        recordings.append({k: v for k, v in r.items() if k != "shards"} | {"split": split[r["id"]]})
+        shards.extend(s | {"split": split[r["id"]]} for s in r["shards"])
+    splits = {
+        name: {
+            "num_spikes": sum(s["num_spikes"] for s in shards if s["split"] == name),
+            "num_shards": sum(s["split"] == name for s in shards),
+            "num_recordings": sum(r["split"] == name for r in recordings),
+        }
+        for name in ("train", "val")
+    }
+    manifest = {
+        "format": "deepspike-corpus",
+        "format_version": 1,
+        "tool_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "num_spikes": sum(s["num_spikes"] for s in shards),
+        "window": WindowSpec.from_dict(cfg.window).to_dict(),
+        "extract": asdict(ExtractParams.from_config(cfg.extract)),
+        "block_size": cfg.block_size,
+        "val_fraction": cfg.val_fraction,
+        "seed": cfg.seed,
+        "splits": splits,
+        "shards": shards,
+        "recordings": recordings,
+    }
+    _write_json_atomic(out / MANIFEST, manifest)
+    log.info("corpus: %d spikes in %d shards -> %s", manifest["num_spikes"], len(shards), out / MANIFEST)
+    return out / MANIFEST
+
+
+def main() -> None:
+    """Console script ``deepspike-corpus`` (a Hydra app over ``conf/corpus.yaml``)."""
+    import hydra
+
+    @hydra.main(config_path="../conf", config_name="corpus", version_base="1.3")
+    def _app(cfg: Any) -> None:
+        manifest = build_corpus(CorpusConfig.from_cfg(cfg))
+        if manifest is not None:
+            m = json.loads(manifest.read_text())
+            print(f"corpus: {m['num_spikes']} spikes, {len(m['shards'])} shards, {len(m['recordings'])} recordings")
+            print(f"manifest: {manifest}")
+
+    _app()
+
+
+if __name__ == "__main__":
+    main()
