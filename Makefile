@@ -31,7 +31,7 @@ format: install
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
 bench: install
-	$(PY) bench/loader.py && $(PY) bench/corpus.py
+	$(PY) bench/loader.py && $(PY) bench/corpus.py && $(PY) bench/sort.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

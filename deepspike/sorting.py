@@ -1,0 +1,629 @@
+"""Sort stage: recording -> spikes -> frozen-encoder embeddings -> units -> outputs.
+
+``sort(recording, checkpoint=None, **options)`` is the Python API and returns a SpikeInterface sorting, so
+DeepSpike drops into SpikeInterface workflows. Per-unit properties on it: ``channel`` (peak channel),
+``amplitude`` (median signed peak, recording units), ``snr`` (template peak in noise sigma), ``embedding``
+(mean embedding), ``is_noise``. Per-spike arrays (embeddings, channel, amplitude, labels including ``-1`` noise)
+ride along as ``sorting.deepspike``, a :class:`SortResult`, and are written to disk by :func:`write_outputs`.
+
+``python sort.py ...`` (``main``) is the Hydra app over the same code, configured by ``conf/sort.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from deepspike.cluster import NOISE, ClusterParams, cluster_spikes, secondary_peaks, templates
+from deepspike.errors import DeepSpikeError, OutputExistsError, RecordingError, SpecMismatchError
+from deepspike.spec import WindowSpec, normalize
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CHECKPOINT = REPO / "checkpoints" / "deepspike_synth_v1.safetensors"
+DEMO_RECORDING = REPO / "data" / "demo" / "demo_recording"
+DEMO_GT = REPO / "data" / "demo" / "demo_recording.gt"
+FEATURES = ("encoder", "pca")
+DEVICES = ("auto", "cpu", "cuda")
+SPIKE_COLUMNS = ["sample_index", "time_s", "unit", "channel", "amplitude"]
+UNIT_COLUMNS = ["unit", "spike_count", "rate_hz", "snr", "peak_channel"]
+
+
+@dataclass
+class SortParams:
+    """Pipeline options of ``sort()``; documented once, with comments, in ``conf/sort.yaml``."""
+
+    features: str = "encoder"
+    pca_components: int = 8
+    device: str = "auto"
+    batch_size: int = 16384
+    seed: int = 0
+    noise_unit: bool = False
+    echo_ms: float = 1.0
+    echo_ratio: float = 2.0
+    progress: bool = False
+    extract: dict[str, Any] = field(default_factory=dict)
+    cluster: ClusterParams = field(default_factory=ClusterParams)
+
+    def __post_init__(self) -> None:
+        if self.features not in FEATURES:
+            raise DeepSpikeError(
+                f"features={self.features!r}: choose 'encoder' (the frozen model) or 'pca' (model-free baseline)"
+            )
+        if self.device not in DEVICES:
+            raise DeepSpikeError(f"device={self.device!r}: choose one of {DEVICES}")
+        if int(self.batch_size) < 1 or int(self.pca_components) < 1:
+            raise DeepSpikeError("batch_size and pca_components must be positive integers")
+        if self.echo_ms < 0 or (self.echo_ratio != 0 and self.echo_ratio < 1):
+            raise DeepSpikeError(
+                f"echo_ms={self.echo_ms} must be >= 0 and echo_ratio={self.echo_ratio} 0 (off) or >= 1 "
+                "(an echo is an event within echo_ms of one echo_ratio times larger)"
+            )
+        if isinstance(self.cluster, str):
+            self.cluster = ClusterParams(method=self.cluster, seed=self.seed)
+        elif not isinstance(self.cluster, ClusterParams):
+            self.cluster = ClusterParams.from_dict({"seed": self.seed, **dict(self.cluster or {})})
+        self.extract = dict(self.extract or {})
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> SortParams:
+        """``sort(**options)``: pipeline keys here, unknown keys are rejected with the list of known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise DeepSpikeError(
+                f"unknown sort option(s) {unknown}; known: {sorted(known)} (clustering options go in cluster={{...}})"
+            )
+        return cls(**options)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["cluster"] = self.cluster.to_dict()
+        return d
+
+
+@dataclass
+class SortResult:
+    """Everything a sort produced; ``labels`` has one entry per spike (``-1`` = noise/unassigned)."""
+
+    sorting: Any
+    recording: Any
+    sample_index: np.ndarray
+    channel: np.ndarray
+    amplitude: np.ndarray  # signed peak, recording units
+    waves: np.ndarray  # [n, window] noise units
+    embeddings: np.ndarray
+    labels: np.ndarray
+    noise_levels: np.ndarray
+    sampling_frequency: float
+    duration_s: float
+    spec: WindowSpec
+    params: SortParams
+    checkpoint: str | None
+    timings: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def unit_ids(self) -> list[int]:
+        return sorted(int(u) for u in np.unique(self.labels) if u >= 0)
+
+    def spikes_table(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "sample_index": self.sample_index.astype(np.int64),
+                "time_s": self.sample_index / self.sampling_frequency,
+                "unit": self.labels.astype(np.int64),
+                "channel": self.channel.astype(np.int64),
+                "amplitude": self.amplitude.astype(np.float64),
+            }
+        )[SPIKE_COLUMNS]
+
+    def units_table(self) -> pd.DataFrame:
+        """unit, spike_count, rate_hz, snr (template peak / noise sigma), peak_channel (+ median amplitude)."""
+        tpl = templates(self.labels, self.waves)
+        rows = []
+        for u in self.unit_ids:
+            m = self.labels == u
+            rows.append(
+                {
+                    "unit": u,
+                    "spike_count": int(m.sum()),
+                    "rate_hz": float(m.sum() / self.duration_s) if self.duration_s > 0 else float("nan"),
+                    "snr": float(np.max(np.abs(tpl[u]))),
+                    "peak_channel": int(np.bincount(self.channel[m]).argmax()),
+                    "amplitude": float(np.median(self.amplitude[m])),
+                }
+            )
+        return pd.DataFrame(rows, columns=[*UNIT_COLUMNS, "amplitude"])
+
+
+# --------------------------------------------------------------------------------------------- pipeline
+
+
+def sort(recording: Any, checkpoint: str | os.PathLike | None = None, **options: Any) -> Any:
+    """Sort ``recording`` (a SpikeInterface recording or a path) and return a SpikeInterface sorting.
+
+    ``checkpoint``: an exported encoder (``.safetensors``); None = the bundled one. Options: see
+    :class:`SortParams` (``features``, ``device``, ``seed``, ``extract={...}``, ``cluster="dpgmm"`` or
+    ``cluster={"method": "hdbscan", ...}``). The full :class:`SortResult` is ``sorting.deepspike``.
+    """
+    return run_sort(recording, checkpoint, SortParams.from_options(options)).sorting
+
+
+def run_sort(
+    recording: Any,
+    checkpoint: str | os.PathLike | None = None,
+    params: SortParams | None = None,
+    recording_options: dict[str, Any] | None = None,
+) -> SortResult:
+    """The pipeline with per-stage wall times in ``result.timings`` (load, extract, encode, cluster)."""
+    params = params or SortParams()
+    timings: dict[str, float] = {}
+    with _timed(timings, "load"):
+        encoder = _load_encoder(checkpoint) if params.features == "encoder" else None
+        recording = _open(recording, recording_options)
+    spec = encoder.window_spec if encoder is not None else WindowSpec()
+    spikes, extract_timings = _extract(recording, params, spec)
+    timings.update(extract_timings)
+    waves = np.asarray(spikes.waves, dtype=np.float32)
+    with _timed(timings, "encode"):
+        if encoder is not None:
+            emb = embed_waves(encoder, waves, params.batch_size, params.device)
+        else:
+            emb = pca_features(waves, spec, params.pca_components, params.seed)
+    noise = np.asarray(spikes.noise_levels, dtype=np.float64).reshape(-1)
+    channel = np.asarray(spikes.channel, dtype=np.int64)
+    amp_noise = np.asarray(spikes.amplitude, dtype=np.float64)
+    with _timed(timings, "cluster"):
+        fs = float(recording.get_sampling_frequency())
+        sample_index = np.asarray(spikes.sample_index, dtype=np.int64)
+        echo = secondary_peaks(sample_index, channel, amp_noise, int(params.echo_ms * fs / 1000), params.echo_ratio)
+        ok = ~echo
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            clustered = cluster_spikes(emb[ok], waves[ok], channel[ok], amp_noise[ok], params.cluster)
+        labels = np.full(len(waves), NOISE, dtype=np.int64)
+        labels[ok] = clustered.labels
+        clustered.info["n_echo"] = int(echo.sum())
+        for w in caught:  # re-emit once, from the public call site, so users see why units are few
+            warnings.warn(str(w.message), w.category, stacklevel=3)
+        if len(waves) == 0:
+            warnings.warn(
+                "no spike detected: the sorting is empty (check the threshold and the recording)", stacklevel=3
+            )
+    result = SortResult(
+        sorting=None,
+        recording=recording,
+        sample_index=sample_index,
+        channel=channel,
+        amplitude=amp_noise * (noise[channel] if noise.size else 1.0),
+        waves=waves,
+        embeddings=np.asarray(emb, dtype=np.float32),
+        labels=labels,
+        noise_levels=noise,
+        sampling_frequency=fs,
+        duration_s=float(recording.get_total_duration()),
+        spec=spec,
+        params=params,
+        checkpoint=None if encoder is None else str(_checkpoint_path(checkpoint)),
+        timings=timings,
+        info=clustered.info,
+    )
+    result.sorting = build_sorting(result)
+    return result
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
+
+
+def _open(recording: Any, options: dict[str, Any] | None) -> Any:
+    if hasattr(recording, "get_traces"):
+        return recording
+    from deepspike.io import open_recording
+
+    opts = {k: v for k, v in (options or {}).items() if v is not None}
+    return open_recording(recording, **opts)
+
+
+def _checkpoint_path(checkpoint: str | os.PathLike | None) -> Path:
+    return Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+
+
+def _load_encoder(checkpoint: str | os.PathLike | None) -> Any:
+    """The frozen encoder artifact; a clear error (with the ways out) when it is missing."""
+    path = _checkpoint_path(checkpoint)
+    if not path.exists():
+        what = "the bundled checkpoint" if checkpoint is None else "checkpoint"
+        raise DeepSpikeError(
+            f"{what} {str(path)!r} not found: pass checkpoint=PATH to an exported encoder (.safetensors, see "
+            "deepspike.export), or features=pca for the model-free PCA baseline"
+        )
+    from deepspike.export import load_encoder
+
+    encoder = load_encoder(path)
+    in_dim = encoder.spec.get("arch", {}).get("in_dim")
+    spec = encoder.window_spec
+    if in_dim is not None and int(in_dim) != spec.length:
+        raise SpecMismatchError(
+            f"encoder artifact {str(path)!r} is inconsistent: its window spec ({spec.n_before} before + "
+            f"{spec.n_after} after at {spec.sampling_frequency} Hz = {spec.length} samples) does not match its "
+            f"network input ({in_dim} samples); re-export it with the window it was trained on"
+        )
+    return encoder
+
+
+def _extract(recording: Any, params: SortParams, spec: WindowSpec) -> tuple[Any, dict[str, float]]:
+    """Foundation stages (filter, detect, windows; chunked) with the encoder's window spec."""
+    from deepspike.extract import ExtractParams, extract_spikes
+
+    timings: dict[str, float] = {}
+    with _timed(timings, "extract"):
+        ex = ExtractParams.from_config(params.extract) if hasattr(ExtractParams, "from_config") else None
+        ex = ex if ex is not None else ExtractParams(**params.extract)
+        spikes = extract_spikes(recording, params=ex, spec=spec, progress=params.progress)
+    spikes_spec = getattr(spikes, "spec", None)
+    if spikes_spec is not None:
+        spec.check_compatible(spikes_spec, what="extracted windows")
+    return spikes, timings
+
+
+def embed_waves(encoder: Any, waves: np.ndarray, batch_size: int = 16384, device: str = "auto") -> np.ndarray:
+    """Frozen-encoder embeddings, batched under ``torch.inference_mode`` (bounded memory, CPU or GPU)."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DeepSpikeError("device=cuda but CUDA is not available; use device=cpu or device=auto")
+    if len(waves) == 0:
+        return np.zeros((0, int(encoder.latent_dim)), dtype=np.float32)
+    with torch.inference_mode():
+        emb = encoder.embed(waves, batch_size=batch_size, device=device, spec=encoder.window_spec)
+    return np.asarray(emb, dtype=np.float32)
+
+
+def pca_features(waves: np.ndarray, spec: WindowSpec, n_components: int = 8, seed: int = 0) -> np.ndarray:
+    """Model-free baseline features: PCA of the normalized windows (fitted on at most 50k spikes)."""
+    from sklearn.decomposition import PCA
+
+    x = normalize(np.asarray(waves, dtype=np.float32), spec)
+    k = int(min(n_components, x.shape[1] if x.ndim == 2 else 0, len(x)))
+    if k < 1:
+        return np.zeros((len(x), n_components), dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    fit = rng.choice(len(x), size=min(len(x), 50000), replace=False)
+    pca = PCA(n_components=k, random_state=seed).fit(x[fit])
+    return pca.transform(x).astype(np.float32)
+
+
+def build_sorting(result: SortResult) -> Any:
+    """NumpySorting with one unit per label (plus a ``noise`` unit if ``noise_unit``) and per-unit properties."""
+    from spikeinterface.core import NumpySorting
+
+    labels = result.labels
+    unit_ids = result.unit_ids
+    keep = labels >= 0
+    noise_id = None
+    if result.params.noise_unit and (~keep).any():
+        noise_id = (max(unit_ids) + 1) if unit_ids else 0
+        labels = np.where(keep, labels, noise_id)
+        keep = np.ones(len(labels), dtype=bool)
+    all_ids = [*unit_ids, *([noise_id] if noise_id is not None else [])]
+    order = np.argsort(result.sample_index[keep], kind="stable")
+    sorting = NumpySorting.from_samples_and_labels(
+        [result.sample_index[keep][order]],
+        [labels[keep][order]],
+        result.sampling_frequency,
+        unit_ids=np.asarray(all_ids, dtype=np.int64),
+    )
+    if all_ids:
+        _set_unit_properties(sorting, result, all_ids, labels, noise_id)
+    sorting.deepspike = result
+    return sorting
+
+
+def _set_unit_properties(sorting: Any, result: SortResult, ids: list[int], labels: np.ndarray, noise_id: Any) -> None:
+    dim = result.embeddings.shape[1] if result.embeddings.ndim == 2 else 0
+    chan, amp, snr, emb = [], [], [], np.zeros((len(ids), dim), dtype=np.float32)
+    for i, u in enumerate(ids):
+        m = labels == u
+        chan.append(int(np.bincount(result.channel[m]).argmax()))
+        amp.append(float(np.median(result.amplitude[m])))
+        snr.append(float(np.max(np.abs(result.waves[m].mean(0)))) if result.waves.size else 0.0)
+        if dim:
+            emb[i] = result.embeddings[m].mean(0)
+    sorting.set_property("channel", np.asarray(chan, dtype=np.int64))
+    sorting.set_property("amplitude", np.asarray(amp))
+    sorting.set_property("snr", np.asarray(snr))
+    sorting.set_property("is_noise", np.asarray([u == noise_id for u in ids]))
+    if dim:
+        sorting.set_property("embedding", emb)
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+
+
+def check_output(out: str | os.PathLike, overwrite: bool) -> Path:
+    """Fail early, before any work, when ``out`` holds a result and ``overwrite`` is off."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"output {str(out)!r} exists and is a file; choose another out=DIR")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OutputExistsError(
+            f"output folder {str(out)!r} already holds a result; pass overwrite=true to replace it "
+            "or choose another out=DIR"
+        )
+    return out
+
+
+def write_outputs(
+    result: SortResult,
+    out: str | os.PathLike,
+    overwrite: bool = False,
+    config: dict[str, Any] | None = None,
+    gt_sorting: Any = None,
+    data_file: str = "",
+    delta_time_ms: float = 0.4,
+    export_phy: bool = False,
+    plots: bool = True,
+) -> dict[str, float]:
+    """Write every output into a temporary sibling folder, then rename it to ``out`` (atomic on one filesystem).
+
+    Returns the wall time per part (``write``, ``plots``, ``phy``, ``metrics``).
+    """
+    out = check_output(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    timings: dict[str, float] = {}
+    try:
+        with _timed(timings, "write"):
+            _write_tables(result, tmp, config)
+        if gt_sorting is not None:
+            with _timed(timings, "metrics"):
+                from deepspike.evaluate import compare_to_ground_truth
+
+                metrics = compare_to_ground_truth(result.sorting, gt_sorting, delta_time_ms, data_file=data_file)
+                metrics.to_csv(tmp / "metrics.csv", index=False)
+                result.info["metrics"] = metrics
+        if plots:
+            with _timed(timings, "plots"):
+                from deepspike.plots import plot_all
+
+                plot_all(result, tmp)
+        if export_phy:
+            with _timed(timings, "phy"):
+                _export_phy(result, tmp / "phy")
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return timings
+
+
+def _write_tables(result: SortResult, folder: Path, config: dict[str, Any] | None) -> None:
+    import yaml
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not serializable.*")  # an in-memory sorting: no provenance
+        result.sorting.save(folder=folder / "sorting")
+    result.spikes_table().to_csv(folder / "spikes.csv", index=False, float_format="%.6g")
+    result.units_table().to_csv(folder / "units.csv", index=False, float_format="%.6g")
+    np.save(folder / "embeddings.npy", result.embeddings)
+    resolved = dict(config) if config is not None else {"params": result.params.to_dict()}
+    resolved.setdefault("window", result.spec.to_dict())
+    resolved.setdefault("checkpoint_resolved", result.checkpoint)
+    (folder / "config.yaml").write_text(yaml.safe_dump(_plain(resolved), sort_keys=False))
+
+
+def _plain(x: Any) -> Any:
+    """YAML-safe copy (Paths, numpy scalars and tuples to plain types)."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Swap ``tmp`` in as ``out``; an old result is only deleted once the new one is in place."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _export_phy(result: SortResult, folder: Path) -> None:
+    """Phy folder via SpikeInterface's exporter (a SortingAnalyzer on the band-passed recording)."""
+    from spikeinterface.core import create_sorting_analyzer
+    from spikeinterface.exporters import export_to_phy
+
+    from deepspike.preprocess import bandpass
+
+    sorting = result.sorting
+    if len(sorting.unit_ids) == 0:
+        warnings.warn("no unit to export to Phy; skipped", stacklevel=3)
+        return
+    filt = bandpass(result.recording, **_band(result.params.extract))
+    analyzer = create_sorting_analyzer(sorting, filt, format="memory", sparse=False)
+    analyzer.compute(["random_spikes", "waveforms", "templates", "noise_levels"])
+    export_to_phy(analyzer, output_folder=folder, compute_pc_features=False, compute_amplitudes=True, copy_binary=True)
+
+
+def _band(extract: dict[str, Any]) -> dict[str, Any]:
+    return {k: extract[k] for k in ("freq_min", "freq_max") if extract.get(k) is not None}
+
+
+# ------------------------------------------------------------------------------------------ Hydra app
+
+
+@dataclass
+class SortConfig:
+    """Validated ``conf/sort.yaml`` (each key is documented there)."""
+
+    recording: str | None = None
+    checkpoint: str | None = None
+    out: str | None = None
+    gt: str | None = None
+    overwrite: bool = False
+    finetune: bool = False
+    delta_time_ms: float = 0.4
+    export_phy: bool = False
+    plots: bool = True
+    quiet: bool = False
+    recording_options: dict[str, Any] = field(default_factory=dict)
+    params: SortParams = field(default_factory=SortParams)
+
+    @classmethod
+    def from_cfg(cls, cfg: Any) -> SortConfig:
+        from omegaconf import DictConfig, OmegaConf
+
+        d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        d.pop("hydra", None)
+        top = {f.name for f in fields(cls)} - {"params"}
+        pipeline = {f.name for f in fields(SortParams)}
+        unknown = sorted(set(d) - top - pipeline)
+        if unknown:
+            raise DeepSpikeError(f"unknown sort option(s) {unknown}; see conf/sort.yaml for the documented keys")
+        params = SortParams(**{k: v for k, v in d.items() if k in pipeline})
+        return cls(params=params, **{k: v for k, v in d.items() if k in top})
+
+    def validate(self) -> None:
+        if self.finetune:
+            raise DeepSpikeError(
+                "finetune=true is reserved for fine-tuning the encoder on this recording (issue 5) and not "
+                "implemented yet; run with finetune=false"
+            )
+        if self.delta_time_ms <= 0:
+            raise DeepSpikeError(f"delta_time_ms must be > 0 ms, got {self.delta_time_ms}")
+        if self.recording is not None and not Path(self.recording).exists():
+            raise RecordingError(f"recording {self.recording!r} not found; pass recording=PATH to an existing file")
+        if self.gt is not None and not Path(self.gt).exists():
+            raise DeepSpikeError(f"ground truth {self.gt!r} not found; pass gt=PATH or leave it out")
+        if self.checkpoint is not None and not Path(self.checkpoint).exists():
+            raise DeepSpikeError(
+                f"checkpoint {self.checkpoint!r} not found; pass checkpoint=PATH to an exported encoder"
+            )
+
+
+def run_from_config(cfg: Any) -> SortResult:
+    """What ``python sort.py`` does: validate, sort, write outputs, print a summary."""
+    conf = SortConfig.from_cfg(cfg)
+    conf.validate()
+    demo = conf.recording is None
+    recording_path = str(DEMO_RECORDING) if demo else conf.recording
+    if demo and not DEMO_RECORDING.exists():
+        raise RecordingError(f"bundled demo recording {str(DEMO_RECORDING)!r} is missing; pass recording=PATH")
+    gt_path = str(DEMO_GT) if demo and conf.gt is None and DEMO_GT.exists() else conf.gt
+    out = Path(conf.out) if conf.out else REPO / "outputs" / "sort" / _stem(recording_path)
+    check_output(out, conf.overwrite)  # before any work: a refusal touches nothing
+    result = run_sort(recording_path, conf.checkpoint, conf.params, conf.recording_options)
+    gt_sorting = _ground_truth(recording_path, result.recording, gt_path)
+    config = _resolved_config(cfg, recording_path, out, gt_path, result)
+    result.timings.update(
+        write_outputs(
+            result,
+            out,
+            overwrite=conf.overwrite,
+            config=config,
+            gt_sorting=gt_sorting,
+            data_file=Path(recording_path).name,
+            delta_time_ms=conf.delta_time_ms,
+            export_phy=conf.export_phy,
+            plots=conf.plots,
+        )
+    )
+    if not conf.quiet:
+        print(summary(result, out))
+    return result
+
+
+def _resolved_config(cfg: Any, recording: str, out: Path, gt: str | None, result: SortResult) -> dict[str, Any]:
+    """The run's config as sort.yaml keys, with defaults filled in (re-runnable as is)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    d.pop("hydra", None)
+    d.update(recording=recording, out=str(out), gt=gt, checkpoint=result.checkpoint)
+    d["extract"] = {**result.params.extract, **d.get("extract", {})}
+    d["cluster"] = result.params.cluster.to_dict()
+    return d
+
+
+def _stem(path: str) -> str:
+    name = Path(path.rstrip("/")).name
+    for suffix in (".safetensors", ".mat", ".npy", ".bin", ".dat", ".nwb", ".raw"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem or "recording"
+
+
+def _ground_truth(recording_path: str, recording: Any, gt: str | None) -> Any:
+    """GT from ``gt=PATH`` or carried by the recording's format (``deepspike.io.load_ground_truth``)."""
+    from deepspike.io import load_ground_truth
+
+    return load_ground_truth(recording_path, recording=recording, gt=gt)
+
+
+def summary(result: SortResult, out: Path | None = None) -> str:
+    """Human summary: units, spikes per unit, time per stage (and accuracy when GT was scored)."""
+    units = result.units_table()
+    n_noise = int((result.labels == NOISE).sum())
+    lines = [
+        f"DeepSpike sort: {len(result.labels)} spikes -> {len(units)} units, {n_noise} noise/unassigned "
+        f"({result.duration_s:.1f} s, {result.params.features} features, {result.params.cluster.method})",
+    ]
+    for row in units.itertuples(index=False):
+        lines.append(
+            f"  unit {row.unit:3d}: {row.spike_count:7d} spikes  {row.rate_hz:6.2f} Hz  "
+            f"snr {row.snr:5.1f}  ch {row.peak_channel}"
+        )
+    stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+    lines.append(f"  time: {stages} (total {sum(result.timings.values()):.2f}s)")
+    metrics = result.info.get("metrics")
+    if metrics is not None and len(metrics):
+        acc = ", ".join(f"{u}: {a:.3f}" for u, a in zip(metrics["gt_unit"], metrics["accuracy"], strict=True))
+        lines.append(f"  ground truth accuracy (mean {metrics['accuracy'].mean():.3f}): {acc}")
+    if out is not None:
+        lines.append(f"  outputs: {out}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Console entry (``deepspike-sort`` / ``python sort.py``): Hydra over ``conf/sort.yaml``."""
+    import hydra
+
+    @hydra.main(config_path=str(REPO / "conf"), config_name="sort", version_base="1.3")
+    def _app(cfg: Any) -> None:
+        try:
+            run_from_config(cfg)
+        except DeepSpikeError as e:  # a clean one-line error for the user, not a traceback
+            raise SystemExit(f"error: {e}") from None
+
+    _app()

@@ -1,0 +1,149 @@
+"""Clustering on plain arrays (no model, no recording): methods, noise handling, merging, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deepspike.cluster import (
+    METHODS,
+    NOISE,
+    ClusterParams,
+    cluster_spikes,
+    merge_similar_units,
+    secondary_peaks,
+)
+from deepspike.errors import DeepSpikeError
+
+L = 20
+T = np.arange(L) - 8.0
+
+
+def _templates() -> np.ndarray:
+    """Three clearly different shapes in noise units: narrow negative, broad positive, slow biphasic."""
+    return np.stack(
+        [
+            -20 * np.exp(-0.5 * (T / 1.5) ** 2),
+            12 * np.exp(-0.5 * (T / 3.0) ** 2),
+            -9 * np.exp(-0.5 * (T / 4.0) ** 2) + 4 * np.exp(-0.5 * ((T - 8) / 2.0) ** 2),
+        ]
+    ).astype(np.float32)
+
+
+def _blobs(n_per: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features, waves, true labels): waves are templates + unit noise; features their first 6 PCs."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(3), n_per)
+    waves = (_templates()[y] + rng.normal(0, 1, (len(y), L))).astype(np.float32)
+    centered = waves - waves.mean(0)
+    _, _, vt = np.linalg.svd(centered, full_matrices=False)
+    return centered @ vt[:6].T, waves, y
+
+
+def _purity(labels: np.ndarray, truth: np.ndarray) -> float:
+    """Fraction of spikes whose unit's majority truth equals their truth (noise counts as wrong)."""
+    good = 0
+    for u in np.unique(labels[labels >= 0]):
+        good += np.bincount(truth[labels == u]).max()
+    return good / len(truth)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_methods_recover_three_units(method: str) -> None:
+    x, waves, y = _blobs()
+    res = cluster_spikes(x, waves, params=ClusterParams(method=method))
+    assert res.n_units == 3, res.info
+    assert _purity(res.labels, y) > 0.95
+
+
+def test_deterministic_per_seed() -> None:
+    x, waves, _ = _blobs(seed=1)
+    a = cluster_spikes(x, waves, params=ClusterParams(method="gmm", seed=3)).labels
+    b = cluster_spikes(x, waves, params=ClusterParams(method="gmm", seed=3)).labels
+    np.testing.assert_array_equal(a, b)
+
+
+def test_subsampled_fit_predicts_every_spike() -> None:
+    x, waves, y = _blobs(n_per=400)
+    res = cluster_spikes(x, waves, params=ClusterParams(max_fit_spikes=300))
+    assert res.n_units == 3 and _purity(res.labels, y) > 0.95
+
+
+def test_noise_cluster_gets_no_unit() -> None:
+    """Scattered, incoherent events (artifacts) must not be spread over the real units."""
+    _x, waves, y = _blobs()
+    rng = np.random.default_rng(5)
+    junk = rng.normal(0, 6, (120, L)).astype(np.float32)
+    junk[:, 8] = 8 * np.sign(rng.normal(size=120))  # peak-aligned, like detected artifacts
+    all_waves = np.concatenate([waves, junk])
+    c = all_waves - all_waves.mean(0)
+    feats = c @ np.linalg.svd(c, full_matrices=False)[2][:6].T
+    res = cluster_spikes(feats, all_waves, params=ClusterParams(method="gmm"))
+    labels = res.labels
+    assert res.n_units == 3, res.info
+    assert (labels[len(y) :] == NOISE).mean() > 0.8
+    assert _purity(labels[: len(y)], y) > 0.9
+
+
+def test_merge_near_duplicates() -> None:
+    _, waves, y = _blobs()
+    split = np.where(y == 0, np.arange(len(y)) % 2 * 3, y)  # unit 0 split into 0 and 3
+    merged, pairs = merge_similar_units(split, waves)
+    assert pairs == [(0, 3)]
+    assert len(np.unique(merged)) == 3
+    same_shape_bigger = np.concatenate([waves, 2 * waves[y == 0]])
+    labels = np.concatenate([y, np.full((y == 0).sum(), 5)])
+    _, pairs = merge_similar_units(labels, same_shape_bigger)
+    assert pairs == []  # same shape, twice the amplitude: another unit
+
+
+def test_secondary_peaks() -> None:
+    t = np.array([100, 130, 1000, 1020, 5000])
+    amp = np.array([-30.0, 6.0, -8.0, -7.0, 5.5])
+    echo = secondary_peaks(t, np.zeros(5, int), amp, window=24, ratio=2.0)
+    np.testing.assert_array_equal(echo, [False, False, False, False, False])
+    echo = secondary_peaks(t, np.zeros(5, int), amp, window=40, ratio=2.0)
+    np.testing.assert_array_equal(echo, [False, True, False, False, False])
+    echo = secondary_peaks(t, np.array([0, 1, 0, 0, 0]), amp, window=40, ratio=2.0)
+    assert not echo.any()  # other channel: not an echo
+
+
+def test_too_few_spikes_warns_not_crashes() -> None:
+    x, waves, _ = _blobs(n_per=8)
+    with pytest.warns(UserWarning, match="allow at most"):
+        res = cluster_spikes(x, waves, params=ClusterParams(min_spikes=10))
+    assert res.n_units <= 2
+    with pytest.warns(UserWarning, match="no unit formed"):
+        res = cluster_spikes(x[:5], waves[:5])
+    assert res.n_units == 0 and (res.labels == NOISE).all()
+    empty = cluster_spikes(np.zeros((0, 6)), np.zeros((0, L), np.float32))
+    assert empty.n_units == 0 and empty.labels.shape == (0,)
+
+
+def test_per_channel_units_are_distinct() -> None:
+    x, waves, _y = _blobs(n_per=100)
+    ch = np.r_[np.zeros(150, int), np.ones(150, int)]
+    res = cluster_spikes(x, waves, channel=ch)
+    for u in np.unique(res.labels[res.labels >= 0]):
+        assert len(np.unique(ch[res.labels == u])) == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"method": "spectral"}, "unknown clustering method"),
+        ({"max_units": 0}, "positive integer"),
+        ({"merge_similarity": 1.5}, "merge_similarity"),
+        ({"bogus": 1}, "unknown cluster option"),
+    ],
+)
+def test_params_are_validated(options: dict, match: str) -> None:
+    with pytest.raises(DeepSpikeError, match=match):
+        ClusterParams.from_dict(options)
+
+
+def test_bad_embeddings() -> None:
+    with pytest.raises(DeepSpikeError, match="NaN"):
+        cluster_spikes(np.full((30, 3), np.nan))
+    with pytest.raises(DeepSpikeError, match="2-D"):
+        cluster_spikes(np.zeros(30))
