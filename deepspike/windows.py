@@ -1,0 +1,175 @@
+"""Windows stage: cut each peak onto the canonical window grid, in noise units.
+
+Every sampling rate goes through the same path: the peak time is refined to a fraction of a sample (parabola
+through the extremum and its two neighbours), then the canonical grid ``t_peak + (k - n_before) / spec_fs`` is
+sampled from the native-rate trace with Keys' cubic convolution (a = -0.5). That handles 20, 25, 30, 30.03, 40 kHz
+and 24414.0625 Hz alike, and is an exact copy of the samples at 24 kHz when the peak sits on a sample. The
+recording is read in chunks (with margins), so an hour-long file is never in memory at once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from spikeinterface.core.node_pipeline import PipelineNode
+
+from deepspike.detect import check_noise
+from deepspike.errors import DeepSpikeError, RecordingError
+from deepspike.preprocess import recording_name, sampling_frequency_of
+from deepspike.spec import WindowSpec
+
+KEYS_A = -0.5
+_TAPS = np.arange(-1, 3)  # the 4 native samples around each grid point: floor(x) - 1 .. floor(x) + 2
+
+
+def keys_weights(frac: np.ndarray, a: float = KEYS_A) -> np.ndarray:
+    """Cubic-convolution weights [..., 4] for samples floor(x)-1..floor(x)+2, given frac = x - floor(x)."""
+    d = np.abs(frac[..., None] - _TAPS)  # distances 1+f, f, 1-f, 2-f
+    near = ((a + 2.0) * d - (a + 3.0)) * d * d + 1.0
+    far = ((a * d - 5.0 * a) * d + 8.0 * a) * d - 4.0 * a
+    return np.where(d <= 1.0, near, np.where(d < 2.0, far, 0.0))
+
+
+def window_margins(spec: WindowSpec, sampling_frequency: float) -> tuple[int, int]:
+    """Native samples needed before and after a peak sample (interpolation taps and +-0.5 alignment included)."""
+    ratio = sampling_frequency / spec.sampling_frequency
+    before = math.ceil(spec.n_before * ratio + 0.5) + 1
+    after = math.ceil((spec.n_after - 1) * ratio + 0.5) + 3
+    return before, max(after, 2)
+
+
+def subsample_offset(prev: np.ndarray, center: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+    """Vertex of the parabola through 3 samples, relative to the middle one, clipped to [-0.5, 0.5]."""
+    denom = prev - 2.0 * center + nxt
+    with np.errstate(divide="ignore", invalid="ignore"):
+        delta = np.where(denom != 0.0, 0.5 * (prev - nxt) / denom, 0.0)
+    return np.clip(np.nan_to_num(delta), -0.5, 0.5)
+
+
+def _check_peaks(peaks: Any, num_channels: int) -> tuple[np.ndarray, np.ndarray]:
+    names = getattr(getattr(peaks, "dtype", None), "names", None) or ()
+    if "sample_index" not in names or "channel_index" not in names:
+        raise DeepSpikeError("peaks must be a structured array with sample_index and channel_index (PEAK_DTYPE)")
+    samples = np.asarray(peaks["sample_index"], dtype=np.int64)
+    chans = np.asarray(peaks["channel_index"], dtype=np.int64)
+    if len(chans) and (chans.min() < 0 or chans.max() >= num_channels):
+        raise DeepSpikeError(
+            f"peak channel_index out of range [0, {num_channels}): the peaks are not of this recording"
+        )
+    return samples, chans
+
+
+def _cut(
+    traces: np.ndarray,
+    local: np.ndarray,
+    chans: np.ndarray,
+    offsets: np.ndarray,
+    scale: np.ndarray,
+    align: bool,
+) -> np.ndarray:
+    """Windows [n, L] for peaks at local sample ``local`` on ``chans`` of a trace block [T, C]."""
+    if align:
+        delta = subsample_offset(
+            traces[local - 1, chans].astype(np.float64),
+            traces[local, chans].astype(np.float64),
+            traces[local + 1, chans].astype(np.float64),
+        )
+    else:
+        delta = np.zeros(len(local))
+    x = (local + delta)[:, None] + offsets[None, :]  # [n, L] native-rate sample positions
+    base = np.floor(x)
+    weights = keys_weights(x - base)  # [n, L, 4]
+    idx = base.astype(np.int64)[..., None] + _TAPS  # [n, L, 4]
+    vals = traces[idx, chans[:, None, None]]
+    return (np.einsum("nlk,nlk->nl", vals, weights) * scale[:, None]).astype(np.float32)
+
+
+def extract_windows(
+    filtered: Any,
+    peaks: np.ndarray,
+    noise: Any,
+    spec: WindowSpec,
+    chunk_duration_s: float = 10.0,
+    *,
+    align: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Windows ``[n_kept, spec.length]`` float32 in noise units, and the ``kept`` mask over ``peaks``.
+
+    Each peak uses its own channel. Peaks whose window would leave the recording, or that lie on a channel with
+    zero noise, are dropped (``kept=False``); rows follow the order of the kept peaks. Every chunk is checked
+    for NaN/Inf (RecordingError). ``align=False`` skips the sub-sample alignment.
+    """
+    fs = sampling_frequency_of(filtered)
+    if filtered.get_num_segments() != 1:
+        raise DeepSpikeError("extract_windows needs a single-segment recording; concatenate the segments first")
+    if not (math.isfinite(float(chunk_duration_s)) and chunk_duration_s > 0):
+        raise DeepSpikeError(f"chunk_duration_s must be > 0 seconds (e.g. 10.0), got {chunk_duration_s!r}")
+    noise = check_noise(noise, filtered.get_num_channels())
+    samples, chans = _check_peaks(peaks, filtered.get_num_channels())
+    n_total = filtered.get_num_samples(0)
+    before, after = window_margins(spec, fs)
+    kept = window_kept(samples, chans, noise, n_total, spec, fs)
+    waves = np.zeros((len(samples), spec.length), dtype=np.float32)
+    offsets = (np.arange(spec.length) - spec.n_before) * (fs / spec.sampling_frequency)
+    inv_noise = 1.0 / np.where(noise > 0, noise, 1.0)
+    order = np.argsort(samples, kind="stable")
+    order = order[kept[order]]
+    sorted_samples = samples[order]
+    chunk = max(int(chunk_duration_s * fs), 1)
+    for start in range(0, n_total, chunk):
+        stop = min(n_total, start + chunk)
+        lo, hi = np.searchsorted(sorted_samples, [start, stop])
+        r0, r1 = max(0, start - before), min(n_total, stop + after)
+        traces = filtered.get_traces(segment_index=0, start_frame=r0, end_frame=r1)
+        check_finite(traces, recording_name(filtered), f" between {r0 / fs:.3f} s and {r1 / fs:.3f} s")
+        if hi > lo:
+            sel = order[lo:hi]
+            waves[sel] = _cut(traces, samples[sel] - r0, chans[sel], offsets, inv_noise[chans[sel]], align)
+    return waves[kept], kept
+
+
+def window_kept(
+    samples: np.ndarray, chans: np.ndarray, noise: np.ndarray, n_total: int, spec: WindowSpec, fs: float
+) -> np.ndarray:
+    """Peaks whose window lies inside the recording, on a channel with a usable (non-zero) noise level."""
+    before, after = window_margins(spec, fs)
+    return (samples - before >= 0) & (samples + after <= n_total) & (noise[chans] > 0)
+
+
+def check_finite(traces: np.ndarray, name: str, where: str = "") -> None:
+    """Raise a RecordingError if a block of (filtered) traces holds NaN/Inf."""
+    if not np.all(np.isfinite(traces)):
+        raise RecordingError(
+            f"recording {name} has NaN/Inf samples{where} (after filtering); replace them (e.g. spikeinterface."
+            "preprocessing.remove_artifacts) or cut that stretch out (recording.frame_slice) before extracting spikes"
+        )
+
+
+class WindowNode(PipelineNode):
+    """SpikeInterface pipeline node cutting the windows of its parent detector's peaks from the same chunk, so
+    detection and windows share one read (and one filtering) of the recording. Peaks near the recording edges
+    see zero padding here: drop them with ``window_kept``."""
+
+    def __init__(self, recording: Any, parents: list, noise: np.ndarray, spec: WindowSpec, align: bool = True):
+        PipelineNode.__init__(self, recording, return_output=True, parents=parents)
+        self.fs = sampling_frequency_of(recording)
+        self.margin = max(window_margins(spec, self.fs))
+        self.offsets = (np.arange(spec.length) - spec.n_before) * (self.fs / spec.sampling_frequency)
+        self.inv_noise = 1.0 / np.where(noise > 0, noise, 1.0)
+        self.align, self.length, self.name = align, spec.length, recording_name(recording)
+
+    def get_margin(self) -> int:
+        return self.margin
+
+    def get_dtype(self) -> np.dtype:
+        return np.dtype("float32")
+
+    def compute(self, traces: np.ndarray, peaks: np.ndarray) -> np.ndarray:
+        check_finite(traces, self.name)
+        local = peaks["sample_index"].astype(np.int64)  # relative to this chunk (margins included)
+        chans = peaks["channel_index"].astype(np.int64)
+        if local.size == 0:
+            return np.zeros((0, self.length), dtype=np.float32)
+        return _cut(traces, local, chans, self.offsets, self.inv_noise[chans], self.align)
