@@ -1,0 +1,207 @@
+"""Self-describing encoder artifacts: safetensors weights + a JSON header, loadable without Hydra or pickle.
+
+``encoder.safetensors`` holds the net's tensors (``net.*`` without the prefix) and, in the safetensors
+metadata under the key ``deepspike``, a JSON document::
+
+    {"format": "deepspike-encoder", "format_version": 1,
+     "arch": {...net.arch: kind, in_dim, hidden, latent, ...},
+     "window": {...WindowSpec...},
+     "provenance": {"corpus_manifest_sha256", "steps", "metrics", "tool_version", "git_commit", "parent", ...}}
+
+The same document is written next to it as ``encoder.json`` for humans and tools. ``load_encoder`` rebuilds the
+net from ``arch`` (``deepspike.models.build_net``) and never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepspike.errors import DeepSpikeError, SpecMismatchError
+from deepspike.models import build_net
+from deepspike.spec import WindowSpec, normalize
+
+FORMAT = "deepspike-encoder"
+FORMAT_VERSION = 1
+META_KEY = "deepspike"
+
+
+def tool_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("deepspike")
+    except Exception:
+        return "0.0.0+unknown"
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class EncoderSpec(dict):
+    """The artifact header as a dict that also allows attribute access (``spec.window``, ``spec["window"]``).
+
+    Keys: ``format``, ``format_version``, ``arch``, ``window`` (WindowSpec fields), ``provenance``, and for
+    convenience ``sampling_frequency``, ``normalization``, ``n_before``, ``n_after``, ``latent_dim``.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError as e:
+            raise AttributeError(name) from e
+
+    @property
+    def window_spec(self) -> WindowSpec:
+        return WindowSpec.from_dict(self["window"])
+
+
+def _make_spec(header: dict[str, Any]) -> EncoderSpec:
+    w = header["window"]
+    extra = {k: w[k] for k in ("sampling_frequency", "normalization", "n_before", "n_after")}
+    return EncoderSpec(**header, **extra, latent_dim=int(header["arch"]["latent"]))
+
+
+@dataclass
+class Encoder:
+    """A frozen encoder: ``embed`` maps raw windows (noise units, ``[n, window]``) to ``[n, latent]``."""
+
+    net: nn.Module
+    spec: EncoderSpec
+    path: Path | None = None
+
+    @property
+    def window_spec(self) -> WindowSpec:
+        return self.spec.window_spec
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.spec["latent_dim"])
+
+    def check_spec(self, data_spec: WindowSpec | dict[str, Any], where: str = "") -> None:
+        """Raise ``SpecMismatchError`` when windows cut with ``data_spec`` do not fit this encoder."""
+        other = data_spec if isinstance(data_spec, WindowSpec) else WindowSpec.from_dict(data_spec)
+        self.window_spec.check_compatible(other, what="data", where=where or str(self.path or ""))
+
+    @torch.inference_mode()
+    def embed(
+        self,
+        waveforms: np.ndarray | torch.Tensor,
+        batch_size: int = 65536,
+        device: str | torch.device | None = None,
+        spec: WindowSpec | dict[str, Any] | None = None,
+    ) -> np.ndarray:
+        """Embeddings (posterior means) of ``waveforms`` float ``[n, window]`` in noise units, as float32.
+
+        The encoder applies its own normalization; pass ``spec`` (the data's window spec) to check it.
+        """
+        if spec is not None:
+            self.check_spec(spec)
+        x = torch.as_tensor(np.asarray(waveforms, dtype=np.float32)) if not torch.is_tensor(waveforms) else waveforms
+        ws = self.window_spec
+        if x.ndim != 2 or x.shape[1] != ws.length:
+            raise SpecMismatchError(
+                f"encoder expects windows of shape [n, {ws.length}] ({ws.n_before} before + {ws.n_after} after the "
+                f"peak at {ws.sampling_frequency} Hz), got {tuple(x.shape)}; cut windows with the encoder's spec"
+            )
+        dev = torch.device(device) if device is not None else next(self.net.parameters()).device
+        net = self.net.to(dev).eval()
+        out = np.empty((x.shape[0], self.latent_dim), dtype=np.float32)
+        for i in range(0, x.shape[0], max(1, int(batch_size))):
+            xb = x[i : i + batch_size].to(dev, torch.float32)
+            out[i : i + xb.shape[0]] = net.embed(normalize(xb, ws)).float().cpu().numpy()
+        return out
+
+
+def _net_state(obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """(net state dict, arch, window) from a LightningModule, a bare net, or a Lightning checkpoint path."""
+    if isinstance(obj, (str, Path)):
+        ckpt = torch.load(str(obj), map_location="cpu", weights_only=True)
+        info = ckpt.get("deepspike")
+        if info is None:
+            raise DeepSpikeError(f"{obj}: not a DeepSpike training checkpoint (no 'deepspike' entry)")
+        sd = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        return sd, dict(info["arch"]), dict(info["window"])
+    net = getattr(obj, "net", obj)
+    spec = getattr(obj, "spec", None)
+    window = spec.to_dict() if isinstance(spec, WindowSpec) else WindowSpec().to_dict()
+    return {k: v.detach().cpu() for k, v in net.state_dict().items()}, dict(net.arch), window
+
+
+def export_encoder(
+    module_or_ckpt: Any, path: str | Path, provenance: dict[str, Any] | None = None, window: WindowSpec | None = None
+) -> Path:
+    """Write ``path`` (``.safetensors``) and its ``.json`` sidecar; return the safetensors path."""
+    from safetensors.torch import save_file
+
+    sd, arch, win = _net_state(module_or_ckpt)
+    if window is not None:
+        win = window.to_dict()
+    prov = {"tool_version": tool_version(), "parent": None, **(provenance or {})}
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch, "window": win, "provenance": prov}
+    text = json.dumps(header, sort_keys=True, default=_jsonable)
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata={META_KEY: text})
+    tmp.replace(path)
+    path.with_suffix(".json").write_text(json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, (np.generic, torch.Tensor)):
+        return o.item()
+    return str(o)
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The JSON header of an artifact, without loading its weights."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:
+        raise DeepSpikeError(f"{path}: not a readable safetensors encoder artifact ({e})") from e
+    if META_KEY not in meta:
+        raise DeepSpikeError(f"{path}: safetensors file without a DeepSpike header; export it with export_encoder")
+    header = json.loads(meta[META_KEY])
+    if header.get("format") != FORMAT or int(header.get("format_version", 0)) > FORMAT_VERSION:
+        raise DeepSpikeError(
+            f"{path}: format {header.get('format')!r} v{header.get('format_version')} is not supported by this "
+            f"version (reads {FORMAT} v<={FORMAT_VERSION}); upgrade deepspike"
+        )
+    return header
+
+
+def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encoder:
+    """Load an encoder artifact (a ``.safetensors`` file, or a run directory holding ``encoder.safetensors``)."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "encoder.safetensors"
+    if not p.exists():
+        raise DeepSpikeError(f"no encoder artifact at {path}; train one with `python train.py` (writes encoder.*)")
+    header = read_header(p)
+    net = build_net(header["arch"])
+    net.load_state_dict(load_file(str(p), device="cpu"), strict=True)
+    net.to(device).eval()
+    for q in net.parameters():
+        q.requires_grad_(False)
+    return Encoder(net=net, spec=_make_spec(header), path=p)

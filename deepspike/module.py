@@ -1,0 +1,321 @@
+"""Lightning pieces: the AE/VAE ``SpikeAutoencoder`` and the ``SpikeDataModule`` over the shard stream.
+
+Loss reduction (the published code sums KL over the batch but averages reconstruction, so KL dominates as the
+batch grows): here *both* terms are per-sample sums divided by the window length, averaged over the batch:
+
+    recon = mean_{batch, samples} |x_hat - x|^q          (q = 2 for ``mse``, 1 for ``l1``)
+    kl    = mean_batch( sum_latent KL(q(z|x) || N(0, I)) ) / window_length
+    loss  = recon + beta * min(1, step / kl_warmup_steps) * kl
+
+so ``beta`` means the same at any batch size, and ``beta = 1`` with ``mse`` is the ELBO of a unit-variance
+Gaussian decoder up to constants. The AE has ``kl = 0``.
+
+Data flow of a step: ``batch["wave"]`` (noise units, float32) -> pretext corruption (on the device, seeded)
+-> ``spec.normalize`` -> net; the target is ``normalize(clean)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepspike.pretext import Pretext
+from deepspike.spec import WindowSpec, normalize
+
+RECON = {"mse": F.mse_loss, "l1": F.l1_loss}
+
+
+def loss_terms(
+    x_hat: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor | None, recon: str = "mse"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(recon, kl)`` with the same per-sample, per-element reduction (see module docstring)."""
+    rec = RECON[recon](x_hat.float(), target.float())
+    if logvar is None:
+        return rec, rec.new_zeros(())
+    mu, logvar = mu.float(), logvar.float()
+    kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(dim=1).mean() / target.shape[1]
+    return rec, kl
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up to 1, then cosine down to ``min_lr_ratio`` at ``total_steps``."""
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+def matched_accuracy(labels: np.ndarray, pred: np.ndarray) -> float:
+    """Fraction of spikes in clusters matched one-to-one to units (Hungarian matching on the confusion matrix)."""
+    from scipy.optimize import linear_sum_assignment
+
+    _, li = np.unique(labels, return_inverse=True)
+    _, pi = np.unique(pred, return_inverse=True)
+    conf = np.zeros((li.max() + 1, pi.max() + 1), dtype=np.int64)
+    np.add.at(conf, (li, pi), 1)
+    r, c = linear_sum_assignment(-conf)
+    return float(conf[r, c].sum() / max(1, len(labels)))
+
+
+def gmm_scores(emb: np.ndarray, labels: np.ndarray, seed: int = 0, max_spikes: int = 5000) -> tuple[float, float]:
+    """GMM on embeddings with as many components as ground-truth units -> (matched accuracy, ARI).
+
+    Uses the true unit count: the metric tracks how separable the embedding makes the units, not model
+    selection (that is the sorter's job).
+    """
+    from sklearn.metrics import adjusted_rand_score
+    from sklearn.mixture import GaussianMixture
+
+    keep = labels >= 0
+    emb, labels = emb[keep], labels[keep]
+    if len(labels) > max_spikes:
+        idx = np.random.default_rng(seed).choice(len(labels), max_spikes, replace=False)
+        emb, labels = emb[idx], labels[idx]
+    k = len(np.unique(labels))
+    if k < 2 or len(labels) < 4 * k:
+        return float("nan"), float("nan")
+    gmm = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, n_init=1, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pred = gmm.fit(emb.astype(np.float64)).predict(emb.astype(np.float64))
+    return matched_accuracy(labels, pred), float(adjusted_rand_score(labels, pred))
+
+
+class SpikeAutoencoder(pl.LightningModule):
+    """AE / VAE on spike windows (``net.variational`` decides), with batched on-device pretext tasks.
+
+    Logged: ``train/loss|recon|kl|beta|samples_per_s``, ``val/recon``, ``val/kl``, ``val/loss``, and when the
+    validation split carries labels ``val/gmm_acc`` and ``val/gmm_ari`` (mean over recordings).
+    ``val/score`` is ``val/gmm_acc`` when labels exist, else ``-val/recon``: one key, always "higher is
+    better", that checkpoints and sweeps optimize.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        pretext: Pretext | None = None,
+        window: dict[str, Any] | None = None,
+        recon: str = "mse",
+        beta: float = 1.0,
+        kl_warmup_steps: int = 0,
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.05,
+        cluster_metric: bool = True,
+        cluster_max_spikes: int = 5000,
+        compile: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if recon not in RECON:
+            raise ValueError(f"unknown recon loss {recon!r}; choose one of {sorted(RECON)}")
+        self.save_hyperparameters(ignore=["net", "optimizer", "pretext"], logger=False)
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.pretext = pretext if pretext is not None else Pretext(tasks=())
+        self.spec = WindowSpec.from_dict(window or {})
+        if getattr(net, "arch", {}).get("in_dim", self.spec.length) != self.spec.length:
+            raise ValueError(f"net in_dim {net.arch['in_dim']} != window length {self.spec.length} of the corpus")
+        self._val: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._t_last: float | None = None
+        self._recon_sum, self._recon_n = 0.0, 0
+        object.__setattr__(self, "_compiled", None)  # not a submodule: state_dict keys stay "net.*"
+
+    # ---- set-up -------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        self.pretext.reseed(self.hparams.seed + 1000003 * self.global_rank)  # different corruption per rank
+        if self.hparams.compile:
+            object.__setattr__(self, "_compiled", torch.compile(self.net))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = self.optimizer_factory(params=self.parameters())
+        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
+        total = total or int(self.trainer.estimated_stepping_batches)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, warmup_cosine(self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- steps --------------------------------------------------------------------------------------------
+    def beta_now(self) -> float:
+        w = self.hparams.kl_warmup_steps
+        return float(self.hparams.beta) * (min(1.0, self.global_step / w) if w > 0 else 1.0)
+
+    def _step(self, wave: torch.Tensor, corrupt: bool) -> dict[str, torch.Tensor]:
+        wave = wave.float()
+        target = normalize(wave, self.spec)
+        inp = normalize(self.pretext(wave), self.spec) if corrupt else target
+        x_hat, mu, logvar = (self._compiled or self.net)(inp)
+        rec, kl = loss_terms(x_hat, target, mu, logvar, self.hparams.recon)
+        return {"recon": rec, "kl": kl, "mu": mu}
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self._step(batch["wave"], corrupt=True)
+        beta = self.beta_now()
+        loss = out["recon"] + beta * out["kl"]
+        n = batch["wave"].shape[0]
+        self.log_dict(
+            {"train/loss": loss, "train/recon": out["recon"], "train/kl": out["kl"], "train/beta": beta,
+             "trainer/global_step": float(self.global_step + 1)},
+            on_step=True, on_epoch=False, prog_bar=False, batch_size=n,
+        )  # fmt: skip
+        now = time.perf_counter()
+        if self._t_last is not None:
+            sps = n * self.trainer.world_size / max(now - self._t_last, 1e-9)
+            self.log("train/samples_per_s", sps, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
+        self._t_last = now
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        dl = self.trainer.train_dataloader
+        ds = getattr(dl, "dataset", None)
+        if callable(getattr(ds, "set_epoch", None)):
+            ds.set_epoch(self.current_epoch)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = self._step(batch["wave"], corrupt=False)
+        n = batch["wave"].shape[0]
+        loss = out["recon"] + self.hparams.beta * out["kl"]
+        self._recon_sum += float(out["recon"]) * n
+        self._recon_n += n
+        self.log_dict(
+            {"val/recon": out["recon"], "val/kl": out["kl"], "val/loss": loss},
+            on_step=False, on_epoch=True, sync_dist=True, batch_size=n,
+        )  # fmt: skip
+        if self.hparams.cluster_metric and "label" in batch and "rec" in batch:
+            mu = out["mu"].float().cpu().numpy()
+            self._val.append((mu, batch["label"].cpu().numpy(), batch["rec"].cpu().numpy()))
+
+    def on_validation_epoch_start(self) -> None:
+        self._val, self._recon_sum, self._recon_n = [], 0.0, 0
+
+    def on_validation_epoch_end(self) -> None:
+        acc, ari = self._cluster_scores()
+        recon = self._recon_sum / self._recon_n if self._recon_n else None
+        if acc is not None:
+            self.log_dict({"val/gmm_acc": acc, "val/gmm_ari": ari}, sync_dist=True)
+            score = acc
+        else:
+            score = -float(recon) if recon is not None else float("nan")
+        self.log("val/score", score, sync_dist=True, prog_bar=True)
+        self._val = []
+
+    def _cluster_scores(self) -> tuple[float | None, float | None]:
+        """Mean over validation recordings of GMM matched accuracy / ARI (labels are unique per recording)."""
+        if not self._val:
+            return None, None
+        emb = np.concatenate([v[0] for v in self._val])
+        lab = np.concatenate([v[1] for v in self._val])
+        rec = np.concatenate([v[2] for v in self._val])
+        accs, aris = [], []
+        for r in np.unique(rec):
+            a, b = gmm_scores(emb[rec == r], lab[rec == r], seed=0, max_spikes=self.hparams.cluster_max_spikes)
+            if not math.isnan(a):
+                accs.append(a)
+                aris.append(b)
+        if not accs:
+            return None, None
+        return float(np.mean(accs)), float(np.mean(aris))
+
+    # ---- embedding and checkpoints ------------------------------------------------------------------------
+    @torch.inference_mode()
+    def embed(self, waves: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Embeddings of raw (noise-unit) windows, exactly as the exported encoder computes them."""
+        was = self.net.training
+        self.net.eval()
+        x = torch.as_tensor(np.asarray(waves, dtype=np.float32), device=self.device)
+        out = self.net.embed(normalize(x, self.spec)).float().cpu().numpy()
+        self.net.train(was)
+        return out
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["deepspike"] = {
+            "arch": dict(self.net.arch),
+            "window": self.spec.to_dict(),
+            "pretext": self.pretext.state_dict(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("deepspike", {}).get("pretext")
+        if state is None:
+            return
+        if self.global_rank == 0:
+            self.pretext.load_state_dict(state, device=self.device)
+        else:  # only rank 0's generator is saved; other ranks continue on a fresh, rank- and step-specific seed
+            self.pretext.reseed(self.hparams.seed + 1000003 * self.global_rank + checkpoint.get("global_step", 0))
+
+
+class SpikeDataModule(pl.LightningDataModule):
+    """Train / validation loaders over a corpus (directory, ``manifest.json``, or a glob of shards).
+
+    Thin on purpose: sharding by node and worker, the row-level shuffle and equal batch counts per rank are the
+    stream's job (``deepspike.stream.make_loader``; the rank comes from torch.distributed, so loaders are built
+    after Lightning set up the process group). Validation batches carry ``label`` and ``rec`` for the GMM metric.
+    """
+
+    def __init__(
+        self,
+        shards: str,
+        batch_size: int = 512,
+        val_batch_size: int = 4096,
+        num_workers: int = 0,
+        shuffle_buffer: int = 65536,
+        resample: bool = False,
+        persistent_workers: bool = False,
+        pin_memory: bool | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.shards = str(shards)
+        self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
+        self.num_workers, self.shuffle_buffer = int(num_workers), int(shuffle_buffer)
+        self.resample, self.persistent_workers = bool(resample), bool(persistent_workers)
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+        self.seed = int(seed)
+        self._manifest: dict[str, Any] | None = None
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        if self._manifest is None:
+            from deepspike.stream import load_manifest
+
+            self._manifest = load_manifest(self.shards)[0]
+        return self._manifest
+
+    def split_size(self, split: str) -> int:
+        s = self.manifest.get("splits", {}).get(split)
+        if s is not None:
+            return int(s.get("num_spikes", 0))
+        return sum(int(x["num_spikes"]) for x in self.manifest["shards"] if x.get("split", "train") == split)
+
+    def train_dataloader(self) -> Any:
+        from deepspike.stream import make_loader
+
+        return make_loader(
+            self.shards, split="train", batch_size=self.batch_size, shuffle=True, seed=self.seed,
+            num_workers=self.num_workers, buffer_rows=self.shuffle_buffer, resample=self.resample,
+            persistent_workers=self.persistent_workers, pin_memory=self.pin_memory, drop_last=True,
+        )  # fmt: skip
+
+    def val_dataloader(self) -> Any:
+        from deepspike.stream import make_loader
+
+        if self.split_size("val") == 0:
+            return []
+        return make_loader(
+            self.shards, split="val", batch_size=self.val_batch_size, shuffle=False, seed=self.seed,
+            num_workers=0, return_labels=True, drop_last=False, pin_memory=self.pin_memory,
+        )  # fmt: skip

@@ -1,0 +1,354 @@
+"""The training app: build everything from the Hydra config, fit, export the encoder, summarize sweeps.
+
+``python train.py`` (or ``deepspike-train``) runs ``main``; ``run(cfg)`` is the same logic without Hydra's
+decorator (tests compose the real configs and call it). Every rank runs ``run``; only global rank 0 exports,
+writes the summary files and prints the run directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from hydra.experimental.callback import Callback as HydraCallback
+from omegaconf import DictConfig, OmegaConf
+
+from deepspike.errors import DeepSpikeError
+from deepspike.spec import WindowSpec
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODEL_ALIASES = ("hidden", "latent")  # model.hidden / model.latent: sweep shorthands interpolated into model.net
+
+
+# ---- provenance -------------------------------------------------------------------------------------------
+def git_commit() -> str:
+    """``<sha>`` of the checkout holding this package (``+dirty`` with local changes), or ``unknown``."""
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip()  # fmt: skip
+        return sha + ("+dirty" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+def manifest_sha256(manifest: dict[str, Any]) -> str:
+    """Hash of the manifest's content (key order independent), naming the exact corpus a model saw."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ---- building ---------------------------------------------------------------------------------------------
+def _check_corpus(shards: str) -> None:
+    if glob.has_magic(shards) or "://" in shards or Path(shards).exists():
+        return
+    raise DeepSpikeError(
+        f"corpus not found: {shards!r}. Build the demo corpus with `make demo` (or "
+        f"`deepspike-corpus recordings='[PATH_OR_GLOB,...]' out={shards}`), or point the run at your corpus "
+        "with `python train.py data.shards=DIR_OR_MANIFEST_OR_GLOB`."
+    )
+
+
+def resolve_precision(trainer_cfg: DictConfig) -> str | int:
+    """``auto``: bf16-mixed on CUDA, 32-bit on CPU (bf16 autocast on CPU is slower than fp32 for these nets)."""
+    p = trainer_cfg.get("precision", "auto")
+    if p != "auto":
+        return p
+    acc = str(trainer_cfg.get("accelerator", "auto"))
+    on_gpu = acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if on_gpu else "32-true"
+
+
+def build_model(cfg: DictConfig, window: WindowSpec) -> pl.LightningModule:
+    """Instantiate ``cfg.model`` (a SpikeAutoencoder with nested net, optimizer, pretext) for ``window``."""
+    mcfg = OmegaConf.to_container(cfg.model, resolve=True)
+    for k in MODEL_ALIASES:
+        mcfg.pop(k, None)
+    init_from = mcfg.pop("init_from", None)
+    in_dim = mcfg["net"].get("in_dim", window.length)
+    if in_dim != window.length:
+        raise DeepSpikeError(f"model.net.in_dim={in_dim} but the corpus windows have {window.length} samples")
+    if init_from:  # fine-tuning: the architecture comes from the parent artifact
+        from deepspike.export import load_encoder
+
+        parent = load_encoder(init_from)
+        parent.check_spec(window, where=f"init_from={init_from} vs corpus")
+        module = hydra.utils.instantiate(mcfg, net=None, window=window.to_dict(), _convert_="partial")
+        module.net = parent.net.train()
+        for q in module.net.parameters():
+            q.requires_grad_(True)
+        return module
+    return hydra.utils.instantiate(mcfg, window=window.to_dict(), _convert_="partial")
+
+
+def _instantiate_group(group: DictConfig | None) -> list[Any]:
+    if not group:
+        return []
+    return [hydra.utils.instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def build(cfg: DictConfig) -> dict[str, Any]:
+    """All run objects: datamodule, model, callbacks, loggers, trainer, plus manifest facts."""
+    _check_corpus(str(cfg.data.shards))
+    datamodule = hydra.utils.instantiate(cfg.data)
+    manifest = datamodule.manifest
+    window = WindowSpec.from_dict(manifest.get("window", {}))
+    model = build_model(cfg, window)
+    has_val = datamodule.split_size("val") > 0
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    if not has_val:
+        warnings.warn("the corpus has no validation split: checkpoints keep the last step only", stacklevel=2)
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.EarlyStopping)]
+        for c in callbacks:
+            if isinstance(c, pl.callbacks.ModelCheckpoint):
+                c.monitor, c.save_top_k = None, 1
+    logger_cfg = cfg.get("logger")
+    if logger_cfg and logger_cfg.get("wandb") and logger_cfg.wandb.get("offline", True):
+        os.environ.setdefault("WANDB_MODE", "offline")  # no account, no network; `wandb sync` later
+    loggers = _instantiate_group(logger_cfg)
+    if not loggers:  # LearningRateMonitor refuses to run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=resolve_precision(cfg.trainer)
+    )
+    return {
+        "datamodule": datamodule, "model": model, "callbacks": callbacks, "loggers": loggers, "trainer": trainer,
+        "manifest": manifest, "window": window, "has_val": has_val,
+    }  # fmt: skip
+
+
+def _guard_relaunch(cfg: DictConfig) -> None:
+    """Refuse Lightning's script relaunch (strategy=ddp, >1 device) inside a Hydra multirun: it nests sweeps."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:
+        multirun = False
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    devices = cfg.trainer.get("devices", 1)
+    many = devices not in (1, "1", [0]) and devices is not None
+    if (
+        multirun
+        and many
+        and strategy.startswith("ddp")
+        and "spawn" not in strategy
+        and "SLURM_NTASKS" not in os.environ
+    ):
+        raise DeepSpikeError(
+            "trainer.strategy=ddp with several devices inside a Hydra multirun would relaunch the sweep per rank. "
+            "Use hydra/launcher=slurm (SLURM starts the ranks, one trial per job) or trainer.strategy=ddp_spawn."
+        )
+
+
+def _overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    except Exception:
+        return []
+
+
+def _export(cfg: DictConfig, objs: dict[str, Any], out_dir: Path, metrics: dict[str, float]) -> Path | None:
+    from deepspike.export import export_encoder, file_sha256, load_encoder
+
+    ecfg = cfg.get("export") or {}
+    if not ecfg.get("enabled", True):
+        return None
+    trainer, model = objs["trainer"], objs["model"]
+    ckpt_cb = trainer.checkpoint_callback
+    source: Any = model
+    final_steps = steps = max(int(trainer.global_step), int(metrics.get("trainer/global_step", 0)))
+    selected: dict[str, Any] = {"by": "final weights"}
+    if not cfg.get("train", True) and cfg.get("ckpt_path"):  # re-export an existing checkpoint
+        ckpt_cb = None
+        source = str(cfg.ckpt_path)
+        steps = final_steps = int(torch.load(source, map_location="cpu", weights_only=True).get("global_step", 0))
+        selected = {"by": "ckpt_path"}
+    if ckpt_cb is not None:
+        best, last = ckpt_cb.best_model_path, getattr(ckpt_cb, "last_model_path", "")
+        pick = best if ecfg.get("which", "best") == "best" and best else (last or best)
+        if pick and Path(pick).exists():
+            source = pick
+            ckpt = torch.load(pick, map_location="cpu", weights_only=True)
+            steps = int(ckpt.get("global_step", steps))
+            score = ckpt_cb.best_model_score if pick == best else None
+            if pick == best and score is None:  # ddp_spawn returns the best path only: read it from the checkpoint
+                states = [v for k, v in ckpt.get("callbacks", {}).items() if "ModelCheckpoint" in str(k)]
+                score = next((st.get("best_model_score") for st in states if st.get("best_model_path") == best), None)
+            selected = {
+                "by": ckpt_cb.monitor if pick == best else "last",
+                "value": None if score is None else float(score),
+            }
+    init_from = cfg.model.get("init_from")
+    parent = None
+    if init_from:
+        enc = load_encoder(init_from)
+        parent = {"path": str(enc.path), "sha256": file_sha256(enc.path), "provenance": dict(enc.spec["provenance"])}
+    prov = {
+        "corpus_manifest_sha256": manifest_sha256(objs["manifest"]),
+        "corpus": str(cfg.data.shards),
+        "steps": steps,  # optimizer steps of the exported weights
+        "selected": selected,  # which checkpoint was exported and its monitored score
+        "final_steps": final_steps,
+        "metrics": metrics,  # callback metrics at the end of training
+        "git_commit": git_commit(),
+        "checkpoint": str(source) if isinstance(source, str) else None,
+        "overrides": _overrides(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "parent": parent,
+    }
+    return export_encoder(source, out_dir / str(ecfg.get("filename", "encoder.safetensors")), prov, objs["window"])
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train (and export) one configuration; returns ``{"metric", "metrics", "run_dir", "encoder"}``."""
+    _guard_relaunch(cfg)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(int(cfg.seed), workers=True)  # same init on every rank; the stream varies data per rank
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    objs = build(cfg)
+    trainer: pl.Trainer = objs["trainer"]
+    info = {
+        "git_commit": git_commit(),
+        "corpus_manifest_sha256": manifest_sha256(objs["manifest"]),
+        "corpus_num_spikes": objs["manifest"].get("num_spikes"),
+        "num_parameters": sum(p.numel() for p in objs["model"].parameters()),
+    }
+    for lg in objs["loggers"]:
+        lg.log_hyperparams({**info, "cfg": OmegaConf.to_container(cfg, resolve=True)})
+    if trainer.is_global_zero:
+        (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if cfg.get("train", True):
+        trainer.fit(objs["model"], datamodule=objs["datamodule"], ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
+    metric_name = cfg.get("optimized_metric")
+    metric = metrics.get(metric_name) if metric_name else None
+    result: dict[str, Any] = {"metric_name": metric_name, "metric": metric, "metrics": metrics, "run_dir": str(out_dir)}
+    if trainer.is_global_zero:
+        enc = _export(cfg, objs, out_dir, metrics)
+        result["encoder"] = str(enc) if enc else None
+        result.update(info, overrides=_overrides())
+        (out_dir / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    _finish_wandb()
+    if trainer.is_global_zero:
+        print(f"run dir: {out_dir}", flush=True)
+    return result
+
+
+def _finish_wandb() -> None:
+    """Close the wandb run now, so its sync hints come before the run directory line (and sweeps start clean)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
+# ---- Hydra app --------------------------------------------------------------------------------------------
+@hydra.main(version_base="1.3", config_path=str(REPO_ROOT / "conf"), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Entry point of ``python train.py`` / ``deepspike-train``; returns the optimized metric (for sweepers)."""
+    return run(cfg).get("metric")
+
+
+class SweepSummary(HydraCallback):
+    """Hydra callback: at the end of a multirun, tabulate each trial's overrides and metric.
+
+    Writes ``sweep_summary.csv`` and ``sweep_summary.md`` into the sweep directory and prints the table,
+    best trial first (the metric is "higher is better", see ``SpikeAutoencoder``).
+    """
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = summarize_sweep(sweep_dir)
+        if rows:
+            print(f"sweep summary ({len(rows)} trials): {sweep_dir / 'sweep_summary.md'}")
+            print((sweep_dir / "sweep_summary.md").read_text())
+
+
+def summarize_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Collect ``*/result.json`` under ``sweep_dir`` into ``sweep_summary.{csv,md}``; return the rows."""
+    rows = []
+    for f in sorted(sweep_dir.glob("*/result.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
+        r = json.loads(f.read_text())
+        rows.append({
+            "trial": f.parent.name, "params": " ".join(r.get("overrides") or []),
+            "metric": r.get("metric_name"), "value": r.get("metric"), "run_dir": r.get("run_dir"),
+        })  # fmt: skip
+    if not rows:
+        return rows
+    rows.sort(key=lambda r: -r["value"] if isinstance(r["value"], (int, float)) else float("inf"))
+    with open(sweep_dir / "sweep_summary.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    lines = ["| trial | params | metric | value |", "|---|---|---|---|"]
+    for r in rows:
+        v = f"{r['value']:.4f}" if isinstance(r["value"], (int, float)) else "n/a"
+        lines.append(f"| {r['trial']} | {r['params']} | {r['metric']} | {v} |")
+    (sweep_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n")
+    return rows
+
+
+class LossCurve(pl.Callback):
+    """Records train loss per step and validation metrics; writes ``loss_curve.png`` + ``loss_history.csv``."""
+
+    def __init__(self, dirpath: str | None = None, filename: str = "loss_curve.png") -> None:
+        self.dirpath, self.filename = dirpath, filename
+        self.train: list[tuple[int, float]] = []
+        self.val: list[tuple[int, float, float | None]] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            self.train.append((trainer.global_step, float(loss)))
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        m = trainer.callback_metrics
+        if "val/recon" in m and not trainer.sanity_checking:
+            score = float(m["val/score"]) if "val/score" in m else None
+            self.val.append((trainer.global_step, float(m["val/recon"]), score))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if not trainer.is_global_zero or not self.train:
+            return
+        out = Path(self.dirpath or trainer.default_root_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "loss_history.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["step", "split", "loss", "score"])
+            w.writerows((s, "train", v, "") for s, v in self.train)
+            w.writerows((s, "val", v, "" if sc is None else sc) for s, v, sc in self.val)
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot(*zip(*self.train, strict=True), lw=0.8, label="train loss")
+        if self.val:
+            ax.plot([v[0] for v in self.val], [v[1] for v in self.val], "o-", label="val recon")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_yscale("log")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / self.filename, dpi=100)
+        plt.close(fig)
