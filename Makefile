@@ -17,6 +17,7 @@ install: $(VENV)/.installed
 
 demo: install
 	$(PY) -m deepspike.demo
+	$(PY) sort.py out=outputs/demo_sort overwrite=true
 
 test: install
 	$(PY) -m pytest -q -m "not slow and not gpu"
@@ -31,7 +32,7 @@ format: install
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
 bench: install
-	$(PY) bench/loader.py && $(PY) bench/corpus.py && $(PY) bench/sort.py
+	$(PY) bench/loader.py && $(PY) bench/corpus.py && $(PY) bench/sort.py && $(PY) bench/train_step.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

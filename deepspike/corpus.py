@@ -26,6 +26,7 @@ import numpy as np
 
 from deepspike import __version__
 from deepspike.errors import DeepSpikeError, OutputExistsError
+from deepspike.paths import CONF_DIR
 from deepspike.shards import Block, slug, write_shard
 from deepspike.spec import WindowSpec
 
@@ -146,10 +147,21 @@ def synthetic_recordings(opts: dict[str, Any], progress: bool) -> list[Path]:
 # ------------------------------------------------------------------------------------ one recording
 
 
+def row_order(rec_id: str, n: int) -> np.ndarray:
+    """The order a recording's ``n`` spikes are stored in: a permutation seeded from the recording id.
+
+    Stored rows in random order make any contiguous run of rows a random sample of the recording, so the stream
+    can mix batches by runs of rows (manifest ``row_order: shuffled``); each row keeps its peak time.
+    """
+    seed = int.from_bytes(hashlib.sha256(rec_id.encode()).digest()[:8], "little")
+    return np.random.default_rng(seed).permutation(n)
+
+
 def _blocks(spikes: Any, rec_id: str, block_size: int) -> Iterator[Block]:
     n = len(spikes)
+    order = row_order(rec_id, n)
     for start in range(0, n, block_size):
-        sl = slice(start, min(n, start + block_size))
+        sl = order[start : min(n, start + block_size)]
         yield Block(
             waves=spikes.waves[sl].astype(np.float16),
             times=spikes.sample_index[sl],
@@ -188,6 +200,7 @@ def build_recording(path: Path, out: Path, cfg: CorpusConfig) -> dict[str, Any]:
         "duration_s": float(recording.get_total_duration()),
         "num_spikes": len(spikes),
         "has_labels": gt is not None,
+        "row_order": "shuffled",  # spikes stored in row_order(rec_id) order
         "noise_levels": [float(x) for x in np.atleast_1d(spikes.noise_levels)],
         "seconds": round(time.perf_counter() - t0, 3),
         "shards": shards,
@@ -313,6 +326,8 @@ def write_manifest(out: Path, records: list[dict[str, Any]], cfg: CorpusConfig) 
         "window": WindowSpec.from_dict(cfg.window).to_dict(),
         "extract": asdict(ExtractParams.from_config(cfg.extract)),
         "block_size": cfg.block_size,
+        # each recording's rows in a seeded random order (row_order); records built before that are in time order
+        "row_order": "shuffled" if all(r.get("row_order") == "shuffled" for r in records) else "stored",
         "val_fraction": cfg.val_fraction,
         "seed": cfg.seed,
         "splits": splits,
@@ -328,7 +343,7 @@ def main() -> None:
     """Console script ``deepspike-corpus`` (a Hydra app over ``conf/corpus.yaml``)."""
     import hydra
 
-    @hydra.main(config_path="../conf", config_name="corpus", version_base="1.3")
+    @hydra.main(config_path=str(CONF_DIR), config_name="corpus", version_base="1.3")
     def _app(cfg: Any) -> None:
         manifest = build_corpus(CorpusConfig.from_cfg(cfg))
         if manifest is not None:

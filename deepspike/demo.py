@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 from deepspike.corpus import MANIFEST, CorpusConfig, build_corpus
+from deepspike.paths import DATA_DIR
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO_CORPUS = REPO / "data" / "demo_corpus"
-DEMO_SYNTH = REPO / "data" / "generated" / "demo"
+DEMO_CORPUS = DATA_DIR / "demo_corpus"
+DEMO_SYNTH = DATA_DIR / "generated" / "demo"
 
 
 def build_demo_corpus(out: Path = DEMO_CORPUS) -> Path:

@@ -12,20 +12,20 @@ import logging
 import math
 from dataclasses import dataclass, field, fields
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from deepspike.detect import PEAK_DTYPE, POLARITIES, as_peak_dtype, check_detect_params, event_index, plan_detection
 from deepspike.errors import DeepSpikeError, RecordingError
+from deepspike.paths import CONF_DIR
 from deepspike.preprocess import bandpass, noise_levels, recording_name, sampling_frequency_of
 from deepspike.spec import WindowSpec
 from deepspike.windows import WindowNode, window_kept, window_margins
 
 log = logging.getLogger(__name__)
 
-DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "conf" / "extract" / "default.yaml"
+DEFAULTS_FILE = CONF_DIR / "extract" / "default.yaml"
 
 
 @cache
