@@ -140,3 +140,15 @@ def test_cli_builds_from_a_glob(recordings: list[Path], tmp_path: Path) -> None:
     m = json.loads((out / MANIFEST).read_text())
     assert len(m["recordings"]) == 2 and m["num_spikes"] > 0
     assert "manifest:" in res.stdout
+
+
+def test_cli_multirun_slices_write_one_manifest(recordings: list[Path], tmp_path: Path) -> None:
+    """A sweep over `part` (what a SLURM array does) builds every slice; the last writes the manifest."""
+    out = tmp_path / "parts"
+    pattern = str(recordings[0].parent / "synth_00[0-2]")
+    cmd = [sys.executable, "-m", "deepspike.corpus", "-m", f"recordings=['{pattern}']", f"out={out}"]
+    res = subprocess.run([*cmd, "num_parts=2", "part=0,1", "progress=false"], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    m = json.loads((out / MANIFEST).read_text())
+    assert len(m["recordings"]) == 3
+    assert sorted((out / "logs").glob("*/part*")), "each slice has its own log folder"
