@@ -129,6 +129,32 @@ def test_batches_mix_recordings(corpus: Corpus) -> None:
     assert min(mixes) >= 4, mixes
 
 
+@pytest.fixture(scope="module")
+def shuffled(corpus: Corpus, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same corpus marked ``row_order: shuffled`` (its random rows are in random order): run-level mixing."""
+    root = tmp_path_factory.mktemp("shuffled") / "corpus"
+    shutil.copytree(corpus.root, root)
+    m = json.loads((root / "manifest.json").read_text())
+    (root / "manifest.json").write_text(json.dumps(m | {"row_order": "shuffled"}))
+    return root
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_run_mixing_round_trip_and_mix(corpus: Corpus, shuffled: Path, workers: int) -> None:
+    opts = {"batch_size": 512, "buffer_rows": 4096, "return_ids": True, "return_labels": True, "rank": 0}
+    loader = make_loader(shuffled, num_workers=workers, world_size=1, transfer_batches=3, **opts)
+    assert loader.dataset.run_rows == 4 and _stream(corpus).run_rows == 1  # runs only on shuffled corpora
+    batches = [{k: v.numpy() for k, v in b.items()} for b in loader]
+    ids = _ids(batches)
+    assert len(batches) == len(loader) and np.array_equal(np.sort(ids), corpus.train_ids)
+    assert not np.array_equal(ids, np.sort(ids))
+    wave = np.concatenate([b["wave"] for b in batches])
+    assert wave.dtype == np.float32 and np.array_equal(wave, corpus.waves[ids].astype(np.float32))
+    assert np.array_equal(np.concatenate([b["rec"] for b in batches]), corpus.recs[ids])
+    mixes = [len(np.unique(b["rec"])) for b in batches if len(b["rec"]) == 512]
+    assert min(mixes) >= 4, mixes
+
+
 def test_epochs_and_seeds(corpus: Corpus) -> None:
     ds = _stream(corpus)
     e0 = _ids(_collect(ds))
