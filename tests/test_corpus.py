@@ -152,3 +152,14 @@ def test_cli_multirun_slices_write_one_manifest(recordings: list[Path], tmp_path
     m = json.loads((out / MANIFEST).read_text())
     assert len(m["recordings"]) == 3
     assert sorted((out / "logs").glob("*/part*")), "each slice has its own log folder"
+
+
+def test_slurm_array_config_composes() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from deepspike.paths import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("corpus", overrides=["hydra/launcher=slurm_cpu", "workers=4"], return_hydra_config=True)
+    assert cfg.hydra.launcher.cpus_per_task == 4
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
