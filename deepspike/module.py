@@ -141,13 +141,22 @@ class SpikeAutoencoder(pl.LightningModule):
             object.__setattr__(self, "_compiled", torch.compile(self.net))
 
     def configure_optimizers(self) -> dict[str, Any]:
-        opt = self.optimizer_factory(params=self.parameters())
+        # frozen parameters (fine-tuning with freeze=k) stay out of the optimizer: no weight decay creeps in
+        opt = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
         total = total or int(self.trainer.estimated_stepping_batches)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, warmup_cosine(self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def train(self, mode: bool = True) -> SpikeAutoencoder:
+        """Also keeps layers frozen for fine-tuning in eval mode (their BatchNorm statistics must not move)."""
+        super().train(mode)
+        for m in self.net.modules():
+            if getattr(m, "_ds_frozen", False):
+                m.eval()
+        return self
 
     # ---- steps --------------------------------------------------------------------------------------------
     def beta_now(self) -> float:
@@ -319,3 +328,52 @@ class SpikeDataModule(pl.LightningDataModule):
             self.shards, split="val", batch_size=self.val_batch_size, shuffle=False, seed=self.seed,
             num_workers=0, return_labels=True, drop_last=False, pin_memory=self.pin_memory,
         )  # fmt: skip
+
+
+class FinetuneDataModule(SpikeDataModule):
+    """``SpikeDataModule`` over the lab's ``recordings``, cut with the parent's (``init_from``) window spec.
+
+    The corpus is built once into ``cache_dir/<content hash>`` (``deepspike.finetune.build_finetune_corpus``;
+    ``val_fraction`` of each recording's time held out) and reused by later runs. ``shards`` (an existing corpus)
+    replaces ``recordings``. A ``window`` that differs from the parent's raises ``SpecMismatchError``; a corpus
+    cut with another spec is refused when the model is built (``train.build_model``).
+    """
+
+    def __init__(
+        self,
+        recordings: list[str] | str | None = None,
+        init_from: str | None = None,
+        cache_dir: str = "data/finetune_corpus",
+        val_fraction: float = 0.1,
+        extract: dict[str, Any] | None = None,
+        window: dict[str, Any] | None = None,
+        shard_spikes: int = 512,
+        build_block_size: int = 256,
+        workers: int = 1,
+        recording_options: dict[str, Any] | None = None,
+        shards: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        from deepspike.errors import DeepSpikeError
+        from deepspike.finetune import build_finetune_corpus, load_parent
+
+        recs = [recordings] if isinstance(recordings, str) else list(recordings or [])
+        if not init_from:
+            raise DeepSpikeError("experiment=finetune needs init_from=ARTIFACT_OR_CKPT (the pretrained parent)")
+        if not shards and not recs:
+            raise DeepSpikeError("experiment=finetune needs data.recordings='[PATH_OR_GLOB,...]' (or data.shards=DIR)")
+        spec = load_parent(init_from).window_spec
+        if window:
+            asked = WindowSpec.from_dict({**spec.to_dict(), **dict(window)})
+            spec.check_compatible(asked, what="data.window", where=f"init_from={init_from}")
+        if not shards:
+            shards = str(build_finetune_corpus(recs, spec, cache_dir, extract, val_fraction, shard_spikes,
+                                               build_block_size, workers, recording_options))  # fmt: skip
+        super().__init__(shards=str(shards), **kwargs)
+        self.recordings = recs
+
+    def provenance(self) -> dict[str, Any]:
+        """The fine-tuning data for the artifact: recordings (path, sha256, spikes) and the manifest hash."""
+        from deepspike.finetune import data_provenance
+
+        return data_provenance(self.manifest, self.shards)

@@ -39,6 +39,7 @@ FEATURES = ("encoder", "pca")
 DEVICES = ("auto", "cpu", "cuda")
 SPIKE_COLUMNS = ["sample_index", "time_s", "unit", "channel", "amplitude"]
 UNIT_COLUMNS = ["unit", "spike_count", "rate_hz", "snr", "peak_channel"]
+FINETUNED_NAME = "encoder_finetuned.safetensors"  # the adapted encoder in `out` (+ .json sidecar), finetune=true
 
 
 @dataclass
@@ -54,6 +55,8 @@ class SortParams:
     echo_ms: float = 1.0
     echo_ratio: float = 2.0
     progress: bool = False
+    finetune: bool = False
+    finetune_options: dict[str, Any] = field(default_factory=dict)
     extract: dict[str, Any] = field(default_factory=dict)
     cluster: ClusterParams = field(default_factory=ClusterParams)
 
@@ -76,6 +79,13 @@ class SortParams:
         elif not isinstance(self.cluster, ClusterParams):
             self.cluster = ClusterParams.from_dict({"seed": self.seed, **dict(self.cluster or {})})
         self.extract = dict(self.extract or {})
+        self.finetune_options = dict(self.finetune_options or {})
+        if self.finetune and self.features != "encoder":
+            raise DeepSpikeError("finetune=true adapts the encoder: it needs features=encoder, not features=pca")
+        if self.finetune:
+            from deepspike.finetune import FinetuneParams
+
+            FinetuneParams.from_options({"seed": self.seed, **self.finetune_options})  # fail early on bad options
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> SortParams:
@@ -114,6 +124,7 @@ class SortResult:
     checkpoint: str | None
     timings: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    finetuned: Any = None  # the adapted Encoder when finetune=True (written as encoder_finetuned.safetensors)
 
     @property
     def unit_ids(self) -> list[int]:
@@ -157,7 +168,9 @@ def sort(recording: Any, checkpoint: str | os.PathLike | None = None, **options:
 
     ``checkpoint``: an exported encoder (``.safetensors``); None = the bundled one. Options: see
     :class:`SortParams` (``features``, ``device``, ``seed``, ``extract={...}``, ``cluster="dpgmm"`` or
-    ``cluster={"method": "hdbscan", ...}``). The full :class:`SortResult` is ``sorting.deepspike``.
+    ``cluster={"method": "hdbscan", ...}``, ``finetune=True`` to adapt the encoder to this recording first,
+    ``finetune_options={...}``). The full :class:`SortResult` is ``sorting.deepspike`` (the adapted encoder:
+    ``sorting.deepspike.finetuned``).
     """
     return run_sort(recording, checkpoint, SortParams.from_options(options)).sorting
 
@@ -171,6 +184,7 @@ def run_sort(
     """The pipeline with per-stage wall times in ``result.timings`` (load, extract, encode, cluster)."""
     params = params or SortParams()
     timings: dict[str, float] = {}
+    source = recording if isinstance(recording, (str, os.PathLike)) else None
     with _timed(timings, "load"):
         encoder = _load_encoder(checkpoint) if params.features == "encoder" else None
         recording = _open(recording, recording_options)
@@ -178,6 +192,10 @@ def run_sort(
     spikes, extract_timings = _extract(recording, params, spec)
     timings.update(extract_timings)
     waves = np.asarray(spikes.waves, dtype=np.float32)
+    finetuned = None
+    if params.finetune and encoder is not None:
+        with _timed(timings, "finetune"):
+            encoder = finetuned = _finetune(encoder, waves, params, recording, source)
     with _timed(timings, "encode"):
         if encoder is not None:
             emb = embed_waves(encoder, waves, params.batch_size, params.device)
@@ -220,6 +238,7 @@ def run_sort(
         checkpoint=None if encoder is None else str(_checkpoint_path(checkpoint)),
         timings=timings,
         info=clustered.info,
+        finetuned=finetuned,
     )
     result.sorting = build_sorting(result)
     return result
@@ -283,6 +302,14 @@ def _extract(recording: Any, params: SortParams, spec: WindowSpec) -> tuple[Any,
     if spikes_spec is not None:
         spec.check_compatible(spikes_spec, what="extracted windows")
     return spikes, timings
+
+
+def _finetune(encoder: Any, waves: np.ndarray, params: SortParams, recording: Any, source: Any) -> Any:
+    """Adapt the encoder to this recording's spikes (already in memory) before embedding them."""
+    from deepspike.finetune import finetune_on_windows, recording_record
+
+    opts = {"seed": params.seed, "device": params.device, **params.finetune_options}
+    return finetune_on_windows(encoder, waves, opts, data=recording_record(recording, source, len(waves)))
 
 
 def embed_waves(encoder: Any, waves: np.ndarray, batch_size: int = 16384, device: str = "auto") -> np.ndarray:
@@ -429,6 +456,10 @@ def _write_tables(result: SortResult, folder: Path, config: dict[str, Any] | Non
     result.spikes_table().to_csv(folder / "spikes.csv", index=False, float_format="%.6g")
     result.units_table().to_csv(folder / "units.csv", index=False, float_format="%.6g")
     np.save(folder / "embeddings.npy", result.embeddings)
+    if result.finetuned is not None:
+        from deepspike.finetune import save_encoder
+
+        save_encoder(result.finetuned, folder / FINETUNED_NAME)
     resolved = dict(config) if config is not None else {"params": result.params.to_dict()}
     resolved.setdefault("window", result.spec.to_dict())
     resolved.setdefault("checkpoint_resolved", result.checkpoint)
@@ -492,7 +523,6 @@ class SortConfig:
     out: str | None = None
     gt: str | None = None
     overwrite: bool = False
-    finetune: bool = False
     delta_time_ms: float = 0.4
     export_phy: bool = False
     plots: bool = True
@@ -515,11 +545,6 @@ class SortConfig:
         return cls(params=params, **{k: v for k, v in d.items() if k in top})
 
     def validate(self) -> None:
-        if self.finetune:
-            raise DeepSpikeError(
-                "finetune=true is reserved for fine-tuning the encoder on this recording (issue 5) and not "
-                "implemented yet; run with finetune=false"
-            )
         if self.delta_time_ms <= 0:
             raise DeepSpikeError(f"delta_time_ms must be > 0 ms, got {self.delta_time_ms}")
         if self.recording is not None and not Path(self.recording).exists():
@@ -571,6 +596,10 @@ def _resolved_config(cfg: Any, recording: str, out: Path, gt: str | None, result
     d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     d.pop("hydra", None)
     d.update(recording=recording, out=str(out), gt=gt, checkpoint=result.checkpoint)
+    if result.finetuned is not None:
+        ft = result.finetuned.spec["provenance"]["finetune"]
+        d["finetuned_encoder"] = {"path": str(out / FINETUNED_NAME), "steps": ft.get("steps"), "kept": ft.get("kept"),
+                                  "seconds": ft.get("seconds")}  # fmt: skip
     d["extract"] = {**result.params.extract, **d.get("extract", {})}
     d["cluster"] = result.params.cluster.to_dict()
     return d
@@ -599,6 +628,9 @@ def summary(result: SortResult, out: Path | None = None) -> str:
         f"DeepSpike sort: {len(result.labels)} spikes -> {len(units)} units, {n_noise} noise/unassigned "
         f"({result.duration_s:.1f} s, {result.params.features} features, {result.params.cluster.method})",
     ]
+    if result.finetuned is not None:
+        ft = result.finetuned.spec["provenance"]["finetune"]
+        lines.append(f"  fine-tuned encoder: kept {ft.get('kept')} ({ft.get('reason')}), {ft.get('seconds', 0):.1f}s")
     for row in units.itertuples(index=False):
         lines.append(
             f"  unit {row.unit:3d}: {row.spike_count:7d} spikes  {row.rate_hz:6.2f} Hz  "

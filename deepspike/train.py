@@ -80,20 +80,26 @@ def build_model(cfg: DictConfig, window: WindowSpec) -> pl.LightningModule:
     for k in MODEL_ALIASES:
         mcfg.pop(k, None)
     init_from = mcfg.pop("init_from", None)
+    freeze = mcfg.pop("freeze", None)
     in_dim = mcfg["net"].get("in_dim", window.length)
     if in_dim != window.length:
         raise DeepSpikeError(f"model.net.in_dim={in_dim} but the corpus windows have {window.length} samples")
-    if init_from:  # fine-tuning: the architecture comes from the parent artifact
-        from deepspike.export import load_encoder
+    if init_from:  # fine-tuning: the architecture comes from the parent (artifact or Lightning checkpoint)
+        from deepspike.finetune import load_parent
 
-        parent = load_encoder(init_from)
+        parent = load_parent(init_from)
         parent.check_spec(window, where=f"init_from={init_from} vs corpus")
         module = hydra.utils.instantiate(mcfg, net=None, window=window.to_dict(), _convert_="partial")
         module.net = parent.net.train()
         for q in module.net.parameters():
             q.requires_grad_(True)
-        return module
-    return hydra.utils.instantiate(mcfg, window=window.to_dict(), _convert_="partial")
+    else:
+        module = hydra.utils.instantiate(mcfg, window=window.to_dict(), _convert_="partial")
+    if freeze:
+        from deepspike.finetune import freeze_encoder
+
+        freeze_encoder(module.net, freeze)  # requires_grad=False: out of the optimizer, ignored by DDP
+    return module
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -104,7 +110,8 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
 
 def build(cfg: DictConfig) -> dict[str, Any]:
     """All run objects: datamodule, model, callbacks, loggers, trainer, plus manifest facts."""
-    _check_corpus(str(cfg.data.shards))
+    if cfg.data.get("shards") or not cfg.data.get("recordings"):  # fine-tuning builds its corpus from recordings
+        _check_corpus(str(cfg.data.get("shards")))
     datamodule = hydra.utils.instantiate(cfg.data)
     manifest = datamodule.manifest
     window = WindowSpec.from_dict(manifest.get("window", {}))
@@ -167,7 +174,7 @@ def _overrides() -> list[str]:
 
 
 def _export(cfg: DictConfig, objs: dict[str, Any], out_dir: Path, metrics: dict[str, float]) -> Path | None:
-    from deepspike.export import export_encoder, file_sha256, load_encoder
+    from deepspike.export import export_encoder
 
     ecfg = cfg.get("export") or {}
     if not ecfg.get("enabled", True):
@@ -198,24 +205,56 @@ def _export(cfg: DictConfig, objs: dict[str, Any], out_dir: Path, metrics: dict[
                 "value": None if score is None else float(score),
             }
     init_from = cfg.model.get("init_from")
-    parent = None
+    parent, finetune = None, None
     if init_from:
-        enc = load_encoder(init_from)
-        parent = {"path": str(enc.path), "sha256": file_sha256(enc.path), "provenance": dict(enc.spec["provenance"])}
+        from deepspike.finetune import guard_decision, load_parent, parent_record
+
+        parent = parent_record(load_parent(init_from))
+        dm = objs["datamodule"]
+        finetune = {
+            "data": dm.provenance() if hasattr(dm, "provenance") else {"corpus": dm.shards},
+            "freeze": cfg.model.get("freeze"),
+            "guard": guard_decision(out_dir),
+        }
+        if (finetune["guard"] or {}).get("reverted"):  # every validation fell below the parent: keep the parent
+            source, steps, selected = init_from, 0, {"by": "collapse guard: parent kept"}
     prov = {
         "corpus_manifest_sha256": manifest_sha256(objs["manifest"]),
-        "corpus": str(cfg.data.shards),
+        "corpus": str(objs["datamodule"].shards),
         "steps": steps,  # optimizer steps of the exported weights
         "selected": selected,  # which checkpoint was exported and its monitored score
         "final_steps": final_steps,
         "metrics": metrics,  # callback metrics at the end of training
         "git_commit": git_commit(),
-        "checkpoint": str(source) if isinstance(source, str) else None,
+        "checkpoint": _portable(source, out_dir) if isinstance(source, str) else None,
         "overrides": _overrides(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "parent": parent,
+        "objective": objective(objs["model"]),  # what fine-tuning continues with by default
     }
+    if finetune is not None:
+        prov["finetune"] = finetune
+    if isinstance(source, str) and not source.endswith(".ckpt"):  # the parent artifact itself
+        from deepspike.finetune import load_parent
+
+        source = load_parent(source).net
     return export_encoder(source, out_dir / str(ecfg.get("filename", "encoder.safetensors")), prov, objs["window"])
+
+
+def _portable(path: str, root: Path) -> str:
+    """``path`` relative to the run directory when inside it: artifacts must not carry machine paths."""
+    p = Path(path).resolve()
+    return str(p.relative_to(root.resolve())) if p.is_relative_to(root.resolve()) else Path(path).name
+
+
+def objective(model: Any) -> dict[str, Any]:
+    """Training objective of the exported weights (pretext, loss, KL weight), for provenance and fine-tuning."""
+    hp = getattr(model, "hparams", {})
+    pretext = getattr(model, "pretext", None)
+    return {
+        "recon": hp.get("recon"), "beta": hp.get("beta"),
+        "pretext_tasks": list(getattr(pretext, "tasks", [])), "pretext_params": dict(getattr(pretext, "params", {})),
+    }  # fmt: skip
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -352,3 +391,76 @@ class LossCurve(pl.Callback):
         fig.tight_layout()
         fig.savefig(out / self.filename, dpi=100)
         plt.close(fig)
+
+
+class CollapseGuard(pl.Callback):
+    """Fine-tuning guard (``experiment=finetune``): embedding quality on the validation split vs the parent's.
+
+    At fit start it measures the parent (the initial weights) on up to ``max_spikes`` validation spikes per
+    recording: GMM matched accuracy where the corpus has labels, else the label-free silhouette proxy
+    (``deepspike.finetune.embedding_quality``). Each validation logs ``val/quality`` (the metric checkpoints
+    keep the best of) and stops training after ``patience`` validations more than ``tolerance`` below the parent.
+    If no validation reached the parent - tolerance, the parent's weights are exported instead
+    (``collapse_guard.json`` in the run directory records the decision).
+    """
+
+    def __init__(self, tolerance: float = 0.02, patience: int = 2, max_spikes: int = 3000, dirpath: str = ".") -> None:
+        self.tolerance, self.patience, self.max_spikes, self.dirpath = tolerance, patience, max_spikes, dirpath
+        self.data: list[tuple[Any, Any]] = []
+        self.ks: list[int | None] = []
+        self.parent: float | None = None
+        self.history: list[dict[str, float]] = []
+        self.bad = 0
+
+    def _measure(self, pl_module: Any, fix_k: bool = False) -> float:
+        from deepspike.finetune import choose_k, embedding_quality
+
+        scores = []
+        for i, (waves, labels) in enumerate(self.data):
+            emb = pl_module.embed(waves)
+            if fix_k:
+                self.ks[i] = None if labels is not None else choose_k(emb)
+            q = embedding_quality(emb, labels, self.ks[i])
+            if q == q:  # not nan
+                scores.append(q)
+        return float(sum(scores) / len(scores)) if scores else float("nan")
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        from deepspike.finetune import val_windows
+
+        dm = trainer.datamodule
+        self.data = val_windows(dm.shards, self.max_spikes) if dm is not None and dm.split_size("val") else []
+        if not self.data:
+            warnings.warn("collapse guard off: the fine-tuning corpus has no validation split", stacklevel=2)
+            return
+        self.ks = [None] * len(self.data)
+        self.parent = self._measure(pl_module, fix_k=True)
+        self._write(trainer, reverted=False)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if not self.data or trainer.sanity_checking or self.parent is None:
+            return
+        q = self._measure(pl_module)
+        self.history.append({"step": int(trainer.global_step), "quality": q})
+        pl_module.log_dict({"val/quality": q, "val/quality_parent": self.parent}, sync_dist=False)
+        fell = not (q >= self.parent - self.tolerance)
+        self.bad = self.bad + 1 if fell else 0
+        stop = trainer.strategy.reduce_boolean_decision(self.bad >= self.patience, all=False)
+        trainer.should_stop = trainer.should_stop or stop
+        self._write(trainer, reverted=False)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if not self.data or self.parent is None or not self.history:
+            return
+        best = max(h["quality"] for h in self.history)
+        self._write(trainer, reverted=not (best >= self.parent - self.tolerance))
+
+    def _write(self, trainer: pl.Trainer, reverted: bool) -> None:
+        if not trainer.is_global_zero:
+            return
+        from deepspike.finetune import GUARD_FILE
+
+        doc = {"parent_quality": self.parent, "tolerance": self.tolerance, "history": self.history,
+               "stopped_early": bool(self.bad >= self.patience), "reverted": reverted}  # fmt: skip
+        Path(self.dirpath).mkdir(parents=True, exist_ok=True)
+        (Path(self.dirpath) / GUARD_FILE).write_text(json.dumps(doc, indent=1) + "\n")

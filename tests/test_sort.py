@@ -254,8 +254,8 @@ def test_config_validation(tmp_path) -> None:
     from deepspike.sorting import run_from_config
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("sort", overrides=["finetune=true", f"out={tmp_path / 'x'}"])
-        with pytest.raises(DeepSpikeError, match="issue 5"):
+        cfg = compose("sort", overrides=["finetune=true", "features=pca", f"out={tmp_path / 'x'}"])
+        with pytest.raises(DeepSpikeError, match="features=encoder"):
             run_from_config(cfg)
         cfg = compose("sort", overrides=["recording=/nonexistent.mat", f"out={tmp_path / 'x'}"])
         with pytest.raises(RecordingError, match="not found"):
