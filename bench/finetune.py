@@ -116,7 +116,7 @@ def main() -> None:
               f"{row['kept']:>10}")  # fmt: skip
     gains = np.array([r["gain"] for r in rows])
     figures = {
-        "checkpoint": checkpoint,
+        "checkpoint": Path(checkpoint).name,  # no machine paths in committed results
         "cluster": args.cluster,
         "finetune_options": options,
         "num_recordings": len(rows),
