@@ -53,6 +53,7 @@ class CorpusConfig:
     part: int = 0
     num_parts: int = 1
     merge_only: bool = False
+    on_error: str = "raise"
     progress: bool = True
     recording_options: dict[str, Any] = field(default_factory=dict)
     synthetic: dict[str, Any] = field(default_factory=dict)
@@ -68,6 +69,7 @@ class CorpusConfig:
             (self.num_parts >= 1 and 0 <= self.part < self.num_parts, "need 0 <= part < num_parts"),
             (self.gt_tolerance_ms > 0, "gt_tolerance_ms must be > 0"),
             (bool(self.out), "out must name the corpus directory"),
+            (self.on_error in ("raise", "skip"), f"on_error must be raise or skip, got {self.on_error!r}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -248,21 +250,41 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     (out / DONE_DIR).mkdir(parents=True, exist_ok=True)
 
 
-def _run(todo: list[Path], out: Path, cfg: CorpusConfig) -> Iterable[dict[str, Any]]:
-    """Build ``todo`` recordings, in a spawn-based pool when workers > 1 (fork + torch/BLAS threads hang)."""
+def _run(todo: list[Path], out: Path, cfg: CorpusConfig) -> Iterable[tuple[Path, dict[str, Any] | Exception]]:
+    """Build ``todo`` recordings, in a spawn-based pool when workers > 1 (fork + torch/BLAS threads hang).
+
+    Yields ``(path, record)`` or, for a recording that failed, ``(path, exception)``.
+    """
     if cfg.workers == 1 or len(todo) <= 1:
         for p in todo:
-            yield build_recording(p, out, cfg)
+            try:
+                yield p, build_recording(p, out, cfg)
+            except DeepSpikeError as e:
+                yield p, e
         return
     with ProcessPoolExecutor(min(cfg.workers, len(todo)), mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(build_recording, p, out, cfg): p for p in todo}
         for fut in as_completed(futures):
             try:
-                yield fut.result()
-            except Exception as e:
-                for f in futures:
-                    f.cancel()
-                raise DeepSpikeError(f"building the corpus failed on {futures[fut]}: {e}") from e
+                yield futures[fut], fut.result()
+            except DeepSpikeError as e:
+                yield futures[fut], e
+
+
+def _failure(out: Path, path: Path, error: Exception, cfg: CorpusConfig) -> None:
+    """Stop the build (on_error=raise) or record the failure so every part and the manifest see it (skip)."""
+    if cfg.on_error == "raise":
+        raise DeepSpikeError(
+            f"building the corpus failed on {path}: {error} (pass on_error=skip to leave such recordings out; "
+            "finished recordings are kept and a rerun resumes)"
+        ) from error
+    log.warning("skipping %s: %s", path, error)
+    _write_json_atomic(out / DONE_DIR / f"{recording_id(path)}.failed.json", {"path": str(path), "error": str(error)})
+
+
+def _failed_record(out: Path, path: Path) -> dict[str, Any] | None:
+    f = out / DONE_DIR / f"{recording_id(path)}.failed.json"
+    return json.loads(f.read_text()) if f.exists() else None
 
 
 def build_corpus(cfg: CorpusConfig) -> Path | None:
@@ -279,16 +301,23 @@ def build_corpus(cfg: CorpusConfig) -> Path | None:
         todo = [p for p in mine if _done_record(out, p) is None]
         log.info("%d recordings in this part, %d already built", len(mine), len(mine) - len(todo))
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="corpus", unit="rec", disable=not cfg.progress)
-        for rec in _run(todo, out, cfg):
+        for path, rec in _run(todo, out, cfg):
             bar.update()
-            bar.set_postfix(spikes=rec["num_spikes"])
+            if isinstance(rec, Exception):
+                _failure(out, path, rec, cfg)
+            else:
+                (out / DONE_DIR / f"{rec['id']}.failed.json").unlink(missing_ok=True)
+                bar.set_postfix(spikes=rec["num_spikes"])
         bar.close()
     records = [_done_record(out, p) for p in paths]
-    if any(r is None for r in records):
-        missing = sum(r is None for r in records)
+    failed = [f for p, r in zip(paths, records, strict=True) if r is None and (f := _failed_record(out, p))]
+    missing = sum(r is None for r in records) - len(failed)
+    if missing:
         log.info("%d recordings still to build in other parts; manifest not written yet", missing)
         return None
-    return write_manifest(out, [r for r in records if r is not None], cfg)
+    if len(failed) == len(paths):
+        raise DeepSpikeError(f"no recording could be built ({failed[0]['path']}: {failed[0]['error']})")
+    return write_manifest(out, [r for r in records if r is not None], cfg, failed)
 
 
 def split_recordings(ids: Sequence[str], val_fraction: float, seed: int) -> dict[str, str]:
@@ -300,8 +329,10 @@ def split_recordings(ids: Sequence[str], val_fraction: float, seed: int) -> dict
     return {i: ("val" if i in val else "train") for i in ids}
 
 
-def write_manifest(out: Path, records: list[dict[str, Any]], cfg: CorpusConfig) -> Path:
-    """Write ``manifest.json`` atomically from finished recording records."""
+def write_manifest(
+    out: Path, records: list[dict[str, Any]], cfg: CorpusConfig, failed: Sequence[dict[str, Any]] = ()
+) -> Path:
+    """Write ``manifest.json`` atomically from finished recording records (``failed``: recordings left out)."""
     from deepspike.extract import ExtractParams
 
     split = split_recordings([r["id"] for r in records], cfg.val_fraction, cfg.seed)
@@ -333,6 +364,7 @@ def write_manifest(out: Path, records: list[dict[str, Any]], cfg: CorpusConfig) 
         "splits": splits,
         "shards": shards,
         "recordings": recordings,
+        "skipped": list(failed),  # recordings that could not be built (on_error=skip), with the reason
     }
     _write_json_atomic(out / MANIFEST, manifest)
     log.info("corpus: %d spikes in %d shards -> %s", manifest["num_spikes"], len(shards), out / MANIFEST)
@@ -345,7 +377,10 @@ def main() -> None:
 
     @hydra.main(config_path=str(CONF_DIR), config_name="corpus", version_base="1.3")
     def _app(cfg: Any) -> None:
-        manifest = build_corpus(CorpusConfig.from_cfg(cfg))
+        try:
+            manifest = build_corpus(CorpusConfig.from_cfg(cfg))
+        except DeepSpikeError as e:  # a one-line error naming the file and the fix, not a traceback
+            raise SystemExit(f"error: {e}") from None
         if manifest is not None:
             m = json.loads(manifest.read_text())
             print(f"corpus: {m['num_spikes']} spikes, {len(m['shards'])} shards, {len(m['recordings'])} recordings")

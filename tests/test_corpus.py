@@ -163,3 +163,25 @@ def test_slurm_array_config_composes() -> None:
         cfg = compose("corpus", overrides=["hydra/launcher=slurm_cpu", "workers=4"], return_hydra_config=True)
     assert cfg.hydra.launcher.cpus_per_task == 4
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+
+
+def test_unreadable_recording_stops_or_is_skipped(recordings: list[Path], tmp_path: Path) -> None:
+    bad = tmp_path / "broken.npy"
+    bad.write_bytes(b"not an npy file")
+    recs = [recordings[0], bad]
+    with pytest.raises(DeepSpikeError, match=r"broken\.npy.*on_error=skip"):
+        build_corpus(_cfg(recs, tmp_path / "a", recording_options={"sampling_frequency": 24000.0}))
+    out = tmp_path / "b"
+    manifest = build_corpus(_cfg(recs, out, on_error="skip", recording_options={"sampling_frequency": 24000.0}))
+    m = json.loads(Path(manifest).read_text())
+    assert [r["path"] for r in m["recordings"]] == [str(recordings[0])]
+    assert [s["path"] for s in m["skipped"]] == [str(bad)] and "broken.npy" in m["skipped"][0]["error"]
+
+
+def test_cli_error_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "rec.xyz"
+    bad.write_text("?")
+    cmd = [sys.executable, "-m", "deepspike.corpus", f"recordings=[{bad}]", f"out={tmp_path / 'o'}", "progress=false"]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert "error:" in res.stderr and "rec.xyz" in res.stderr and "Traceback" not in res.stderr
