@@ -45,11 +45,12 @@ import torch
 from torch import nn
 
 from deepspike.errors import DeepSpikeError, SpecMismatchError
+from deepspike.objective import git_commit, loss_terms, warmup_cosine
+from deepspike.paths import REPO_ROOT as REPO
 from deepspike.spec import WindowSpec, normalize
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
 FREEZE_ALL = ("encoder", "all")
 # Pretext for parents whose provenance predates the recorded objective: the bundled synth_v1 recipe's tasks
 FALLBACK_PRETEXT = ["shuffle", "noise"]
@@ -250,44 +251,6 @@ def embedding_quality(
 
 
 # ----------------------------------------------------------------------------------- in-memory fine-tuning
-# The sort path must not import Lightning (5 s): the loss, schedule and commit helpers below mirror
-# deepspike.module.loss_terms / warmup_cosine and deepspike.train.git_commit (tests check they agree).
-
-
-def loss_terms(
-    x_hat: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor | None, recon: str = "mse"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(recon, kl)``, both per-element means (``deepspike.module`` docstring): beta means the same at any batch."""
-    fn = {"mse": torch.nn.functional.mse_loss, "l1": torch.nn.functional.l1_loss}.get(recon)
-    if fn is None:
-        raise DeepSpikeError(f"unknown recon loss {recon!r}; choose mse or l1")
-    rec = fn(x_hat.float(), target.float())
-    if logvar is None:
-        return rec, rec.new_zeros(())
-    mu, logvar = mu.float(), logvar.float()
-    return rec, (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(dim=1).mean() / target.shape[1]
-
-
-def _warmup_cosine(warmup: int, total: int, min_ratio: float) -> Any:
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        t = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-    return f
-
-
-def git_commit() -> str:
-    import subprocess
-
-    try:
-        run = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        return run.stdout.strip() or "unknown"
-    except Exception:
-        return "unknown"
-
-
 @dataclass
 class FinetuneParams:
     """Options of ``finetune_on_windows``; declared with comments in ``conf/sort.yaml`` (``finetune_options``)."""
@@ -505,7 +468,7 @@ def _train(
     evaluate = _Evaluator(torch.as_tensor(waves[ho], device=dev), None if labels is None else np.asarray(labels)[ho],
                           spec, recon, params.seed)  # fmt: skip
     opt = torch.optim.AdamW(trainable(net), lr=params.lr, weight_decay=params.weight_decay, foreach=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(params.warmup_steps, params.steps, 0.1))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(params.warmup_steps, params.steps, 0.1))
     gen = torch.Generator(device=dev).manual_seed(params.seed)
     pretext.reseed(params.seed)
     guard = _Guard(params.tolerance, params.patience)

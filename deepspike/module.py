@@ -25,37 +25,11 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from deepspike.objective import RECON, loss_terms, warmup_cosine
 from deepspike.pretext import Pretext
 from deepspike.spec import WindowSpec, normalize
-
-RECON = {"mse": F.mse_loss, "l1": F.l1_loss}
-
-
-def loss_terms(
-    x_hat: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor | None, recon: str = "mse"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(recon, kl)`` with the same per-sample, per-element reduction (see module docstring)."""
-    rec = RECON[recon](x_hat.float(), target.float())
-    if logvar is None:
-        return rec, rec.new_zeros(())
-    mu, logvar = mu.float(), logvar.float()
-    kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(dim=1).mean() / target.shape[1]
-    return rec, kl
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
-    """LR multiplier: linear warm-up to 1, then cosine down to ``min_lr_ratio`` at ``total_steps``."""
-
-    def f(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-    return f
 
 
 def matched_accuracy(labels: np.ndarray, pred: np.ndarray) -> float:

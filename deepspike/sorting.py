@@ -27,14 +27,15 @@ import pandas as pd
 
 from deepspike.cluster import NOISE, ClusterParams, cluster_spikes, secondary_peaks, templates
 from deepspike.errors import DeepSpikeError, OutputExistsError, RecordingError, SpecMismatchError
+from deepspike.paths import CHECKPOINT_DIR, CONF_DIR, DATA_DIR
+from deepspike.paths import REPO_ROOT as REPO
 from deepspike.spec import WindowSpec, normalize
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CHECKPOINT = REPO / "checkpoints" / "deepspike_synth_v1.safetensors"
-DEMO_RECORDING = REPO / "data" / "demo" / "demo_recording"
-DEMO_GT = REPO / "data" / "demo" / "demo_recording.gt"
+DEFAULT_CHECKPOINT = CHECKPOINT_DIR / "deepspike_synth_v1.safetensors"
+DEMO_RECORDING = DATA_DIR / "demo" / "demo_recording"
+DEMO_GT = DATA_DIR / "demo" / "demo_recording.gt"
 FEATURES = ("encoder", "pca")
 DEVICES = ("auto", "cpu", "cuda")
 SPIKE_COLUMNS = ["sample_index", "time_s", "unit", "channel", "amplitude"]
@@ -651,7 +652,7 @@ def main() -> None:
     """Console entry (``deepspike-sort`` / ``python sort.py``): Hydra over ``conf/sort.yaml``."""
     import hydra
 
-    @hydra.main(config_path=str(REPO / "conf"), config_name="sort", version_base="1.3")
+    @hydra.main(config_path=str(CONF_DIR), config_name="sort", version_base="1.3")
     def _app(cfg: Any) -> None:
         try:
             run_from_config(cfg)

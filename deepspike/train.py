@@ -12,7 +12,6 @@ import glob
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
 import warnings
@@ -26,28 +25,14 @@ from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
 from deepspike.errors import DeepSpikeError
+from deepspike.objective import git_commit
+from deepspike.paths import CONF_DIR
 from deepspike.spec import WindowSpec
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_ALIASES = ("hidden", "latent")  # model.hidden / model.latent: sweep shorthands interpolated into model.net
 
 
 # ---- provenance -------------------------------------------------------------------------------------------
-def git_commit() -> str:
-    """``<sha>`` of the checkout holding this package (``+dirty`` with local changes), or ``unknown``."""
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10,
-        ).stdout.strip()  # fmt: skip
-        return sha + ("+dirty" if dirty else "")
-    except Exception:
-        return "unknown"
-
-
 def manifest_sha256(manifest: dict[str, Any]) -> str:
     """Hash of the manifest's content (key order independent), naming the exact corpus a model saw."""
     return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
@@ -301,7 +286,7 @@ def _finish_wandb() -> None:
 
 
 # ---- Hydra app --------------------------------------------------------------------------------------------
-@hydra.main(version_base="1.3", config_path=str(REPO_ROOT / "conf"), config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Entry point of ``python train.py`` / ``deepspike-train``; returns the optimized metric (for sweepers)."""
     return run(cfg).get("metric")

@@ -248,22 +248,6 @@ def test_label_free_quality_prefers_separated_clusters() -> None:
     assert embedding_quality(good, labels=lab) > 0.95
 
 
-def test_loss_mirrors_module() -> None:
-    from deepspike.finetune import _warmup_cosine, git_commit, loss_terms
-    from deepspike.module import loss_terms as module_loss
-    from deepspike.module import warmup_cosine
-    from deepspike.train import git_commit as train_commit
-
-    g = torch.Generator().manual_seed(0)
-    a, b, mu, lv = (torch.randn(16, 20, generator=g), torch.randn(16, 20, generator=g),
-                    torch.randn(16, 4, generator=g), torch.randn(16, 4, generator=g))  # fmt: skip
-    for recon in ("mse", "l1"):
-        for got, want in zip(loss_terms(a, b, mu, lv, recon), module_loss(a, b, mu, lv, recon), strict=True):
-            assert torch.equal(got, want)
-    assert [_warmup_cosine(5, 50, 0.1)(s) for s in range(60)] == [warmup_cosine(5, 50, 0.1)(s) for s in range(60)]
-    assert train_commit().split("+")[0] == git_commit()
-
-
 def test_options_are_validated() -> None:
     with pytest.raises(DeepSpikeError, match="lr"):
         FinetuneParams(lr=0)
