@@ -30,10 +30,12 @@ import ast
 import io
 import json
 import math
+import mmap
 import os
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
@@ -189,7 +191,7 @@ def _members(fh: BinaryIO, url: str) -> Iterator[tuple[str, int]]:
     """
     long_name: str | None = None
     while True:
-        hdr = fh.read(512)
+        hdr = bytes(fh.read(512))
         if len(hdr) < 512:
             hdr = bytes(hdr) + _read(fh, 512 - len(hdr))
             if len(hdr) < 512:
@@ -222,10 +224,48 @@ def _members(fh: BinaryIO, url: str) -> Iterator[tuple[str, int]]:
         yield name, size
 
 
-def _open(url: str) -> BinaryIO:
+class _Mapped:
+    """A local shard memory-mapped: ``read`` returns zero-copy views of the page cache.
+
+    Measured on 10 M spikes (2-core machine): file reads were a third of the stream's CPU time with
+    ``FileIO.read`` (allocate + copy 400 MB); mapping leaves one copy per row, into the shuffle pool.
+    """
+
+    def __init__(self, path: str) -> None:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        self._view = memoryview(self._mm) if self._mm is not None else memoryview(b"")
+        self._pos = 0
+
+    def read(self, n: int) -> memoryview:
+        out = self._view[self._pos : self._pos + n]
+        self._pos += len(out)
+        return out
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, n: int, whence: int = os.SEEK_SET) -> None:
+        self._pos = min(len(self._view), (self._pos if whence == os.SEEK_CUR else 0) + n)
+
+    def close(self) -> None:
+        self._view.release()
+        with suppress(BufferError):  # arrays still viewing the map keep it alive; it is unmapped when they go
+            if self._mm is not None:
+                self._mm.close()
+
+    def __enter__(self) -> _Mapped:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _open(url: str) -> BinaryIO | _Mapped:
     try:
         if is_local(url):
-            return open(local_path(url), "rb", buffering=0)
+            return _Mapped(local_path(url))
         import webdataset as wds
 
         return wds.gopen(url, "rb")
