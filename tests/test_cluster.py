@@ -147,3 +147,22 @@ def test_bad_embeddings() -> None:
         cluster_spikes(np.full((30, 3), np.nan))
     with pytest.raises(DeepSpikeError, match="2-D"):
         cluster_spikes(np.zeros(30))
+
+
+def test_merge_keeps_units_the_features_separate() -> None:
+    """Same template shape, 10 % apart in size: templates alone merge them; the d' gate keeps them apart."""
+    from deepspike.cluster import dprime, merge_similar_units
+
+    rng = np.random.default_rng(0)
+    shape = np.sin(np.linspace(0, np.pi, 20))
+    labels = np.repeat([0, 1], 300)
+    waves = np.where(labels[:, None] == 0, 10.0, 11.0) * shape + rng.normal(0, 0.3, (600, 20))
+    feats = np.c_[np.where(labels == 0, 0.0, 8.0), np.zeros(600)] + rng.normal(0, 1, (600, 2))
+    assert dprime(feats[labels == 0], feats[labels == 1]) > 6
+    merged, pairs = merge_similar_units(labels, waves, 0.95, 1.25)
+    assert pairs == [(0, 1)] and set(merged) == {0}
+    kept, pairs = merge_similar_units(labels, waves, 0.95, 1.25, feats, max_dprime=3.0)
+    assert pairs == [] and np.array_equal(kept, labels)
+    halves = np.c_[rng.normal(0, 1, 600), np.zeros(600)]  # one blob cut in two: overlapping halves
+    split = (halves[:, 0] > 0).astype(int)
+    assert merge_similar_units(split, np.tile(10 * shape, (600, 1)), 0.95, 1.25, halves, 3.0)[1] == [(0, 1)]
