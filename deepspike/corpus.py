@@ -207,11 +207,11 @@ def build_recording(path: Path, out: Path, cfg: CorpusConfig) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - t0, 3),
         "shards": shards,
     }
-    _write_json_atomic(out / DONE_DIR / f"{rec_id}.json", record)
+    write_json_atomic(out / DONE_DIR / f"{rec_id}.json", record)
     return record
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
+def write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1))
@@ -279,7 +279,7 @@ def _failure(out: Path, path: Path, error: Exception, cfg: CorpusConfig) -> None
             "finished recordings are kept and a rerun resumes)"
         ) from error
     log.warning("skipping %s: %s", path, error)
-    _write_json_atomic(out / DONE_DIR / f"{recording_id(path)}.failed.json", {"path": str(path), "error": str(error)})
+    write_json_atomic(out / DONE_DIR / f"{recording_id(path)}.failed.json", {"path": str(path), "error": str(error)})
 
 
 def _failed_record(out: Path, path: Path) -> dict[str, Any] | None:
@@ -366,7 +366,7 @@ def write_manifest(
         "recordings": recordings,
         "skipped": list(failed),  # recordings that could not be built (on_error=skip), with the reason
     }
-    _write_json_atomic(out / MANIFEST, manifest)
+    write_json_atomic(out / MANIFEST, manifest)
     log.info("corpus: %d spikes in %d shards -> %s", manifest["num_spikes"], len(shards), out / MANIFEST)
     return out / MANIFEST
 

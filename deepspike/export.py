@@ -34,12 +34,9 @@ META_KEY = "deepspike"
 
 
 def tool_version() -> str:
-    try:
-        from importlib.metadata import version
+    from deepspike import __version__
 
-        return version("deepspike")
-    except Exception:
-        return "0.0.0+unknown"
+    return __version__
 
 
 def file_sha256(path: str | Path) -> str:

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from deepspike.errors import DeepSpikeError, SpecMismatchError
-from deepspike.objective import git_commit, loss_terms, warmup_cosine
+from deepspike.objective import git_commit, loss_terms, manifest_sha256, warmup_cosine
 from deepspike.paths import REPO_ROOT as REPO
 from deepspike.spec import WindowSpec, normalize
 
@@ -620,7 +620,7 @@ def build_finetune_corpus(
 
     Small shards (``shard_spikes``) so a single recording still splits into train and validation shards.
     """
-    from deepspike.corpus import CorpusConfig, build_corpus, expand_recordings
+    from deepspike.corpus import CorpusConfig, build_corpus, expand_recordings, write_json_atomic
 
     paths = expand_recordings([str(r) for r in recordings])
     if not paths:
@@ -640,9 +640,7 @@ def build_finetune_corpus(
         )  # fmt: skip
         cfg.validate()
         manifest = json.loads(Path(build_corpus(cfg)).read_text())
-        tmp = final.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(split_shards_by_time(manifest, val_fraction), indent=1))
-        os.replace(tmp, final)
+        write_json_atomic(final, split_shards_by_time(manifest, val_fraction))
     return final
 
 
@@ -683,10 +681,5 @@ def data_provenance(manifest: dict[str, Any], corpus: str) -> dict[str, Any]:
     """The fine-tuning data: recordings (path, sha256, spikes) and the corpus manifest's hash."""
     recs = [{k: r.get(k) for k in ("path", "sha256", "size", "num_spikes", "duration_s", "sampling_frequency")}
             for r in manifest.get("recordings", [])]  # fmt: skip
-    return {"corpus": corpus, "corpus_manifest_sha256": manifest_hash(manifest), "recordings": recs,
+    return {"corpus": corpus, "corpus_manifest_sha256": manifest_sha256(manifest), "recordings": recs,
             "splits": manifest.get("splits"), "split_by": manifest.get("split_by", "recording")}  # fmt: skip
-
-
-def manifest_hash(manifest: dict[str, Any]) -> str:
-    """Same as ``deepspike.train.manifest_sha256`` (kept here so the sort path never imports Lightning)."""
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()

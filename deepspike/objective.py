@@ -6,9 +6,12 @@ explained in the ``deepspike.module`` docstring; the provenance helper sits here
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import subprocess
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,3 +58,8 @@ def git_commit() -> str:
         return sha + ("+dirty" if dirty else "")
     except Exception:
         return "unknown"
+
+
+def manifest_sha256(manifest: dict[str, Any]) -> str:
+    """Hash of the manifest's content (key order independent), naming the exact corpus a model saw."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()

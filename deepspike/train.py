@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import hashlib
 import json
 import os
 import sys
@@ -25,7 +24,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
 from deepspike.errors import DeepSpikeError
-from deepspike.objective import git_commit
+from deepspike.objective import git_commit, manifest_sha256
 from deepspike.paths import CONF_DIR
 from deepspike.spec import WindowSpec
 
@@ -33,11 +32,6 @@ MODEL_ALIASES = ("hidden", "latent")  # model.hidden / model.latent: sweep short
 
 
 # ---- provenance -------------------------------------------------------------------------------------------
-def manifest_sha256(manifest: dict[str, Any]) -> str:
-    """Hash of the manifest's content (key order independent), naming the exact corpus a model saw."""
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
-
-
 # ---- building ---------------------------------------------------------------------------------------------
 def _check_corpus(shards: str) -> None:
     if glob.has_magic(shards) or "://" in shards or Path(shards).exists():
