@@ -1,7 +1,8 @@
 """DeepSpike: a foundation-model framework for spike sorting.
 
 Public API (imported lazily so `import deepspike` stays fast and torch-free until needed):
-``open_recording``, ``load_ground_truth``, ``load_encoder``, ``sort``, ``WindowSpec``.
+``open_recording``, ``load_ground_truth``, ``load_encoder``, ``sort``, ``sort_snippets``, ``compare_labels``,
+``WindowSpec``, ``extract_spikes``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ _LAZY = {
     "load_ground_truth": "deepspike.io",
     "load_encoder": "deepspike.export",
     "sort": "deepspike.sorting",
+    "sort_snippets": "deepspike.sorting",
+    "compare_labels": "deepspike.evaluate",
     "WindowSpec": "deepspike.spec",
     "extract_spikes": "deepspike.extract",
 }

@@ -48,3 +48,44 @@ def compare_to_ground_truth(
         }
     )
     return rows[COLUMNS]
+
+
+def compare_labels(
+    gt_labels: np.ndarray, labels: np.ndarray, data_file: str = "", sorter_name: str = "deepspike"
+) -> pd.DataFrame:
+    """Scores of a clustering of pre-cut snippets (no spike times) against their ground-truth labels, in the
+    columns of :func:`compare_to_ground_truth`: one row per GT unit, units matched one-to-one (Hungarian on
+    accuracy = tp / (n_gt + n_unit - tp), SpikeInterface's definition). Label ``-1`` = unassigned (a miss).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    gt, lab = np.asarray(gt_labels), np.asarray(labels)
+    if gt.shape != lab.shape:
+        raise DeepSpikeError(f"ground truth has {gt.shape} labels but the clustering {lab.shape}; they must match")
+    units = np.unique(gt)
+    clusters = np.unique(lab[lab >= 0])
+    tp = np.array([[np.sum((gt == u) & (lab == c)) for c in clusters] for u in units], dtype=np.float64)
+    n_gt = np.array([np.sum(gt == u) for u in units], dtype=np.float64)
+    n_cl = np.array([np.sum(lab == c) for c in clusters], dtype=np.float64)
+    acc = tp / (n_gt[:, None] + n_cl[None, :] - tp) if clusters.size else np.zeros((len(units), 0))
+    hit = np.zeros(len(units))
+    found = np.zeros(len(units))
+    rows, cols = linear_sum_assignment(-acc) if clusters.size else (np.array([], int), np.array([], int))
+    hit[rows], found[rows] = tp[rows, cols], n_cl[cols]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(found > 0, hit / found, 0.0)
+    recall = hit / n_gt
+    out = pd.DataFrame(
+        {
+            "data_file": data_file,
+            "sorter_name": sorter_name,
+            "accuracy": hit / (n_gt + found - hit),
+            "recall": recall,
+            "precision": precision,
+            "false_discovery_rate": np.where(found > 0, 1.0 - precision, np.nan),
+            "miss_rate": 1.0 - recall,
+            "tolerance_ms": np.nan,
+            "gt_unit": [str(u) for u in units],
+        }
+    )
+    return out[COLUMNS]

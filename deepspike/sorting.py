@@ -245,6 +245,66 @@ def run_sort(
     return result
 
 
+@dataclass
+class SnippetSortResult:
+    """A clustering of pre-cut snippets: one label per snippet (``-1`` = unassigned), in input order."""
+
+    labels: np.ndarray
+    embeddings: np.ndarray
+    waves: np.ndarray  # [n, window] the snippets on the encoder's grid, noise units
+    noise: float  # noise sigma used, in the snippets' units
+    spec: WindowSpec
+    params: SortParams
+    timings: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    finetuned: Any = None
+
+
+def sort_snippets(
+    snippets: Any,
+    sampling_frequency: float,
+    peak_index: int,
+    checkpoint: str | os.PathLike | None = None,
+    noise: float | None = None,
+    **options: Any,
+) -> SnippetSortResult:
+    """Cluster pre-cut spike snippets ``[n, samples]`` (no recording, no spike times): what acquisition systems
+    that store only snippets, and published benchmarks of GT-labelled frames, provide.
+
+    The snippets go onto the encoder's window grid (``windows.conform_snippets``: resampled from
+    ``sampling_frequency``, re-peaked near ``peak_index``, divided by ``noise`` or its estimate), then the same
+    stages as ``sort``: optional fine-tuning on them (``finetune=True``), embedding, clustering. Options as
+    :func:`sort` (``extract`` and ``echo_*`` do not apply). Score with ``evaluate.compare_labels``.
+    """
+    from deepspike.windows import conform_snippets
+
+    params = SortParams.from_options(options)
+    timings: dict[str, float] = {}
+    with _timed(timings, "load"):
+        encoder = _load_encoder(checkpoint) if params.features == "encoder" else None
+    spec = encoder.window_spec if encoder is not None else WindowSpec()
+    waves, sigma = conform_snippets(snippets, sampling_frequency, spec, peak_index, noise=noise)
+    finetuned = None
+    if params.finetune and encoder is not None:
+        from deepspike.finetune import finetune_on_windows
+
+        with _timed(timings, "finetune"):
+            opts = {"seed": params.seed, "device": params.device, **params.finetune_options}
+            data = {"snippets": len(waves), "sampling_frequency": float(sampling_frequency), "noise": sigma}
+            encoder = finetuned = finetune_on_windows(encoder, waves, opts, data=data)
+    with _timed(timings, "encode"):
+        if encoder is not None:
+            emb = embed_waves(encoder, waves, params.batch_size, params.device)
+        else:
+            emb = pca_features(waves, spec, params.pca_components, params.seed)
+    with _timed(timings, "cluster"):
+        clustered = cluster_spikes(emb, waves, None, waves[:, spec.n_before], params.cluster)
+    return SnippetSortResult(
+        labels=clustered.labels, embeddings=np.asarray(emb, dtype=np.float32), waves=waves, noise=sigma, spec=spec,
+        params=params, timings=timings, info=clustered.info, finetuned=finetuned,
+    )  # fmt: skip
+
+
 @contextmanager
 def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     t0 = time.perf_counter()

@@ -173,3 +173,69 @@ class WindowNode(PipelineNode):
         if local.size == 0:
             return np.zeros((0, self.length), dtype=np.float32)
         return _cut(traces, local, chans, self.offsets, self.inv_noise[chans], self.align)
+
+
+# ------------------------------------------------------------------------------------------- pre-cut snippets
+SNIPPET_NOISE_GAP_MS = 0.25  # samples closer than this before the peak carry the spike's onset: not noise
+
+
+def snippet_noise(frames: np.ndarray, sampling_frequency: float, peak_index: int) -> float:
+    """Robust noise sigma of pre-cut snippets, from their samples at least 0.25 ms before the peak.
+
+    Per sample position the median is removed first (the mean spike still leaks into the earliest samples),
+    then 1.4826 x the median absolute value over frames, and the median over those positions.
+    """
+    last = int(peak_index - math.ceil(SNIPPET_NOISE_GAP_MS * 1e-3 * sampling_frequency))
+    if last < 1:
+        raise DeepSpikeError(
+            f"snippets have only {peak_index} sample(s) before the peak at {sampling_frequency:g} Hz: too few to "
+            f"estimate the noise (need samples >= {SNIPPET_NOISE_GAP_MS} ms before it); pass noise= (the recording's "
+            "noise sigma in the snippets' units)"
+        )
+    pre = np.asarray(frames[:, :last], dtype=np.float64)
+    mad = 1.4826 * np.median(np.abs(pre - np.median(pre, axis=0)), axis=0)
+    return float(np.median(mad))
+
+
+def conform_snippets(
+    frames: Any,
+    sampling_frequency: float,
+    spec: WindowSpec,
+    peak_index: int,
+    noise: float | None = None,
+    search: int = 1,
+    name: str = "snippets",
+) -> tuple[np.ndarray, float]:
+    """Pre-cut spike snippets ``[n, m]`` (e.g. an acquisition system's, or a published benchmark's) onto the
+    canonical window grid in noise units; returns (windows ``[n, spec.length]``, noise sigma used).
+
+    The snippets were already aligned by whoever cut them, on the extremum at ``peak_index``: each is re-peaked
+    only within ``search`` samples of it on the same sign (not on the largest |value|, which jumps between the
+    trough and the peak of biphasic units and splits them), refined to a fraction of a sample and resampled like
+    a recording's windows (``_cut``: each frame is one "channel" of a trace block). Frames too short for the
+    window are edge-padded. ``noise`` (sigma, in the frames' units) defaults to ``snippet_noise``.
+    """
+    x = np.asarray(frames)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] < 3:
+        raise DeepSpikeError(f"{name}: snippets must be a 2-D array [spikes, samples] with >= 3 samples, got {x.shape}")
+    x = x.astype(np.float64)
+    if not np.all(np.isfinite(x)):
+        bad = int(np.flatnonzero(~np.all(np.isfinite(x), axis=1))[0])
+        raise RecordingError(f"{name}: snippet {bad} holds NaN/Inf samples; drop or repair those snippets first")
+    fs = float(sampling_frequency)
+    if not (math.isfinite(fs) and fs > 0):
+        raise DeepSpikeError(f"{name}: sampling_frequency must be a positive number of Hz, got {sampling_frequency!r}")
+    if not 0 <= int(peak_index) < x.shape[1]:
+        raise DeepSpikeError(f"{name}: peak_index={peak_index} is outside the {x.shape[1]}-sample snippets")
+    sigma = snippet_noise(x, fs, int(peak_index)) if noise is None else float(noise)
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise DeepSpikeError(f"{name}: noise sigma must be > 0 (got {sigma!r}); pass noise= explicitly")
+    before, after = window_margins(spec, fs)
+    pad = max(before, after) + int(search) + 1
+    xp = np.pad(x, ((0, 0), (pad, pad)), mode="edge")
+    c = int(peak_index) + pad
+    sign = np.where(xp[:, c] < 0, -1.0, 1.0)[:, None]
+    local = c - int(search) + np.argmax(sign * xp[:, c - int(search) : c + int(search) + 1], axis=1)
+    offsets = (np.arange(spec.length) - spec.n_before) * (fs / spec.sampling_frequency)
+    waves = _cut(xp.T, local, np.arange(len(xp)), offsets, np.full(len(xp), 1.0 / sigma), True)
+    return waves, sigma
