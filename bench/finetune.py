@@ -6,7 +6,10 @@
 
 Recordings: ``synthetic.generate_recording`` (SpikeInterface's ground-truth generator, one channel, 60 s) with
 different seeds, unit counts (3 to 8), amplitude ranges and firing rates; sampling rate and noise level are
-drawn per seed. Plus ``C_Easy1_noise015_5sec.mat`` from ../shared/data/quiroga (read at 24 kHz) when present.
+drawn per seed. Plus, from ../shared/data/quiroga when present, ``C_Easy1_noise015_5sec.mat`` (read at 24 kHz) and
+the 8 Easy1/Easy2 files of GT-labelled snippets (``sort_snippets``: 32-sample frames at 20 kHz, clustering only).
+Besides sort accuracy, each row has the "true-k" accuracy: a GMM with the true unit count on the embeddings, i.e.
+how separable the (adapted) encoder makes the units, apart from the sorter's choice of the number of units.
 Each recording is sorted twice in this process with the same encoder and seed: frozen, then fine-tuned on its
 own spikes (default options of ``deepspike.finetune.FinetuneParams``, no ground truth used). Accuracy is
 SpikeInterface's matched accuracy averaged over ground-truth units. The encoder is the bundled checkpoint, or
@@ -27,6 +30,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 QUIROGA = REPO.parent / "shared" / "data" / "quiroga" / "C_Easy1_noise015_5sec.mat"
+# GT-labelled 32-sample frames of the 8 Quiroga Easy1/Easy2 files (denspp front-end model, 20 kHz, peak at 8)
+SNIPPETS = QUIROGA.with_name("quiroga_easy1_easy2_gt_frames_denspp.npz")
+SNIPPET_FS, SNIPPET_PEAK = 20000.0, 8
 
 # (units, snr_range, firing rate range): easy to hard, varied unit counts and amplitude ranges
 CASES: list[tuple[int, tuple[float, float], tuple[float, float]]] = [
@@ -65,6 +71,41 @@ def quiroga() -> list[tuple[str, Any, Any]]:
     return [(QUIROGA.name, rec, load_ground_truth(QUIROGA, recording=rec))]
 
 
+def snippet_sets() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, frames, GT labels) per Quiroga file of the denspp snippet set (clustering only: no spike times)."""
+    if not SNIPPETS.exists():
+        print(f"(skipping Quiroga snippets: {SNIPPETS} not found)")
+        return []
+    d = np.load(SNIPPETS, allow_pickle=False)
+    return [(f"snip_{name}", d["waveforms"][d["file_index"] == i], d["spike_class"][d["file_index"] == i])
+            for i, name in enumerate(d["file_names"])]  # fmt: skip
+
+
+def true_k_accuracy(emb: np.ndarray, gt: np.ndarray, seed: int = 0) -> float:
+    """Embedding separability apart from model selection: GMM with the true unit count (4 inits), matched accuracy."""
+    from sklearn.mixture import GaussianMixture
+
+    from deepspike.evaluate import compare_labels
+
+    keep = gt >= 0
+    x = np.asarray(emb, dtype=np.float64)[keep]
+    gmm = GaussianMixture(len(np.unique(gt[keep])), covariance_type="full", reg_covar=1e-4, n_init=4, random_state=seed)
+    return float(compare_labels(gt[keep], gmm.fit(x).predict(x))["accuracy"].mean())
+
+
+def score_snippets(
+    frames: np.ndarray, gt: np.ndarray, checkpoint: str, cluster: str, finetune: bool, options: dict[str, Any]
+) -> tuple[float, float, Any]:
+    """(mean accuracy, seconds, result) of one clustering of a snippet set."""
+    from deepspike.evaluate import compare_labels
+    from deepspike.sorting import sort_snippets
+
+    t0 = time.perf_counter()
+    res = sort_snippets(frames, SNIPPET_FS, SNIPPET_PEAK, checkpoint, cluster=cluster, finetune=finetune,
+                        finetune_options=options if finetune else {})  # fmt: skip
+    return float(compare_labels(gt, res.labels)["accuracy"].mean()), time.perf_counter() - t0, res
+
+
 def score(
     recording: Any, gt: Any, checkpoint: str | None, cluster: str, finetune: bool, options: dict[str, Any]
 ) -> tuple[float, float, Any]:
@@ -79,13 +120,72 @@ def score(
     return float(compare_to_ground_truth(result.sorting, gt)["accuracy"].mean()), seconds, result
 
 
+def case_rows(args: Any, checkpoint: str, options: dict[str, Any]) -> list[dict[str, Any]]:
+    """Sort every case before and after fine-tuning; one row of figures each."""
+    from deepspike.extract import gt_labels
+
+    cases: list[tuple[str, str, Any, Any]] = [
+        ("generated", n, r, g) for n, r, g in generated(args.seed_base, args.duration)
+    ]
+    if not args.no_quiroga:
+        cases += [("quiroga", n, r, g) for n, r, g in quiroga()] + [("quiroga", *c) for c in snippet_sets()]
+    rows = []
+    print(f"{'recording':<44} {'before':>7} {'after':>7} {'gain':>7} {'true-k':>13} {'ft s':>6} {'kept':>10}")
+    for group, name, data, gt in cases:
+        if isinstance(data, np.ndarray):
+            before, t_before, res0 = score_snippets(data, gt, checkpoint, args.cluster, False, options)
+            after, t_after, res = score_snippets(data, gt, checkpoint, args.cluster, True, options)
+            labels, n_gt = gt, len(np.unique(gt))
+        else:
+            before, t_before, res0 = score(data, gt, checkpoint, args.cluster, False, options)
+            after, t_after, res = score(data, gt, checkpoint, args.cluster, True, options)
+            labels = gt_labels(res.sample_index, gt, res.recording, res.sampling_frequency, 0.4)
+            n_gt = len(gt.unit_ids)
+        sep = (true_k_accuracy(res0.embeddings, labels), true_k_accuracy(res.embeddings, labels))
+        ft = res.finetuned.spec["provenance"]["finetune"]
+        row = {
+            "recording": name, "group": group, "accuracy_before": round(before, 4), "accuracy_after": round(after, 4),
+            "gain": round(after - before, 4), "true_k_accuracy_before": round(sep[0], 4),
+            "true_k_accuracy_after": round(sep[1], 4), "num_spikes": len(res.labels), "units_gt": n_gt,
+            "units_found_before": len(np.unique(res0.labels[res0.labels >= 0])),
+            "units_found_after": len(np.unique(res.labels[res.labels >= 0])),
+            "seconds_sort": round(t_before, 2), "seconds_sort_finetune": round(t_after, 2),
+            "seconds_finetune": round(res.timings.get("finetune", float("nan")), 2), "kept": ft.get("kept"),
+            "quality_metric": ft.get("quality_metric"), "quality_parent": ft.get("parent_quality"),
+            "quality_final": ft["history"][-1]["quality"] if ft.get("history") else None,
+        }  # fmt: skip
+        rows.append(row)
+        print(f"{name:<44} {before:7.3f} {after:7.3f} {after - before:+7.3f} {sep[0]:6.3f}>{sep[1]:.3f} "
+              f"{row['seconds_finetune']:6.1f} {row['kept']:>10}", flush=True)  # fmt: skip
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over the rows: accuracy before/after, gain, worst change, true-k separability."""
+    gains = np.array([r["gain"] for r in rows])
+
+    def mean(key: str) -> float:
+        return round(float(np.mean([r[key] for r in rows])), 4)
+
+    return {
+        "num_recordings": len(rows),
+        "mean_accuracy_before": mean("accuracy_before"),
+        "mean_accuracy_after": mean("accuracy_after"),
+        "mean_gain": round(float(gains.mean()), 4),
+        "worst_change": round(float(gains.min()), 4),
+        "mean_true_k_accuracy_before": mean("true_k_accuracy_before"),
+        "mean_true_k_accuracy_after": mean("true_k_accuracy_after"),
+        "true_k_improved": int(sum(r["true_k_accuracy_after"] > r["true_k_accuracy_before"] for r in rows)),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=None, help="encoder artifact (default: the bundled checkpoint)")
     ap.add_argument("--cluster", default="gmm", help="gmm | dpgmm | hdbscan | kmeans")
     ap.add_argument("--seed-base", type=int, default=100, help="seed of the first generated recording")
     ap.add_argument("--duration", type=float, default=60.0, help="seconds per generated recording")
-    ap.add_argument("--no-quiroga", action="store_true")
+    ap.add_argument("--no-quiroga", action="store_true", help="generated recordings only")
     ap.add_argument("--name", default="finetune", help="results file name (bench/results/NAME.json)")
     ap.add_argument("--options", default="{}", help="finetune_options as JSON (default: the library defaults)")
     args = ap.parse_args()
@@ -96,39 +196,25 @@ def main() -> None:
 
     checkpoint = args.checkpoint or str(DEFAULT_CHECKPOINT)
     options = json.loads(args.options)
-    recordings = generated(args.seed_base, args.duration) + ([] if args.no_quiroga else quiroga())
-    rows = []
-    print(f"{'recording':<44} {'before':>7} {'after':>7} {'gain':>7} {'ft s':>6} {'kept':>10}")
-    for name, rec, gt in recordings:
-        before, t_before, _ = score(rec, gt, checkpoint, args.cluster, False, options)
-        after, t_after, res = score(rec, gt, checkpoint, args.cluster, True, options)
-        ft = res.finetuned.spec["provenance"]["finetune"]
-        row = {
-            "recording": name, "accuracy_before": round(before, 4), "accuracy_after": round(after, 4),
-            "gain": round(after - before, 4), "num_spikes": len(res.labels), "units_gt": len(gt.unit_ids),
-            "seconds_sort": round(t_before, 2), "seconds_sort_finetune": round(t_after, 2),
-            "seconds_finetune": round(res.timings.get("finetune", float("nan")), 2), "kept": ft.get("kept"),
-            "quality_metric": ft.get("quality_metric"), "quality_parent": ft.get("parent_quality"),
-            "quality_final": ft["history"][-1]["quality"] if ft.get("history") else None,
-        }  # fmt: skip
-        rows.append(row)
-        print(f"{name:<44} {before:7.3f} {after:7.3f} {after - before:+7.3f} {row['seconds_finetune']:6.1f} "
-              f"{row['kept']:>10}")  # fmt: skip
-    gains = np.array([r["gain"] for r in rows])
+    rows = case_rows(args, checkpoint, options)
+    overall = summarize(rows)
     figures = {
         "checkpoint": Path(checkpoint).name,  # no machine paths in committed results
         "cluster": args.cluster,
         "finetune_options": options,
-        "num_recordings": len(rows),
-        "mean_accuracy_before": round(float(np.mean([r["accuracy_before"] for r in rows])), 4),
-        "mean_accuracy_after": round(float(np.mean([r["accuracy_after"] for r in rows])), 4),
-        "mean_gain": round(float(gains.mean()), 4),
-        "worst_change": round(float(gains.min()), 4),
-        "goal_met": bool(gains.mean() >= 0.03 and gains.min() >= -0.01),
+        **overall,
+        "goal_met": bool(overall["mean_gain"] >= 0.03 and overall["worst_change"] >= -0.01),
         "mean_seconds_finetune": round(float(np.mean([r["seconds_finetune"] for r in rows])), 2),
+        "groups": {g: summarize([r for r in rows if r["group"] == g]) for g in sorted({r["group"] for r in rows})},
         "per_recording": rows,
     }
     write_results(args.name, figures)
+    for g, fig in figures["groups"].items():
+        sep = f"{fig['mean_true_k_accuracy_before']:.4f} -> {fig['mean_true_k_accuracy_after']:.4f}"
+        print(
+            f"{g}: {fig['mean_accuracy_before']:.4f} -> {fig['mean_accuracy_after']:.4f} (worst"
+            f" {fig['worst_change']:+.4f}); true-k {sep} ({fig['true_k_improved']}/{fig['num_recordings']} up)"
+        )
 
 
 if __name__ == "__main__":

@@ -435,7 +435,12 @@ def finetune_on_windows(
             warnings.warn(f"fine-tuning skipped: {len(waves)} spikes < min_spikes={params.min_spikes}", stacklevel=2)
         record.update(kept="parent", reason=why, steps=0, seconds=round(time.perf_counter() - t0, 3))
         return _adapted(parent, net, record)
-    with _threads(params.threads if dev.type == "cpu" else None):
+    # The VAE's reparameterization (and dropout) draw from torch's global RNG: seed a fork of it, so the same
+    # inputs and seed give the same encoder (they did not: embeddings differed by up to 0.05 between two runs)
+    # and the caller's RNG stream is left as it was.
+    devices = [dev.index or 0] if dev.type == "cuda" else []
+    with _threads(params.threads if dev.type == "cpu" else None), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(params.seed)
         record.update(_train(net, waves, labels, spec, pretext, recon, beta, params, dev, progress))
     record["seconds"] = round(time.perf_counter() - t0, 3)
     return _adapted(parent, net, record)
