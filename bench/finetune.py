@@ -1,6 +1,6 @@
 """Benchmark: sorting accuracy before and after per-recording fine-tuning (``sort(..., finetune=True)``), and time.
 
-    python bench/finetune.py                       # 6 generated GT recordings + the Quiroga snippet
+    python bench/finetune.py                       # 6 generated GT recordings + 9 Quiroga sets
     python bench/finetune.py --cluster dpgmm       # the published tables' clustering
     python bench/finetune.py --seed-base 900       # another draw of recordings (used for development)
 
