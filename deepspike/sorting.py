@@ -195,13 +195,13 @@ def run_sort(
     waves = np.asarray(spikes.waves, dtype=np.float32)
     finetuned = None
     if params.finetune and encoder is not None:
+        from deepspike.finetune import recording_record
+
         with _timed(timings, "finetune"):
-            encoder = finetuned = _finetune(encoder, waves, params, recording, source)
+            data = recording_record(recording, source, len(waves))
+            encoder = finetuned = _finetune(encoder, waves, params, data)
     with _timed(timings, "encode"):
-        if encoder is not None:
-            emb = embed_waves(encoder, waves, params.batch_size, params.device)
-        else:
-            emb = pca_features(waves, spec, params.pca_components, params.seed)
+        emb = _features(encoder, waves, params, spec)
     noise = np.asarray(spikes.noise_levels, dtype=np.float64).reshape(-1)
     channel = np.asarray(spikes.channel, dtype=np.int64)
     amp_noise = np.asarray(spikes.amplitude, dtype=np.float64)
@@ -286,17 +286,11 @@ def sort_snippets(
     waves, sigma = conform_snippets(snippets, sampling_frequency, spec, peak_index, noise=noise)
     finetuned = None
     if params.finetune and encoder is not None:
-        from deepspike.finetune import finetune_on_windows
-
         with _timed(timings, "finetune"):
-            opts = {"seed": params.seed, "device": params.device, **params.finetune_options}
             data = {"snippets": len(waves), "sampling_frequency": float(sampling_frequency), "noise": sigma}
-            encoder = finetuned = finetune_on_windows(encoder, waves, opts, data=data)
+            encoder = finetuned = _finetune(encoder, waves, params, data)
     with _timed(timings, "encode"):
-        if encoder is not None:
-            emb = embed_waves(encoder, waves, params.batch_size, params.device)
-        else:
-            emb = pca_features(waves, spec, params.pca_components, params.seed)
+        emb = _features(encoder, waves, params, spec)
     with _timed(timings, "cluster"):
         clustered = cluster_spikes(emb, waves, None, waves[:, spec.n_before], params.cluster)
     return SnippetSortResult(
@@ -365,12 +359,19 @@ def _extract(recording: Any, params: SortParams, spec: WindowSpec) -> tuple[Any,
     return spikes, timings
 
 
-def _finetune(encoder: Any, waves: np.ndarray, params: SortParams, recording: Any, source: Any) -> Any:
-    """Adapt the encoder to this recording's spikes (already in memory) before embedding them."""
-    from deepspike.finetune import finetune_on_windows, recording_record
+def _finetune(encoder: Any, waves: np.ndarray, params: SortParams, data: dict[str, Any]) -> Any:
+    """Adapt the encoder to these spikes (already in memory) before embedding them; ``data`` goes to provenance."""
+    from deepspike.finetune import finetune_on_windows
 
     opts = {"seed": params.seed, "device": params.device, **params.finetune_options}
-    return finetune_on_windows(encoder, waves, opts, data=recording_record(recording, source, len(waves)))
+    return finetune_on_windows(encoder, waves, opts, data=data)
+
+
+def _features(encoder: Any, waves: np.ndarray, params: SortParams, spec: WindowSpec) -> np.ndarray:
+    """The clustering features: the encoder's embeddings, or the PCA baseline without an encoder."""
+    if encoder is not None:
+        return embed_waves(encoder, waves, params.batch_size, params.device)
+    return pca_features(waves, spec, params.pca_components, params.seed)
 
 
 def embed_waves(encoder: Any, waves: np.ndarray, batch_size: int = 16384, device: str = "auto") -> np.ndarray:

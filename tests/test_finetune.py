@@ -106,7 +106,9 @@ def test_finetune_lowers_recon_and_keeps_accuracy(sorted_pair: tuple[Any, Any, A
     assert _recon(ft, after.waves) < _recon(load_encoder(parent), after.waves)
     acc_before = compare_to_ground_truth(before.sorting, gt)["accuracy"].mean()
     acc_after = compare_to_ground_truth(after.sorting, gt)["accuracy"].mean()
-    assert acc_after >= acc_before - 0.005, (acc_before, acc_after)  # 0.005: a couple of spikes re-matched
+    # the bound ("no recording worse by more than 0.01"); seeded, this one measures -0.0058 (10 of 1,700
+    # spikes). The old 0.005 passed only while the VAE drew z from an unseeded global RNG.
+    assert acc_after >= acc_before - 0.01, (acc_before, acc_after)
     assert "finetune" in after.timings and after.timings["finetune"] < 120
 
 
