@@ -16,11 +16,13 @@ Collapse guard. A few thousand spikes and a few hundred steps can wreck an embed
 improving while units that were apart drift together (measured: held-out reconstruction halved while the
 GMM accuracy of the embedding fell from 0.99 to 0.75). Part of the spikes is held out; every ``eval_every``
 steps the held-out reconstruction loss and an embedding-quality score are measured. The score is the GMM
-matched accuracy when ground-truth labels are given; otherwise a label-free proxy: how well a GMM on the new
-embedding recovers the parent's clusters of the same held-out spikes (k chosen once by BIC on the parent's
-embedding). A silhouette proxy was tried first and rejected: it rose exactly where the true accuracy fell. If
-the score falls more than ``tolerance`` below the parent's for ``patience`` evaluations, training stops and
-the best weights seen (possibly the parent's) are kept.
+matched accuracy when ground-truth labels are given; otherwise a label-free proxy, ``split_purity``: the parent's
+well-separated groups of the held-out spikes (k by silhouette) must stay apart, i.e. a GMM with 2k components
+on the new embedding must not put spikes of two groups in one component. Splitting a group is allowed: that is
+what adaptation is for (a proxy that asked the new embedding to reproduce the parent's k groups, used before,
+rejected the runs that separated units the parent had merged: 12 of 15 benchmark sets kept the parent). If the
+score falls more than ``tolerance`` below the parent's for ``patience`` evaluations, training stops and the best
+weights seen (possibly the parent's) are kept.
 """
 
 from __future__ import annotations
@@ -222,6 +224,25 @@ def reference_clusters(emb: np.ndarray, seed: int = 0, max_k: int = 8) -> tuple[
     return best[1], best[2]
 
 
+def split_purity(emb: np.ndarray, reference: np.ndarray, k: int, seed: int = 0, max_spikes: int = 3000) -> float:
+    """Fraction of spikes whose component of a ``2k``-GMM on ``emb`` is mostly their own ``reference`` group.
+
+    1.0 when every reference group stays apart (however it is split), lower when groups are merged: a collapse.
+    """
+    emb = np.asarray(emb, dtype=np.float64)
+    reference = np.asarray(reference)
+    if not np.all(np.isfinite(emb)):
+        return -1.0
+    if len(emb) > max_spikes:
+        idx = np.random.default_rng(seed).choice(len(emb), max_spikes, replace=False)
+        emb, reference = emb[idx], reference[idx]
+    if k < 2 or len(emb) < 20 * k:
+        return float("nan")
+    pred = _gmm(emb, 2 * k, seed).predict(emb)
+    kept = sum(int(np.bincount(reference[pred == c]).max()) for c in np.unique(pred))
+    return kept / len(emb)
+
+
 def embedding_quality(
     emb: np.ndarray, labels: np.ndarray | None = None, k: int | None = None, seed: int = 0, max_spikes: int = 3000
 ) -> float:
@@ -256,7 +277,7 @@ class FinetuneParams:
     """Options of ``finetune_on_windows``; declared with comments in ``conf/sort.yaml`` (``finetune_options``)."""
 
     steps: int = 300
-    lr: float = 1e-4
+    lr: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int = 256
     warmup_steps: int = 20
@@ -264,12 +285,12 @@ class FinetuneParams:
     pretext: list[str] | None = None
     pretext_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     recon: str | None = None
-    beta: float | None = None
+    beta: float | None = 0.01
     grad_clip: float = 1.0
     holdout_fraction: float = 0.2
     max_holdout: int = 3000
     eval_every: int = 50
-    tolerance: float = 0.02
+    tolerance: float = 0.15
     patience: int = 2
     min_spikes: int = 100
     device: str = "auto"
@@ -332,10 +353,10 @@ def split_holdout(n: int, fraction: float, max_holdout: int, seed: int) -> tuple
 class _Evaluator:
     """Held-out reconstruction loss and embedding quality of a net (the collapse guard's measurements).
 
-    Without labels, the first call (the parent) fixes the reference: a GMM clustering of the parent's held-out
-    embedding (number of clusters by BIC). Later nets are scored by how well a GMM on their embedding recovers
-    those clusters (``embedding_quality`` with the reference as labels): 1.0 = the parent's structure kept,
-    lower = clusters merged or scattered, which is what a collapsing embedding does.
+    Without labels, the first call (the parent) fixes the reference: the well-separated groups of the parent's
+    held-out embedding (``reference_clusters``). Every net, the parent included, is scored by ``split_purity``
+    against them: about 1.0 = the groups stay apart (split or not), lower = groups merged, which is what a
+    collapsing embedding does.
     """
 
     def __init__(self, waves: torch.Tensor, labels: np.ndarray | None, spec: WindowSpec, recon: str, seed: int):
@@ -355,8 +376,11 @@ class _Evaluator:
         keep_frozen_eval(net)
         if self.labels is None and self.reference is None:
             self.k, self.reference = reference_clusters(emb, self.seed)
-        labels = self.labels if self.labels is not None else self.reference
-        return {"recon": rec, "quality": embedding_quality(emb, labels, self.k, self.seed)}
+        if self.labels is not None:
+            quality = embedding_quality(emb, self.labels, seed=self.seed)
+        else:
+            quality = split_purity(emb, self.reference, self.k, self.seed)
+        return {"recon": rec, "quality": quality}
 
 
 @dataclass
@@ -506,7 +530,7 @@ def _train(
     return {
         "steps": keep, "steps_run": step, "kept": "parent" if keep == 0 else f"step {keep}", "reason": reason,
         "stopped_early_at": guard.stopped_at, "parent_quality": guard.parent_quality, "history": history,
-        "quality_metric": "gmm_accuracy" if labels is not None else f"parent_cluster_recovery_k{evaluate.k}",
+        "quality_metric": "gmm_accuracy" if labels is not None else f"parent_split_purity_k{evaluate.k}",
         "num_train": len(tr), "num_holdout": len(ho),
     }  # fmt: skip
 

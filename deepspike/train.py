@@ -376,30 +376,35 @@ class CollapseGuard(pl.Callback):
     """Fine-tuning guard (``experiment=finetune``): embedding quality on the validation split vs the parent's.
 
     At fit start it measures the parent (the initial weights) on up to ``max_spikes`` validation spikes per
-    recording: GMM matched accuracy where the corpus has labels, else the label-free silhouette proxy
-    (``deepspike.finetune.embedding_quality``). Each validation logs ``val/quality`` (the metric checkpoints
-    keep the best of) and stops training after ``patience`` validations more than ``tolerance`` below the parent.
+    recording: GMM matched accuracy where the corpus has labels, else the label-free proxy of the sort path
+    (``deepspike.finetune.split_purity``: the parent's well-separated groups must stay apart). Each validation
+    logs ``val/quality`` (the metric checkpoints keep the best of) and stops training after ``patience``
+    validations more than ``tolerance`` below the parent.
     If no validation reached the parent - tolerance, the parent's weights are exported instead
     (``collapse_guard.json`` in the run directory records the decision).
     """
 
-    def __init__(self, tolerance: float = 0.02, patience: int = 2, max_spikes: int = 3000, dirpath: str = ".") -> None:
+    def __init__(self, tolerance: float = 0.15, patience: int = 2, max_spikes: int = 3000, dirpath: str = ".") -> None:
         self.tolerance, self.patience, self.max_spikes, self.dirpath = tolerance, patience, max_spikes, dirpath
         self.data: list[tuple[Any, Any]] = []
-        self.ks: list[int | None] = []
+        self.refs: list[tuple[int, Any] | None] = []
         self.parent: float | None = None
         self.history: list[dict[str, float]] = []
         self.bad = 0
 
-    def _measure(self, pl_module: Any, fix_k: bool = False) -> float:
-        from deepspike.finetune import choose_k, embedding_quality
+    def _measure(self, pl_module: Any, fix_reference: bool = False) -> float:
+        from deepspike.finetune import embedding_quality, reference_clusters, split_purity
 
         scores = []
         for i, (waves, labels) in enumerate(self.data):
             emb = pl_module.embed(waves)
-            if fix_k:
-                self.ks[i] = None if labels is not None else choose_k(emb)
-            q = embedding_quality(emb, labels, self.ks[i])
+            if labels is not None:
+                q = embedding_quality(emb, labels)
+            else:
+                if fix_reference:
+                    self.refs[i] = reference_clusters(emb)
+                k, reference = self.refs[i]
+                q = split_purity(emb, reference, k)
             if q == q:  # not nan
                 scores.append(q)
         return float(sum(scores) / len(scores)) if scores else float("nan")
@@ -412,8 +417,8 @@ class CollapseGuard(pl.Callback):
         if not self.data:
             warnings.warn("collapse guard off: the fine-tuning corpus has no validation split", stacklevel=2)
             return
-        self.ks = [None] * len(self.data)
-        self.parent = self._measure(pl_module, fix_k=True)
+        self.refs = [None] * len(self.data)
+        self.parent = self._measure(pl_module, fix_reference=True)
         self._write(trainer, reverted=False)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.metrics import adjusted_rand_score
 
 from deepspike.cluster import (
     METHODS,
@@ -134,6 +135,7 @@ def test_per_channel_units_are_distinct() -> None:
         ({"method": "spectral"}, "unknown clustering method"),
         ({"max_units": 0}, "positive integer"),
         ({"merge_similarity": 1.5}, "merge_similarity"),
+        ({"merge_valley": 0}, "merge_valley"),
         ({"bogus": 1}, "unknown cluster option"),
     ],
 )
@@ -166,3 +168,32 @@ def test_merge_keeps_units_the_features_separate() -> None:
     halves = np.c_[rng.normal(0, 1, 600), np.zeros(600)]  # one blob cut in two: overlapping halves
     split = (halves[:, 0] > 0).astype(int)
     assert merge_similar_units(split, np.tile(10 * shape, (600, 1)), 0.95, 1.25, halves, 3.0)[1] == [(0, 1)]
+
+
+def _banana(n: int, rng: np.random.Generator) -> np.ndarray:
+    """One curved, unimodal cloud (an arc of radius 6, 120 degrees), like a unit whose shape drifts with amplitude."""
+    angle = rng.uniform(-np.pi / 3, np.pi / 3, n)
+    return np.c_[6 * np.cos(angle), 6 * np.sin(angle)] + rng.normal(0, 0.4, (n, 2))
+
+
+def test_valley_ratio_tells_one_cloud_from_two() -> None:
+    from deepspike.cluster import valley_ratio
+
+    rng = np.random.default_rng(0)
+    arc = _banana(2000, rng)
+    piece = (arc[:, 1] > 0).astype(int)  # the arc cut in the middle: no dip between the halves
+    assert valley_ratio(arc[piece == 0], arc[piece == 1]) > 0.8
+    a, b = rng.normal(0, 1, (1500, 2)), rng.normal(0, 1, (300, 2)) + np.array([5.0, 0.0])  # two units, unequal sizes
+    assert valley_ratio(a, b) < 0.2
+
+
+def test_unimodal_merge_undoes_bic_oversplitting() -> None:
+    """A curved unit makes BIC split it into pieces; merge_valley puts them back, a real unit stays apart."""
+    rng = np.random.default_rng(1)
+    feats = np.r_[_banana(1500, rng), rng.normal(0, 0.5, (500, 2)) + np.array([-3.0, 0.0])]
+    truth = np.repeat([0, 1], [1500, 500])
+    off = cluster_spikes(feats, params=ClusterParams(merge_valley=1.0, min_spikes=15))
+    on = cluster_spikes(feats, params=ClusterParams(min_spikes=15))
+    assert off.n_units >= 3  # the arc alone takes several Gaussian components
+    assert on.n_units == 2 and on.info["channels"][0]["merged_unimodal"]
+    assert adjusted_rand_score(truth, on.labels) > 0.95

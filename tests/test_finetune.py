@@ -28,6 +28,7 @@ from deepspike.finetune import (
     freeze_encoder,
     load_parent,
     save_encoder,
+    split_purity,
 )
 from deepspike.sorting import DEFAULT_CHECKPOINT, FINETUNED_NAME, SortParams, run_sort
 from deepspike.spec import WindowSpec, normalize
@@ -265,6 +266,19 @@ def test_label_free_quality_prefers_separated_clusters() -> None:
     collapsed = 0.05 * centers[lab] + rng.standard_normal((900, 4))
     assert embedding_quality(good, k=3) > embedding_quality(collapsed, k=3) + 0.3
     assert embedding_quality(good, labels=lab) > 0.95
+
+
+def test_split_purity_allows_splits_and_catches_merges() -> None:
+    """The label-free guard: splitting the parent's groups (what adaptation should do) keeps ~1, merging them
+    (a collapse) does not."""
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 2, 1200)  # the parent's 2 groups; group 1 hides two units 8 apart
+    unit = np.where(ref == 0, 0, 1 + rng.integers(0, 2, 1200))
+    centers = np.array([[-10.0, 0.0], [10.0, -4.0], [10.0, 4.0]])
+    split = centers[unit] + rng.standard_normal((1200, 2))
+    merged = np.c_[rng.standard_normal(1200) * 3, rng.standard_normal(1200)]
+    assert split_purity(split, ref, k=2) > 0.98
+    assert split_purity(merged, ref, k=2) < 0.75
 
 
 def test_options_are_validated() -> None:
