@@ -10,7 +10,7 @@ Two paths share this module:
   continues training the parent's net; ``CollapseGuard`` watches the embedding on the validation split.
 
 Shared pieces: ``load_parent`` (artifact or Lightning checkpoint -> ``Encoder``), ``freeze_encoder`` (first k
-encoder layers or the whole encoder), ``embedding_quality`` (the collapse metric) and ``parent_record``.
+encoder layers or the whole encoder), ``CollapseMetric`` (the guard's score) and ``parent_record``.
 
 Collapse guard. A few thousand spikes and a few hundred steps can wreck an embedding: reconstruction keeps
 improving while units that were apart drift together (measured: held-out reconstruction halved while the
@@ -186,21 +186,6 @@ def _gmm(emb: np.ndarray, k: int, seed: int) -> Any:
         return GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=seed).fit(emb)
 
 
-def choose_k(emb: np.ndarray, max_k: int = 8, seed: int = 0) -> int:
-    """Number of GMM components by BIC on (standardized) embeddings; fixed afterwards so scores compare."""
-    x = _standardize(emb)
-    ks = [k for k in range(1, max_k + 1) if len(x) >= 10 * k]
-    if len(ks) < 2:
-        return 1
-    bics = [_gmm(x, k, seed).bic(x) for k in ks]
-    return int(ks[int(np.argmin(bics))])
-
-
-def _standardize(emb: np.ndarray) -> np.ndarray:
-    x = np.asarray(emb, dtype=np.float64)
-    return (x - x.mean(0)) / (x.std(0) + 1e-8)
-
-
 def reference_clusters(emb: np.ndarray, seed: int = 0, max_k: int = 8) -> tuple[int, np.ndarray]:
     """(k, labels): the parent embedding's well-separated groups, the label-free guard's reference.
 
@@ -243,32 +228,40 @@ def split_purity(emb: np.ndarray, reference: np.ndarray, k: int, seed: int = 0, 
     return kept / len(emb)
 
 
-def embedding_quality(
-    emb: np.ndarray, labels: np.ndarray | None = None, k: int | None = None, seed: int = 0, max_spikes: int = 3000
-) -> float:
-    """Higher is better. With labels: GMM matched accuracy (true unit count). Without: silhouette of a ``k``-GMM.
-
-    The silhouette uses the embedding as it is (no rescaling), so shrinking all clusters together is neutral
-    and merging them is penalized. nan when it is undefined (fewer than 2 clusters or too few spikes).
-    """
-    from sklearn.metrics import silhouette_score
-
+def embedding_quality(emb: np.ndarray, labels: np.ndarray, seed: int = 0, max_spikes: int = 3000) -> float:
+    """GMM matched accuracy of ``emb`` with as many components as ground-truth units (``labels``, -1 unknown)."""
     from deepspike.module import gmm_scores
 
     emb = np.asarray(emb, dtype=np.float64)
     if not np.all(np.isfinite(emb)):
         return -1.0
-    if labels is not None and (np.asarray(labels) >= 0).any():
-        return gmm_scores(emb, np.asarray(labels), seed=seed, max_spikes=max_spikes)[0]
-    if len(emb) > max_spikes:
-        emb = emb[np.random.default_rng(seed).choice(len(emb), max_spikes, replace=False)]
-    k = k or choose_k(emb, seed=seed)
-    if k < 2 or len(emb) < 10 * k:
-        return float("nan")
-    pred = _gmm(emb, k, seed).predict(emb)
-    if len(np.unique(pred)) < 2:
-        return -1.0
-    return float(silhouette_score(emb, pred))
+    return gmm_scores(emb, np.asarray(labels), seed=seed, max_spikes=max_spikes)[0]
+
+
+class CollapseMetric:
+    """The collapse guard's score of embeddings of fixed held-out spikes; higher is better.
+
+    With ground-truth ``labels``: ``embedding_quality``. Without: the first embedding scored (the parent's) fixes
+    the reference, its well-separated groups (``reference_clusters``), and every embedding is scored by
+    ``split_purity`` against them. Shared by the sort path and the corpus path (``train.CollapseGuard``).
+    """
+
+    def __init__(self, labels: np.ndarray | None = None, seed: int = 0) -> None:
+        self.labels = None if labels is None or not (np.asarray(labels) >= 0).any() else np.asarray(labels)
+        self.seed = seed
+        self.k: int | None = None
+        self.reference: np.ndarray | None = None
+
+    @property
+    def name(self) -> str:
+        return "gmm_accuracy" if self.labels is not None else f"parent_split_purity_k{self.k}"
+
+    def __call__(self, emb: np.ndarray) -> float:
+        if self.labels is not None:
+            return embedding_quality(emb, self.labels, self.seed)
+        if self.reference is None:
+            self.k, self.reference = reference_clusters(emb, self.seed)
+        return split_purity(emb, self.reference, self.k, self.seed)
 
 
 # ----------------------------------------------------------------------------------- in-memory fine-tuning
@@ -361,9 +354,8 @@ class _Evaluator:
 
     def __init__(self, waves: torch.Tensor, labels: np.ndarray | None, spec: WindowSpec, recon: str, seed: int):
         self.x = normalize(waves, spec)
-        self.labels, self.recon, self.seed = labels, recon, seed
-        self.k: int | None = None
-        self.reference: np.ndarray | None = None
+        self.recon = recon
+        self.metric = CollapseMetric(labels, seed)
 
     @torch.no_grad()
     def __call__(self, net: nn.Module) -> dict[str, float]:
@@ -374,13 +366,7 @@ class _Evaluator:
         emb = mu.float().cpu().numpy()
         net.train(was)
         keep_frozen_eval(net)
-        if self.labels is None and self.reference is None:
-            self.k, self.reference = reference_clusters(emb, self.seed)
-        if self.labels is not None:
-            quality = embedding_quality(emb, self.labels, seed=self.seed)
-        else:
-            quality = split_purity(emb, self.reference, self.k, self.seed)
-        return {"recon": rec, "quality": quality}
+        return {"recon": rec, "quality": self.metric(emb)}
 
 
 @dataclass
@@ -530,7 +516,7 @@ def _train(
     return {
         "steps": keep, "steps_run": step, "kept": "parent" if keep == 0 else f"step {keep}", "reason": reason,
         "stopped_early_at": guard.stopped_at, "parent_quality": guard.parent_quality, "history": history,
-        "quality_metric": "gmm_accuracy" if labels is not None else f"parent_split_purity_k{evaluate.k}",
+        "quality_metric": evaluate.metric.name,
         "num_train": len(tr), "num_holdout": len(ho),
     }  # fmt: skip
 

@@ -387,24 +387,15 @@ class CollapseGuard(pl.Callback):
     def __init__(self, tolerance: float = 0.15, patience: int = 2, max_spikes: int = 3000, dirpath: str = ".") -> None:
         self.tolerance, self.patience, self.max_spikes, self.dirpath = tolerance, patience, max_spikes, dirpath
         self.data: list[tuple[Any, Any]] = []
-        self.refs: list[tuple[int, Any] | None] = []
+        self.metrics: list[Any] = []
         self.parent: float | None = None
         self.history: list[dict[str, float]] = []
         self.bad = 0
 
-    def _measure(self, pl_module: Any, fix_reference: bool = False) -> float:
-        from deepspike.finetune import embedding_quality, reference_clusters, split_purity
-
+    def _measure(self, pl_module: Any) -> float:
         scores = []
-        for i, (waves, labels) in enumerate(self.data):
-            emb = pl_module.embed(waves)
-            if labels is not None:
-                q = embedding_quality(emb, labels)
-            else:
-                if fix_reference:
-                    self.refs[i] = reference_clusters(emb)
-                k, reference = self.refs[i]
-                q = split_purity(emb, reference, k)
+        for (waves, _), metric in zip(self.data, self.metrics, strict=True):
+            q = metric(pl_module.embed(waves))
             if q == q:  # not nan
                 scores.append(q)
         return float(sum(scores) / len(scores)) if scores else float("nan")
@@ -417,8 +408,10 @@ class CollapseGuard(pl.Callback):
         if not self.data:
             warnings.warn("collapse guard off: the fine-tuning corpus has no validation split", stacklevel=2)
             return
-        self.refs = [None] * len(self.data)
-        self.parent = self._measure(pl_module, fix_reference=True)
+        from deepspike.finetune import CollapseMetric
+
+        self.metrics = [CollapseMetric(labels) for _, labels in self.data]
+        self.parent = self._measure(pl_module)
         self._write(trainer, reverted=False)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
