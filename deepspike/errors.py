@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class DeepSpikeError(ValueError):
     """Base class: bad input or configuration, with a message a user can act on."""
@@ -21,3 +24,31 @@ class SpecMismatchError(DeepSpikeError):
 
 class OutputExistsError(DeepSpikeError, FileExistsError):
     """Refusing to overwrite an existing result or corpus."""
+
+
+@contextmanager
+def cli_errors(app: str, debug: bool = False) -> Iterator[None]:
+    """Turn expected failures into one line naming the file and the fix; ``debug=true`` keeps the traceback.
+
+    Console apps (corpus, train, sort) share this so a user sees the same kind of message everywhere; a bug (any
+    other exception) still shows its traceback, since hiding it would make it unreportable.
+    """
+    try:
+        yield
+    except (DeepSpikeError, OSError) as e:
+        if debug:
+            raise
+        raise SystemExit(f"{app}: error: {_one_line(e)}\n(run again with debug=true for the full traceback)") from None
+
+
+def _one_line(e: BaseException) -> str:
+    """A user-facing message; OS errors get the path they failed on and what to do about it."""
+    if isinstance(e, OSError) and not isinstance(e, DeepSpikeError):
+        where = f" '{e.filename}'" if getattr(e, "filename", None) else ""
+        fix = {
+            PermissionError: "make it writable or choose another path (e.g. out=DIR)",
+            FileNotFoundError: "check the path",
+            IsADirectoryError: "give a file, not a folder",
+        }.get(type(e), "check the path, free space and permissions")
+        return f"cannot access{where}: {e.strerror or e}. Fix: {fix}."
+    return str(e)
