@@ -86,7 +86,16 @@ class SortParams:
         if self.finetune:
             from deepspike.finetune import FinetuneParams
 
-            FinetuneParams.from_options({"seed": self.seed, **self.finetune_options})  # fail early on bad options
+            FinetuneParams.from_options(self.finetune_params())  # fail early on bad options
+
+    def finetune_params(self) -> dict[str, Any]:
+        """``finetune_options`` with the sort's seed and device where they say null / auto."""
+        opts = dict(self.finetune_options)
+        if opts.get("seed") is None:
+            opts["seed"] = self.seed
+        if opts.get("device", "auto") == "auto":
+            opts["device"] = self.device
+        return opts
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> SortParams:
@@ -195,7 +204,7 @@ def run_sort(
     waves = np.asarray(spikes.waves, dtype=np.float32)
     finetuned = None
     if params.finetune and encoder is not None:
-        from deepspike.finetune import recording_record
+        from deepspike.corpus import recording_record
 
         with _timed(timings, "finetune"):
             data = recording_record(recording, source, len(waves))
@@ -363,8 +372,7 @@ def _finetune(encoder: Any, waves: np.ndarray, params: SortParams, data: dict[st
     """Adapt the encoder to these spikes (already in memory) before embedding them; ``data`` goes to provenance."""
     from deepspike.finetune import finetune_on_windows
 
-    opts = {"seed": params.seed, "device": params.device, **params.finetune_options}
-    return finetune_on_windows(encoder, waves, opts, data=data)
+    return finetune_on_windows(encoder, waves, params.finetune_params(), data=data)
 
 
 def _features(encoder: Any, waves: np.ndarray, params: SortParams, spec: WindowSpec) -> np.ndarray:
@@ -519,7 +527,7 @@ def _write_tables(result: SortResult, folder: Path, config: dict[str, Any] | Non
     result.units_table().to_csv(folder / "units.csv", index=False, float_format="%.6g")
     np.save(folder / "embeddings.npy", result.embeddings)
     if result.finetuned is not None:
-        from deepspike.finetune import save_encoder
+        from deepspike.export import save_encoder
 
         save_encoder(result.finetuned, folder / FINETUNED_NAME)
     resolved = dict(config) if config is not None else {"params": result.params.to_dict()}
