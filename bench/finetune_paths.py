@@ -59,7 +59,7 @@ def accuracy(folder: Path, checkpoint: str, finetune: bool, cluster: str) -> tup
     from deepspike.sorting import SortParams, run_sort
 
     rec = open_recording(folder)
-    gt = load_ground_truth(folder.with_name(folder.name + ".gt"), recording=rec)
+    gt = load_ground_truth(folder, recording=rec)
     t0 = time.perf_counter()
     res = run_sort(rec, checkpoint, SortParams(cluster=cluster, finetune=finetune))
     return float(compare_to_ground_truth(res.sorting, gt)["accuracy"].mean()), time.perf_counter() - t0
