@@ -414,6 +414,18 @@ def _sniff_h5(p: Path) -> _Neo:
 # --- .npy and raw binary -----------------------------------------------------------------------------------------
 
 
+def __getattr__(name: str) -> Any:
+    """``NpyRecording`` is built on first use, so importing deepspike.io does not import SpikeInterface."""
+    if name == "NpyRecording":
+        if name in globals():
+            return globals()[name]
+        cls = _npy_recording_classes()[0]
+        cls.__module__, cls.__qualname__, cls.__name__ = __name__, name, name
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _open_npy(p: Path, fs: float | None, num_channels: int | None) -> Any:
     """Memory-map the .npy payload as a binary recording, so an hour-long file never lands in RAM."""
     fs = _require_rate(p, fs, "NumPy .npy")
@@ -431,14 +443,15 @@ def _open_npy(p: Path, fs: float | None, num_channels: int | None) -> Any:
             f"{p}: array of shape {arr.shape}; expected 1-D (one channel) or 2-D (samples x channels): reshape it"
         )
     channels_first = _channels_first(p, arr.shape, num_channels) if arr.ndim == 2 else False
-    n_channels = 1 if arr.ndim == 1 else (arr.shape[0] if channels_first else arr.shape[1])
-    # Memory order decides the time axis of the flat payload: C-order samples x channels is interleaved.
-    fortran = arr.ndim == 2 and arr.flags.f_contiguous and not arr.flags.c_contiguous
-    time_axis = int(channels_first != fortran)
     if arr.size == 0:
         raise RecordingError(f"{p}: empty array of shape {arr.shape}; the file holds no samples")
+    # Memory order decides the layout of the flat payload: C-order samples x channels is interleaved.
+    fortran = arr.ndim == 2 and arr.flags.f_contiguous and not arr.flags.c_contiguous
+    if arr.ndim == 2 and channels_first != fortran:  # each channel contiguous: not SpikeInterface's binary layout
+        return _wrap(p, "NumPy .npy", __getattr__("NpyRecording"), str(p), fs, channels_first)
     from spikeinterface.core import BinaryRecordingExtractor
 
+    n_channels = 1 if arr.ndim == 1 else (arr.shape[0] if channels_first else arr.shape[1])
     return _wrap(
         p,
         "NumPy .npy",
@@ -447,9 +460,47 @@ def _open_npy(p: Path, fs: float | None, num_channels: int | None) -> Any:
         sampling_frequency=fs,
         dtype=arr.dtype.str,
         num_channels=n_channels,
-        time_axis=time_axis,
+        time_axis=0,
         file_offset=int(arr.offset),
     )
+
+
+def _npy_recording_classes() -> tuple[type, type]:
+    """A recording over a memory-mapped 2-D .npy whose channels are contiguous (channels x samples in C order,
+    samples x channels in Fortran order).
+
+    SpikeInterface's binary reader with ``time_axis=1`` is right only for whole-file reads: its chunks take a
+    contiguous byte range, i.e. samples of other channels and times. Slicing the memmap is right for any chunk.
+    """
+    from spikeinterface.core import BaseRecording, BaseRecordingSegment
+
+    class _Segment(BaseRecordingSegment):
+        def __init__(self, traces: np.ndarray, fs: float) -> None:
+            super().__init__(sampling_frequency=fs)
+            self._traces = traces  # (samples, channels) view of the memmap: nothing is read until sliced
+
+        def get_num_samples(self) -> int:
+            return int(self._traces.shape[0])
+
+        def get_traces(self, start_frame: Any = None, end_frame: Any = None, channel_indices: Any = None) -> Any:
+            block = self._traces[start_frame:end_frame]
+            if channel_indices is not None:
+                block = block[:, channel_indices]
+            return np.ascontiguousarray(block)
+
+    class Recording(BaseRecording):
+        def __init__(self, file_path: str, sampling_frequency: float, channels_first: bool) -> None:
+            arr = np.load(file_path, mmap_mode="r", allow_pickle=False)
+            traces = arr.T if channels_first else arr
+            super().__init__(sampling_frequency, list(range(traces.shape[1])), arr.dtype)
+            self.add_recording_segment(_Segment(traces, sampling_frequency))
+            self._kwargs = {
+                "file_path": str(Path(file_path).absolute()),
+                "sampling_frequency": float(sampling_frequency),
+                "channels_first": bool(channels_first),
+            }
+
+    return Recording, _Segment
 
 
 def _channels_first(p: Path, shape: tuple[int, ...], num_channels: int | None) -> bool:

@@ -458,3 +458,42 @@ def test_spikeglx_stream_is_taken_from_the_file_name(tmp_path: Path, monkeypatch
     path.with_suffix(".meta").write_text("fileSizeBytes=8\n")
     assert open_recording(path).get_num_channels() == 4
     assert calls[-1] == (tmp_path, {"stream_name": "imec0.ap"})
+
+
+# --- chunked reads (what detection and the NaN check do) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("fortran", [False, True])
+@pytest.mark.parametrize("channels_first", [False, True])
+def test_npy_chunked_reads_match_whole_file(tmp_path: Path, fortran: bool, channels_first: bool) -> None:
+    samples = np.random.default_rng(7).normal(size=(4000, 3)).astype(np.float32)  # samples x channels
+    stored = samples.T if channels_first else samples
+    stored = np.asfortranarray(stored) if fortran else np.ascontiguousarray(stored)
+    rec = open_recording(_save_npy(tmp_path / "x.npy", stored), sampling_frequency=1000)
+    assert rec.get_num_channels() == 3 and rec.get_num_samples() == 4000
+    np.testing.assert_array_equal(_traces(rec), samples)
+    for start, end in ((0, 1000), (1234, 2345), (3999, 4000)):
+        np.testing.assert_array_equal(rec.get_traces(start_frame=start, end_frame=end), samples[start:end])
+    ids = rec.channel_ids
+    np.testing.assert_array_equal(
+        rec.get_traces(start_frame=100, end_frame=900, channel_ids=[ids[2], ids[0]]), samples[100:900][:, [2, 0]]
+    )
+
+
+@pytest.mark.parametrize("channels_first", [False, True])
+def test_npy_nan_is_located_in_any_orientation(tmp_path: Path, channels_first: bool) -> None:
+    data = np.zeros((25000, 3), np.float32)  # 25 s at 1 kHz: the NaN is in the second 10 s chunk
+    data[12345, 2] = np.nan
+    stored = np.ascontiguousarray(data.T) if channels_first else np.asfortranarray(data)
+    with pytest.raises(RecordingError, match="NaN") as e:
+        open_recording(_save_npy(tmp_path / "nan.npy", stored), sampling_frequency=1000)
+    assert "(index 2)" in str(e.value) and "t=12.345" in str(e.value)
+
+
+def test_npy_chunked_recording_survives_a_round_trip_to_worker_processes(tmp_path: Path) -> None:
+    import pickle
+
+    samples = np.random.default_rng(8).normal(size=(3000, 2)).astype(np.float32)
+    rec = open_recording(_save_npy(tmp_path / "cf.npy", np.ascontiguousarray(samples.T)), sampling_frequency=1000)
+    again = pickle.loads(pickle.dumps(rec))  # what SpikeInterface does for n_jobs > 1
+    np.testing.assert_array_equal(again.get_traces(start_frame=500, end_frame=700), samples[500:700])
