@@ -13,6 +13,7 @@ check walks the recording in 10 s chunks. ``.mat`` files are small benchmark exc
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -125,6 +126,10 @@ def _describe_formats() -> dict[str, str]:
         text = " ".join(exts)
         formats[name] = f"{text}; or {layouts.pop(name)}" if name in layouts else text
     formats.update(layouts)
+    formats["other neo formats"] = (
+        "any other extension a neo RawIO claims and SpikeInterface has a recording reader for (e.g. .lfp, .xdat, "
+        ".continuous), probed when the file is opened"
+    )
     return formats
 
 
@@ -193,9 +198,56 @@ def _dispatch(
         if sidecar is not None:
             return _open_neo(sidecar[0], sidecar[1], fs, kw)
         return _open_binary(p, fs, dtype, num_channels, kw)
+    probed = _probe_neo(p, ext)
+    if probed is not None:
+        return _open_neo(probed, p, fs, kw)
     raise RecordingError(
-        f"{p}: unknown recording format {ext or '(no extension)'!r}. Convert it to one of these, or rename it "
-        f"with the right extension:\n{_formats_text()}"
+        f"{p}: unknown recording format {ext or '(no extension)'!r}{_neo_only_note(ext)}. Convert it to one of "
+        f"these, or rename it with the right extension:\n{_formats_text()}"
+    )
+
+
+def _neo_rawios(ext: str) -> list[Any]:
+    """neo RawIO classes that claim the extension (neo's own table, as ``neo.rawio.get_rawio`` reads it)."""
+    try:
+        from neo.rawio import rawiolist
+    except ImportError:
+        return []
+    return [io for io in rawiolist if ext and ext[1:] in {e.lower() for e in io.extensions}]
+
+
+def _si_neo_recording_readers() -> dict[str, Any]:
+    """SpikeInterface recording readers by the neo RawIO class they wrap."""
+    import spikeinterface.extractors.neoextractors as ne
+
+    classes = (getattr(ne, n) for n in dir(ne))
+    return {
+        c.NeoRawIOClass: c
+        for c in classes
+        if isinstance(c, type) and hasattr(c, "NeoRawIOClass") and c.__name__.endswith("RecordingExtractor")
+    }
+
+
+def _probe_neo(p: Path, ext: str) -> _Neo | None:
+    """An extension outside the tables here: the first neo RawIO that claims it and has a SpikeInterface reader."""
+    readers = _si_neo_recording_readers() if _neo_rawios(ext) else {}
+    for io in _neo_rawios(ext):
+        reader = readers.get(io.__name__)
+        if reader is not None:
+            folder = "folder_path" in inspect.signature(reader.__init__).parameters
+            logger.info("%s: extension %r read with neo's %s (%s)", p, ext, io.__name__, reader.__name__)
+            return _Neo(io.__name__.removesuffix("RawIO"), reader.__name__, "folder" if folder else "file")
+    return None
+
+
+def _neo_only_note(ext: str) -> str:
+    """Name the neo RawIOs that claim an extension SpikeInterface cannot read as a recording."""
+    names = [io.__name__ for io in _neo_rawios(ext)]
+    if not names:
+        return ""
+    return (
+        f" (neo's {' / '.join(names)} reads it, but SpikeInterface has no recording reader for it: export it with "
+        f"neo to NWB or .npy)"
     )
 
 
@@ -444,7 +496,7 @@ def _open_neo(fmt: _Neo, p: Path, fs: float | None, kw: dict[str, Any], target: 
     """Open with a spikeinterface.extractors reader, choosing the stream when the file holds several."""
     import spikeinterface.extractors as se
 
-    reader = getattr(se, fmt.reader, None)
+    reader = getattr(se, fmt.reader, None) or getattr(se.neoextractors, fmt.reader, None)
     if reader is None:
         raise RecordingError(
             f"{p}: this SpikeInterface version has no {fmt.reader}; upgrade it (`pip install -U spikeinterface`)"

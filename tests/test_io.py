@@ -259,6 +259,25 @@ def test_neuroscope_via_neo(tmp_path: Path) -> None:
         np.testing.assert_array_equal(_traces(rec), data)
 
 
+def test_extension_outside_the_table_is_probed_through_neo(tmp_path: Path) -> None:
+    """`.lfp` is in no table here; neo's NeuroScopeRawIO claims it and SpikeInterface has its reader."""
+    data = np.random.default_rng(10).integers(-300, 300, size=(600, 2)).astype(np.int16)
+    data.tofile(tmp_path / "session.lfp")
+    channels = "".join(f"<channel>{c}</channel>" for c in range(2))
+    (tmp_path / "session.xml").write_text(_NEUROSCOPE_XML.format(n=2, fs=1250, channels=channels))
+    rec = open_recording(tmp_path / "session.lfp")
+    assert rec.sampling_frequency == 1250 and rec.get_num_channels() == 2
+    np.testing.assert_array_equal(_traces(rec), data)
+
+
+def test_neo_format_without_a_spikeinterface_reader_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "rec.vhdr"  # BrainVision: neo reads it, SpikeInterface has no recording reader
+    path.write_text("Brain Vision Data Exchange Header File Version 1.0\n")
+    with pytest.raises(RecordingError, match="BrainVisionRawIO") as e:
+        open_recording(path)
+    assert str(path) in str(e.value) and "NumPy" in str(e.value)  # still lists what is read
+
+
 def test_multi_stream_needs_a_stream_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import spikeinterface.extractors as se
     from spikeinterface.core import NumpyRecording
