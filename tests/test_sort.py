@@ -233,19 +233,29 @@ def test_no_spike_gives_empty_sorting() -> None:
     assert len(sorting.unit_ids) == 0
 
 
-def test_quiroga_ground_truth_is_scored(tmp_path) -> None:
+# Floors a little below what was measured on the third-party Quiroga excerpt (C_Easy1 noise 0.15, 121 spikes,
+# 24 kHz), seeds 0-2 giving the same units: pca mean 0.942 (per unit 0.955 / 0.872 / 1.000), bundled encoder mean
+# 0.899 (0.933 / 0.854 / 0.909). A broken reader, realignment or clustering falls far below them.
+QUIROGA_FLOORS = {"pca": (0.90, 0.82), "encoder": (0.85, 0.80)}  # (mean accuracy, worst unit)
+
+
+@pytest.mark.parametrize("features", ["pca", "encoder"])
+def test_quiroga_ground_truth_is_scored(tmp_path, features: str) -> None:
     if not QUIROGA.exists():
         pytest.skip(f"{QUIROGA} not found (third-party data lives in ../shared/data)")
+    if features == "encoder" and not DEFAULT_CHECKPOINT.exists():
+        pytest.skip(f"bundled checkpoint {DEFAULT_CHECKPOINT.name} not trained yet")
     from deepspike.io import load_ground_truth, open_recording
 
     rec = open_recording(QUIROGA, sampling_frequency=24000.0)
-    result = run_sort(rec, params=SortParams(features="pca"))
+    result = run_sort(rec, params=SortParams(features=features))
     gt = load_ground_truth(QUIROGA, recording=rec)
     assert gt is not None and len(gt.unit_ids) == 3
     write_outputs(result, tmp_path / "q", gt_sorting=gt, data_file=QUIROGA.name, plots=False)
     metrics = pd.read_csv(tmp_path / "q" / "metrics.csv")
     assert len(metrics) == 3 and (metrics.data_file == QUIROGA.name).all()
-    assert metrics["accuracy"].between(0, 1).all()
+    mean_floor, unit_floor = QUIROGA_FLOORS[features]
+    assert metrics["accuracy"].mean() >= mean_floor and metrics["accuracy"].min() >= unit_floor, metrics
 
 
 # ------------------------------------------------------------------------------------------- bad input
@@ -259,8 +269,9 @@ def test_missing_recording() -> None:
 def test_unknown_format(tmp_path) -> None:
     p = tmp_path / "rec.xyz"
     p.write_bytes(b"\0" * 100)
-    with pytest.raises(RecordingError):
+    with pytest.raises(RecordingError, match="unknown recording format") as e:
         sort(p, features="pca")
+    assert str(p) in str(e.value)
 
 
 def test_missing_checkpoint_is_explained(gt_recording, tmp_path) -> None:
