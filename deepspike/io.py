@@ -106,7 +106,7 @@ _FOLDER_LAYOUTS = (
 def _describe_formats() -> dict[str, str]:
     """Human-readable listing: format name -> extensions / layout (built from the reader tables)."""
     formats = {
-        "SpikeInterface": "folder saved by recording.save() (binary or .zarr), or a .json/.pkl dump",
+        "SpikeInterface": "folder saved by recording.save() (binary or .zarr), or a .json dump (.pkl: allow_pickle=)",
         "NumPy": ".npy (1-D: one channel; 2-D: samples x channels or channels x samples); needs sampling_frequency=",
         "raw binary": " ".join(RAW_BINARY_EXTENSIONS) + " (interleaved samples); needs sampling_frequency=, dtype=, "
         "num_channels=",
