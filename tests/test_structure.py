@@ -81,3 +81,31 @@ def test_one_gmm_construction_and_one_hungarian() -> None:
     hungarian = sorted(p.name for p in files if "linear_sum_assignment(" in p.read_text())
     assert gmm == ["cluster.py"]
     assert hungarian == ["evaluate.py"]
+
+
+def _module_table() -> list[tuple[list[str], str]]:
+    """(modules, API text) per row of docs/ARCHITECTURE.md's module table."""
+    import re
+
+    doc = (PKG.parent / "docs" / "ARCHITECTURE.md").read_text()
+    rows = []
+    for line in doc.splitlines():
+        m = re.match(r"\| ((?:`\w+`(?:, )?)+) \| (.*) \|$", line)
+        if m:
+            rows.append((re.findall(r"`(\w+)`", m.group(1)), m.group(2)))
+    return rows
+
+
+def test_docs_module_table_matches_the_code() -> None:
+    """Every module is in the table, every module named there exists, and each callable it names is defined there."""
+    import importlib
+    import re
+
+    rows = _module_table()
+    named = {m for mods, _ in rows for m in mods}
+    modules = {p.stem for p in PKG.glob("*.py") if p.stem != "__init__"}
+    assert named == modules, f"missing from the table: {modules - named}; no such module: {named - modules}"
+    for mods, api in rows:
+        loaded = [importlib.import_module(f"deepspike.{m}") for m in mods]
+        for name in re.findall(r"`(\w+)\(", api):
+            assert any(hasattr(mod, name) for mod in loaded), f"docs name {name}() in {mods}, which do not define it"
