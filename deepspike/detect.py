@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 from spikeinterface.core.node_pipeline import PeakDetector, run_node_pipeline
 
+from deepspike.defaults import conf_value
 from deepspike.errors import DeepSpikeError
-from deepspike.preprocess import sampling_frequency_of
+from deepspike.preprocess import EXTRACT_CONF, sampling_frequency_of
 
 PEAK_DTYPE = np.dtype([("sample_index", "i8"), ("channel_index", "i4"), ("amplitude", "f4")])
 POLARITIES = ("neg", "pos", "both")
@@ -69,17 +70,18 @@ def _finite(x: Any) -> bool:
 def detect_peaks(
     filtered: Any,
     noise: Any,
-    threshold: float = 5.0,
-    polarity: str = "both",
-    dead_time_ms: float = 0.5,
-    chunk_duration_s: float = 10.0,
-    n_jobs: int = 1,
+    threshold: float | None = None,
+    polarity: str | None = None,
+    dead_time_ms: float | None = None,
+    chunk_duration_s: float | None = None,
+    n_jobs: int | None = None,
     progress: bool = False,
 ) -> np.ndarray:
     """Peaks of a filtered single-segment recording as a ``PEAK_DTYPE`` array sorted by time then channel.
 
     ``threshold`` is in units of ``noise`` (per channel, recording units); channels with zero noise (dead) are
-    skipped. ``amplitude`` is the signed sample value at the peak, in recording units.
+    skipped. ``amplitude`` is the signed sample value at the peak, in recording units. None takes the default
+    declared in ``conf/extract/default.yaml``.
     """
     plan = plan_detection(filtered, noise, threshold, polarity, dead_time_ms, chunk_duration_s, n_jobs, progress)
     if plan is None:
@@ -103,15 +105,26 @@ class DetectionPlan:
 def plan_detection(
     filtered: Any,
     noise: Any,
-    threshold: float = 5.0,
-    polarity: str = "both",
-    dead_time_ms: float = 0.5,
-    chunk_duration_s: float = 10.0,
-    n_jobs: int = 1,
+    threshold: float | None = None,
+    polarity: str | None = None,
+    dead_time_ms: float | None = None,
+    chunk_duration_s: float | None = None,
+    n_jobs: int | None = None,
     progress: bool = False,
 ) -> DetectionPlan | None:
     """Validate the inputs and build the detector node (None when every channel is dead). Lets other stages add
-    their own nodes after the detector (windows in ``extract``) so the recording is filtered only once."""
+    their own nodes after the detector (windows in ``extract``) so the recording is filtered only once. None
+    takes the default declared in ``conf/extract/default.yaml``."""
+    threshold, polarity, dead_time_ms, chunk_duration_s, n_jobs = (
+        conf_value(EXTRACT_CONF, key) if value is None else value
+        for key, value in (
+            ("threshold", threshold),
+            ("polarity", polarity),
+            ("dead_time_ms", dead_time_ms),
+            ("chunk_duration_s", chunk_duration_s),
+            ("n_jobs", n_jobs),
+        )
+    )
     check_detect_params(threshold, polarity, dead_time_ms, chunk_duration_s, n_jobs)
     fs = sampling_frequency_of(filtered)
     if filtered.get_num_segments() != 1:

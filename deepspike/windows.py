@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 from spikeinterface.core.node_pipeline import PipelineNode
 
+from deepspike.defaults import conf_value
 from deepspike.detect import check_noise
 from deepspike.errors import DeepSpikeError, RecordingError
-from deepspike.preprocess import recording_name, sampling_frequency_of
+from deepspike.preprocess import EXTRACT_CONF, recording_name, sampling_frequency_of
 from deepspike.spec import WindowSpec
 
 KEYS_A = -0.5
@@ -91,7 +92,7 @@ def extract_windows(
     peaks: np.ndarray,
     noise: Any,
     spec: WindowSpec,
-    chunk_duration_s: float = 10.0,
+    chunk_duration_s: float | None = None,
     *,
     align: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -99,8 +100,11 @@ def extract_windows(
 
     Each peak uses its own channel. Peaks whose window would leave the recording, or that lie on a channel with
     zero noise, are dropped (``kept=False``); rows follow the order of the kept peaks. Every chunk is checked
-    for NaN/Inf (RecordingError). ``align=False`` skips the sub-sample alignment.
+    for NaN/Inf (RecordingError). ``align=False`` skips the sub-sample alignment. ``chunk_duration_s=None``
+    takes ``extract.chunk_duration_s`` from ``conf/extract/default.yaml``.
     """
+    if chunk_duration_s is None:
+        chunk_duration_s = conf_value(EXTRACT_CONF, "chunk_duration_s")
     fs = sampling_frequency_of(filtered)
     if filtered.get_num_segments() != 1:
         raise DeepSpikeError("extract_windows needs a single-segment recording; concatenate the segments first")
