@@ -110,3 +110,15 @@ def test_library_functions_default_to_the_config(func: Any, names: tuple[str, ..
 def test_bad_values_name_their_config_key(build: Any, match: str) -> None:
     with pytest.raises(DeepSpikeError, match=match):
         build()
+
+
+def test_sort_config_builds_the_default_sort_config() -> None:
+    """conf/sort.yaml as composed builds SortConfig() exactly; every key is a field of SortConfig/SortParams."""
+    from deepspike.finetune import FinetuneParams
+    from deepspike.sorting import SortConfig, SortParams
+
+    cfg = _compose("sort")
+    assert SortConfig.from_cfg(cfg) == SortConfig()
+    top = set(_plain(cfg)) - {"cluster", "extract"}  # groups with their own dataclasses, checked above
+    assert top == (_names(SortConfig) - {"params"}) | (_names(SortParams) - {"cluster", "extract"})
+    assert set(_plain(cfg.finetune_options)) == _names(FinetuneParams)
