@@ -306,7 +306,7 @@ def load_parent(path: str | os.PathLike) -> Encoder:
         return load_encoder(p)
     sd, arch, window = _net_state(str(p))
     net = build_net(arch)
-    net.load_state_dict(sd, strict=True)
+    _load_weights(net, sd, p, arch)
     net.eval()
     for q in net.parameters():
         q.requires_grad_(False)
