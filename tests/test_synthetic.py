@@ -260,3 +260,16 @@ def test_broad_config_composes_for_corpus() -> None:
     assert default.synthetic.recipe is None and default.synthetic.n == 0 and default.synthetic.duration_s == 30.0
     assert cfg.synthetic.n == 5 and cfg.synthetic.sampling_frequency == "random"
     assert load_recipe(OmegaConf.to_container(cfg.synthetic.recipe)) == load_recipe("broad")
+
+
+def test_recipe_written_in_parallel_as_serially(tmp_path: Path) -> None:
+    kw = {"seed": 2, "duration_s": 1.0, "recipe": "broad"}
+    serial = write_synthetic_recordings(tmp_path / "serial", 2, **kw)
+    parallel = write_synthetic_recordings(tmp_path / "parallel", 2, workers=2, **kw)
+    for a, b in zip(serial, parallel, strict=True):
+        np.testing.assert_array_equal(load(a).get_traces(), load(b).get_traces())
+        ga, gb = load(a.with_name(a.name + ".gt")), load(b.with_name(b.name + ".gt"))
+        assert _same_spikes(ga, gb) and 2 <= ga.get_num_units() <= 20
+        np.testing.assert_array_equal(ga.get_property("gt_polarity"), gb.get_property("gt_polarity"))
+    with pytest.raises(DeepSpikeError, match="workers must be >= 1"):
+        write_synthetic_recordings(tmp_path / "x", 1, workers=0)
