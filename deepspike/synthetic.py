@@ -334,6 +334,68 @@ def _spike_train(
     return times, factors
 
 
+def _recipe_templates(
+    fs: float, units: _Units, n_lab: int, num_channels: int, noise: float, rng: np.random.Generator
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """Templates [units, samples, channels] in recording units, the main peak's sample and each main channel.
+
+    Near-copies share their parent's main channel (on a probe too they are the hard case); background units
+    spread over more channels (they are distant).
+    """
+    from spikeinterface.core.generate import ms_to_samples
+
+    n_all = units.snr.size
+    ms_before = float(rng.uniform(1.2, 1.6))
+    ms_after = float(np.max(units.shapes["repolarization_ms"] + units.shapes["recovery_ms"]) + rng.uniform(0.5, 1.0))
+    chans = np.arange(num_channels)
+    main = rng.integers(0, num_channels, n_all)
+    copies = np.flatnonzero(units.similar_to >= 0)
+    main[copies] = main[units.similar_to[copies]]
+    decay = np.where(np.arange(n_all) < n_lab, rng.uniform(0.7, 2.0, n_all), rng.uniform(1.5, 4.0, n_all))
+    templates = [
+        _recipe_waveform(fs, ms_before, ms_after, units, i)[:, None]
+        * (units.snr[i] * noise * np.exp(-np.abs(chans - main[i]) / decay[i]))[None, :]
+        for i in range(n_all)
+    ]
+    # generate_single_fake_waveform puts the main peak at ms_to_samples(ms_before)
+    return np.asarray(templates, dtype=np.float32), ms_to_samples(ms_before, fs), main
+
+
+def _recipe_spikes(
+    r: SyntheticRecipe,
+    rates: np.ndarray,
+    bursty: np.ndarray,
+    drift: np.ndarray,
+    refractory_ms: float,
+    duration_s: float,
+    fs: float,
+    margin: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """SpikeInterface's spike vector (sorted by sample, then unit) and each spike's amplitude factor.
+
+    Factors combine burst attenuation, a linear drift over the recording and per-spike jitter. Spikes closer than
+    ``margin`` samples to either end are left out, so every spike's whole template is in the traces.
+    """
+    n_samples = round(duration_s * fs)
+    samples, labels, amps = [], [], []
+    for i in range(rates.size):
+        t, f = _spike_train(rates[i], bool(bursty[i]), r, refractory_ms, duration_s, rng)
+        s = np.round(t * fs).astype(np.int64)
+        ok = (s >= margin) & (s < n_samples - margin)
+        s, t, f = s[ok], t[ok], f[ok]
+        f = f * (1.0 + drift[i] * (2.0 * t / duration_s - 1.0))
+        f = f * (1.0 + r.amplitude_jitter * rng.standard_normal(s.size))
+        samples.append(s)
+        labels.append(np.full(s.size, i))
+        amps.append(np.clip(f, 0.05, None))
+    s, lab, amp = np.concatenate(samples), np.concatenate(labels), np.concatenate(amps)
+    order = np.lexsort((lab, s))
+    spikes = np.zeros(s.size, dtype=[("sample_index", "int64"), ("unit_index", "int64"), ("segment_index", "int64")])
+    spikes["sample_index"], spikes["unit_index"] = s[order], lab[order]
+    return spikes, amp[order].astype(np.float32)
+
+
 def _recipe_recording(
     seed: int,
     recipe: SyntheticRecipe,
@@ -348,7 +410,7 @@ def _recipe_recording(
 ) -> tuple[Any, Any]:
     """generate_recording's recipe path: numpy noise + SpikeInterface's InjectTemplatesRecording."""
     from spikeinterface.core import NumpyRecording, NumpySorting
-    from spikeinterface.core.generate import InjectTemplatesRecording, ms_to_samples
+    from spikeinterface.core.generate import InjectTemplatesRecording
 
     r = recipe
     rng = np.random.default_rng(int(seed))
@@ -380,43 +442,9 @@ def _recipe_recording(
     bursty = rng.random(n_all) < r.burst_fraction
     drift = rng.uniform(-r.drift, r.drift, n_all)
 
-    ms_before = float(rng.uniform(1.2, 1.6))
-    ms_after = float(np.max(units.shapes["repolarization_ms"] + units.shapes["recovery_ms"]) + rng.uniform(0.5, 1.0))
-    nbefore = ms_to_samples(ms_before, fs)  # where generate_single_fake_waveform puts the main peak
-    chans = np.arange(num_channels)
-    main = rng.integers(0, num_channels, n_all)
-    decay = np.where(np.arange(n_all) < n_lab, rng.uniform(0.7, 2.0, n_all), rng.uniform(1.5, 4.0, n_all))
-    templates = np.asarray(
-        [
-            _recipe_waveform(fs, ms_before, ms_after, units, i)[:, None]
-            * (units.snr[i] * noise * np.exp(-np.abs(chans - main[i]) / decay[i]))[None, :]
-            for i in range(n_all)
-        ],
-        dtype=np.float32,
-    )
-
+    templates, nbefore, main = _recipe_templates(fs, units, n_lab, num_channels, noise, rng)
+    spikes, amps = _recipe_spikes(r, rates, bursty, drift, refractory, duration_s, fs, templates.shape[1], rng)
     n_samples = round(duration_s * fs)
-    margin = templates.shape[1]
-    samples, labels, amps = [], [], []
-    for i in range(n_all):
-        t, f = _spike_train(rates[i], bool(bursty[i]), r, refractory, duration_s, rng)
-        s = np.round(t * fs).astype(np.int64)
-        ok = (s >= margin) & (s < n_samples - margin)  # whole templates only: every GT spike is fully present
-        s, t, f = s[ok], t[ok], f[ok]
-        f = (
-            f
-            * (1.0 + drift[i] * (2.0 * t / duration_s - 1.0))
-            * (1.0 + r.amplitude_jitter * rng.standard_normal(s.size))
-        )
-        samples.append(s)
-        labels.append(np.full(s.size, i))
-        amps.append(np.clip(f, 0.05, None))
-    s, lab, amp = np.concatenate(samples), np.concatenate(labels), np.concatenate(amps)
-    order = np.lexsort((lab, s))
-    spikes = np.zeros(s.size, dtype=[("sample_index", "int64"), ("unit_index", "int64"), ("segment_index", "int64")])
-    spikes["sample_index"], spikes["unit_index"] = s[order], lab[order]
-    all_units = NumpySorting(spikes, fs, np.arange(n_all))
-
     noise_rec = NumpyRecording(
         coloured_noise(
             n_samples, num_channels, fs, noise, float(rng.uniform(*r.noise_exponent)),
@@ -425,10 +453,10 @@ def _recipe_recording(
         fs,
     )  # fmt: skip
     recording = InjectTemplatesRecording(
-        all_units,
+        NumpySorting(spikes, fs, np.arange(n_all)),
         templates,
         nbefore=nbefore,
-        amplitude_factor=amp[order].astype(np.float32),
+        amplitude_factor=amps,
         parent_recording=noise_rec,
     )
     labelled = spikes[spikes["unit_index"] < n_lab]

@@ -273,3 +273,13 @@ def test_recipe_written_in_parallel_as_serially(tmp_path: Path) -> None:
         np.testing.assert_array_equal(ga.get_property("gt_polarity"), gb.get_property("gt_polarity"))
     with pytest.raises(DeepSpikeError, match="workers must be >= 1"):
         write_synthetic_recordings(tmp_path / "x", 1, workers=0)
+
+
+def test_recipe_on_a_probe_keeps_near_copies_together() -> None:
+    rec, gt = generate_recording(6, duration_s=1.0, num_channels=4, sampling_frequency=30000.0, recipe="broad")
+    assert rec.get_num_channels() == 4 and rec.get_sampling_frequency() == 30000.0
+    main, similar = gt.get_property("gt_main_channel"), gt.get_property("gt_similar_to")
+    assert set(main) <= set(range(4)) and np.any(similar >= 0)
+    np.testing.assert_array_equal(main[similar >= 0], main[similar[similar >= 0]])
+    peak_chan = np.abs(rec.templates[: gt.get_num_units()]).max(axis=1).argmax(axis=1)
+    np.testing.assert_array_equal(peak_chan, main)  # each unit is largest on its main channel
