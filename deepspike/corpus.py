@@ -135,21 +135,22 @@ def source_fingerprint(path: Path) -> dict[str, Any]:
     return {"size": size, "sha256": h.hexdigest()}
 
 
-def synthetic_recordings(opts: dict[str, Any], progress: bool) -> list[Path]:
-    """Generate (or reuse) the synthetic source recordings asked for in ``synthetic``."""
+def synthetic_recordings(opts: dict[str, Any], progress: bool, workers: int = 1) -> list[Path]:
+    """Generate (or reuse) the synthetic source recordings asked for in ``synthetic`` (conf/synthetic/)."""
     n = int(opts.get("n", 0) or 0)
     if n <= 0:
         return []
     from deepspike.synthetic import write_synthetic_recordings
 
     fs = opts.get("sampling_frequency", "random")
-    kw = {"sampling_frequency": fs if fs == "random" else float(fs)}
+    kw = {"sampling_frequency": fs if fs == "random" else float(fs), "recipe": opts.get("recipe")}
     return list(
         write_synthetic_recordings(
             Path(opts.get("dir", "data/generated/synthetic")),
             n,
             seed=int(opts.get("seed", 0)),
             duration_s=float(opts.get("duration_s", 30.0)),
+            workers=workers,
             **kw,
         )
     )
@@ -301,7 +302,7 @@ def build_corpus(cfg: CorpusConfig) -> Path | None:
     from tqdm.auto import tqdm
 
     out = Path(cfg.out)
-    paths = expand_recordings(cfg.recordings) + synthetic_recordings(cfg.synthetic, cfg.progress)
+    paths = expand_recordings(cfg.recordings) + synthetic_recordings(cfg.synthetic, cfg.progress, cfg.workers)
     if not paths:
         raise DeepSpikeError("no recordings given: pass `recordings='[PATH_OR_GLOB,...]'` or `synthetic.n=N`")
     if not cfg.merge_only:
