@@ -65,7 +65,7 @@ class CorpusConfig:
     on_error: str = conf_field(CORPUS_CONF, "on_error")
     progress: bool = conf_field(CORPUS_CONF, "progress")
     recording_options: dict[str, Any] = conf_field(CORPUS_CONF, "recording_options")
-    synthetic: dict[str, Any] = conf_field(CORPUS_CONF, "synthetic")
+    synthetic: dict[str, Any] = conf_field("synthetic/default.yaml")  # the `synthetic` group (conf/synthetic/)
     window: dict[str, Any] = conf_field(CORPUS_CONF, "window")
     extract: dict[str, Any] = conf_field("extract/default.yaml")  # the `extract` group (conf/extract/)
 
