@@ -10,6 +10,15 @@ batch grows): here *both* terms are per-sample sums divided by the window length
 so ``beta`` means the same at any batch size, and ``beta = 1`` with ``mse`` is the ELBO of a unit-variance
 Gaussian decoder up to constants. The AE has ``kl = 0``.
 
+With ``model.objective=contrastive|both`` (``deepspike.objective``) a contrastive term joins (or replaces) it:
+
+    contrastive = mean_{2B views} -log softmax_j(cos(z_i, z_j) / temperature)[positive of i]   (NT-Xent, per rank)
+    loss        = recon_weight * (recon + beta_t * kl) * [objective != contrastive]
+                  + weight * contrastive * [objective != reconstruction]
+
+NT-Xent is already a per-view mean, so it too means the same at any batch size (its scale is ``log(2B - 1)`` at
+chance; the number of negatives, not the reduction, grows with the batch).
+
 Data flow of a step: ``batch["wave"]`` (noise units, float32) -> pretext corruption (on the device, seeded)
 -> ``spec.normalize`` -> net; the target is ``normalize(clean)``.
 """
@@ -27,18 +36,20 @@ import torch
 from torch import nn
 
 from deepspike.evaluate import gmm_scores
-from deepspike.objective import RECON, autoencoder_loss, warmup_cosine
+from deepspike.objective import RECON, Objective, autoencoder_loss, warmup_cosine
 from deepspike.pretext import Pretext
 from deepspike.spec import WindowSpec, normalize
 
 
 class SpikeAutoencoder(pl.LightningModule):
-    """AE / VAE on spike windows (``net.variational`` decides), with batched on-device pretext tasks.
+    """AE / VAE on spike windows (``net.variational`` decides), with batched on-device pretext tasks, and
+    optionally a contrastive term (``objective``, ``recon_weight``, ``contrastive``: see ``deepspike.objective``).
 
-    Logged: ``train/loss|recon|kl|beta|samples_per_s``, ``val/recon``, ``val/kl``, ``val/loss``, and when the
-    validation split carries labels ``val/gmm_acc`` and ``val/gmm_ari`` (mean over recordings).
-    ``val/score`` is ``val/gmm_acc`` when labels exist, else ``-val/recon``: one key, always "higher is
-    better", that checkpoints and sweeps optimize.
+    Logged: ``train/loss|recon|kl|beta|samples_per_s`` (+ ``train/contrastive|pos_cos``), ``val/recon``,
+    ``val/kl``, ``val/loss`` (+ ``val/contrastive|pos_cos`` on views drawn from the same seed every validation),
+    and when the validation split carries labels ``val/gmm_acc`` and ``val/gmm_ari`` (mean over recordings).
+    ``val/score`` is ``val/gmm_acc`` when labels exist, else ``-val/recon`` (``-val/loss`` with a contrastive
+    term, whose decoder may be untrained): one key, always "higher is better", that checkpoints and sweeps optimize.
     """
 
     def __init__(
@@ -56,6 +67,9 @@ class SpikeAutoencoder(pl.LightningModule):
         cluster_max_spikes: int = 5000,
         compile: bool = False,
         seed: int = 0,
+        objective: str = "reconstruction",
+        recon_weight: float = 1.0,
+        contrastive: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if recon not in RECON:
@@ -65,6 +79,9 @@ class SpikeAutoencoder(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.pretext = pretext if pretext is not None else Pretext(tasks=())
         self.spec = WindowSpec.from_dict(window or {})
+        latent = int(getattr(net, "latent", 8))  # net=None while fine-tuning: setup() fits the head to the parent
+        self.objective = Objective(objective, latent, recon_weight, seed=seed, **dict(contrastive or {}))
+        self._val_gen: torch.Generator | None = None
         if getattr(net, "arch", {}).get("in_dim", self.spec.length) != self.spec.length:
             raise ValueError(f"net in_dim {net.arch['in_dim']} != window length {self.spec.length} of the corpus")
         self._val: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -75,6 +92,9 @@ class SpikeAutoencoder(pl.LightningModule):
     # ---- set-up -------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         self.pretext.reseed(self.hparams.seed + 1000003 * self.global_rank)  # different corruption per rank
+        self.objective.augment.reseed(self.hparams.seed + 2000003 + 1000003 * self.global_rank)
+        self.objective.fit_latent(self.net.latent)  # after build_model set the net (fine-tuning replaces it)
+        self.objective.freeze_unused(self.net)
         if self.hparams.compile:
             object.__setattr__(self, "_compiled", torch.compile(self.net))
 
@@ -101,20 +121,23 @@ class SpikeAutoencoder(pl.LightningModule):
         w = self.hparams.kl_warmup_steps
         return float(self.hparams.beta) * (min(1.0, self.global_step / w) if w > 0 else 1.0)
 
-    def _step(self, wave: torch.Tensor, corrupt: bool, beta: float = 0.0) -> dict[str, torch.Tensor]:
+    def _step(
+        self, wave: torch.Tensor, corrupt: bool, beta: float = 0.0, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
         pretext = self.pretext if corrupt else None
-        return autoencoder_loss(self._compiled or self.net, wave, self.spec, pretext, self.hparams.recon, beta)
+        net = self._compiled or self.net
+        return autoencoder_loss(net, wave, self.spec, pretext, self.hparams.recon, beta, self.objective, generator)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         beta = self.beta_now()
         out = self._step(batch["wave"], corrupt=True, beta=beta)
         loss = out["loss"]
         n = batch["wave"].shape[0]
-        self.log_dict(
-            {"train/loss": loss, "train/recon": out["recon"], "train/kl": out["kl"], "train/beta": beta,
-             "trainer/global_step": float(self.global_step + 1)},
-            on_step=True, on_epoch=False, prog_bar=False, batch_size=n,
-        )  # fmt: skip
+        logs = {"train/loss": loss, "train/recon": out["recon"], "train/kl": out["kl"], "train/beta": beta,
+                "trainer/global_step": float(self.global_step + 1)}  # fmt: skip
+        if self.objective.contrasts:
+            logs.update({"train/contrastive": out["contrastive"], "train/pos_cos": out["pos_cos"]})
+        self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=False, batch_size=n)
         now = time.perf_counter()
         if self._t_last is not None:
             sps = n * self.trainer.world_size / max(now - self._t_last, 1e-9)
@@ -129,21 +152,32 @@ class SpikeAutoencoder(pl.LightningModule):
             ds.set_epoch(self.current_epoch)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        out = self._step(batch["wave"], corrupt=False, beta=self.hparams.beta)
+        out = self._step(batch["wave"], corrupt=False, beta=self.hparams.beta, generator=self._val_generator())
         n = batch["wave"].shape[0]
         loss = out["loss"]
-        self._recon_sum += float(out["recon"]) * n
+        # without a contrastive term the label-free score is -recon (as always); with one, -loss
+        self._recon_sum += float(out["recon"] if not self.objective.contrasts else loss) * n
         self._recon_n += n
-        self.log_dict(
-            {"val/recon": out["recon"], "val/kl": out["kl"], "val/loss": loss},
-            on_step=False, on_epoch=True, sync_dist=True, batch_size=n,
-        )  # fmt: skip
+        logs = {"val/recon": out["recon"], "val/kl": out["kl"], "val/loss": loss}
+        if self.objective.contrasts:
+            logs.update({"val/contrastive": out["contrastive"], "val/pos_cos": out["pos_cos"]})
+        self.log_dict(logs, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
         if self.hparams.cluster_metric and "label" in batch and "rec" in batch:
             mu = out["mu"].float().cpu().numpy()
             self._val.append((mu, batch["label"].cpu().numpy(), batch["rec"].cpu().numpy()))
 
     def on_validation_epoch_start(self) -> None:
         self._val, self._recon_sum, self._recon_n = [], 0.0, 0
+        self._val_gen = None  # same validation views every time: val/contrastive is comparable across steps
+
+    def _val_generator(self) -> torch.Generator | None:
+        """Generator of the validation views (fixed seed per rank); leaves the training augment's state alone."""
+        if not self.objective.contrasts:
+            return None
+        if self._val_gen is None or self._val_gen.device != self.device:
+            self._val_gen = torch.Generator(device=self.device)
+            self._val_gen.manual_seed(self.hparams.seed + 7 + 1000003 * self.global_rank)
+        return self._val_gen
 
     def on_validation_epoch_end(self) -> None:
         acc, ari = self._cluster_scores()
@@ -189,16 +223,20 @@ class SpikeAutoencoder(pl.LightningModule):
             "arch": dict(self.net.arch),
             "window": self.spec.to_dict(),
             "pretext": self.pretext.state_dict(),
+            "augment": self.objective.augment.state_dict(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("deepspike", {}).get("pretext")
-        if state is None:
-            return
-        if self.global_rank == 0:
-            self.pretext.load_state_dict(state, device=self.device)
-        else:  # only rank 0's generator is saved; other ranks continue on a fresh, rank- and step-specific seed
-            self.pretext.reseed(self.hparams.seed + 1000003 * self.global_rank + checkpoint.get("global_step", 0))
+        info = checkpoint.get("deepspike", {})
+        for name, pretext, offset in (("pretext", self.pretext, 0), ("augment", self.objective.augment, 2000003)):
+            state = info.get(name)
+            if state is None:
+                continue
+            if self.global_rank == 0:
+                pretext.load_state_dict(state, device=self.device)
+            else:  # only rank 0's generator is saved; other ranks continue on a fresh, rank- and step-specific seed
+                step = checkpoint.get("global_step", 0)
+                pretext.reseed(self.hparams.seed + offset + 1000003 * self.global_rank + step)
 
 
 class SpikeDataModule(pl.LightningDataModule):

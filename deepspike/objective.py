@@ -2,6 +2,17 @@
 
 Torch only (no Lightning, which costs seconds to import in ``sort.py finetune=true``). The loss reduction is
 explained in the ``deepspike.module`` docstring; the provenance helper sits here for the same reason.
+
+Objectives (``model.objective``): ``reconstruction`` (AE/VAE with pretext tasks), ``contrastive`` (SimCLR's
+NT-Xent on two augmented views of each window, as CEED does for spikes) or ``both`` (the weighted sum). The
+contrastive term is a mean over the ``2B`` views of a rank's batch: each view's positive is the other view of
+its window, its negatives the other ``2B - 2`` views of the same rank (no cross-rank gather: with B = 512 there are
+1022 negatives per view already, and the loss stays identical under any world size for a fixed per-rank batch).
+The projection head that NT-Xent is computed on lives beside the net (``Objective.projector``), so it trains with
+the net but is never exported: the exported encoder's embedding is the net's ``embed`` (posterior mean), the
+representation before the head, as in SimCLR. With ``contrastive`` alone the decoder is unused and frozen
+(``Objective.freeze_unused``), so DDP needs no ``find_unused_parameters``; the artifact keeps its untrained
+decoder so it loads like any other.
 """
 
 from __future__ import annotations
@@ -15,11 +26,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from deepspike.errors import DeepSpikeError
 from deepspike.paths import REPO_ROOT
+from deepspike.pretext import Pretext
 from deepspike.spec import WindowSpec, normalize
 
 RECON = {"mse": F.mse_loss, "l1": F.l1_loss}
+OBJECTIVES = ("reconstruction", "contrastive", "both")
+# views of the contrastive objective: what confounds sorting, not what changes a unit (conf/model/vae_mlp.yaml)
+AUGMENT_TASKS = ("collide", "time_shift", "amplitude", "colored_noise")
 
 
 def loss_terms(
@@ -34,6 +51,99 @@ def loss_terms(
     return rec, kl
 
 
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent: mean over the ``2B`` views of ``-log softmax`` of the positive's cosine / temperature.
+
+    Row ``i`` of ``z1`` and of ``z2`` are the two views of one window; every other view in the batch is a negative.
+    """
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    b = z1.shape[0]
+    sim = (z @ z.T) / float(temperature)
+    sim = sim.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), float("-inf"))  # not itself
+    target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
+    return F.cross_entropy(sim, target)
+
+
+class Objective(nn.Module):
+    """Which terms the training step computes, their weights, and the contrastive parts (head and views).
+
+    Options are declared, with comments, in ``conf/model/vae_mlp.yaml`` (``model.objective``,
+    ``model.recon_weight``, ``model.contrastive.*``); ``augment`` holds the view transforms (``Pretext`` task
+    names and params). The head is an MLP ``latent -> projection_hidden -> projection_dim`` (GELU).
+    """
+
+    def __init__(
+        self,
+        kind: str = "reconstruction",
+        latent: int = 8,
+        recon_weight: float = 1.0,
+        temperature: float = 0.1,
+        weight: float = 1.0,
+        projection_hidden: int = 64,
+        projection_dim: int = 32,
+        augment: dict[str, Any] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        checks = [
+            (kind in OBJECTIVES, f"model.objective={kind!r}: choose one of {', '.join(OBJECTIVES)}"),
+            (float(temperature) > 0, f"model.contrastive.temperature={temperature} must be > 0 (e.g. 0.1)"),
+            (float(weight) >= 0 and float(recon_weight) >= 0,
+             f"model.contrastive.weight={weight} and model.recon_weight={recon_weight} must be >= 0"),
+            (int(projection_hidden) >= 1 and int(projection_dim) >= 1,
+             "model.contrastive.projection_hidden and projection_dim must be >= 1"),
+        ]  # fmt: skip
+        for ok, msg in checks:
+            if not ok:
+                raise DeepSpikeError(msg)
+        self.kind, self.recon_weight = kind, float(recon_weight)
+        self.temperature, self.weight = float(temperature), float(weight)
+        aug = dict(augment or {})
+        try:
+            self.augment = Pretext(aug.get("tasks", AUGMENT_TASKS), aug.get("params"), seed=seed)
+        except (ValueError, TypeError) as e:
+            raise DeepSpikeError(f"model.contrastive.augment: {e}") from None
+        self._head = (int(projection_hidden), int(projection_dim))
+        self.projector: nn.Module | None = None
+        self.fit_latent(latent)
+
+    def fit_latent(self, latent: int) -> None:
+        """(Re)build the projection head for a net with ``latent`` dims (a fine-tuned parent's may differ)."""
+        if not self.contrasts or (self.projector is not None and self.projector[0].in_features == int(latent)):
+            return
+        hidden, dim = self._head
+        self.projector = nn.Sequential(nn.Linear(int(latent), hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    @property
+    def reconstructs(self) -> bool:
+        return self.kind != "contrastive"
+
+    @property
+    def contrasts(self) -> bool:
+        return self.kind != "reconstruction"
+
+    def freeze_unused(self, net: nn.Module) -> None:
+        """Contrastive only: the decoder never runs, so it is frozen (out of the optimizer, ignored by DDP)."""
+        if not self.reconstructs:
+            for q in net.decoder.parameters():
+                q.requires_grad_(False)
+
+    def contrastive_terms(
+        self, net: nn.Module, wave: torch.Tensor, spec: WindowSpec, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """NT-Xent of two augmented views (drawn from ``generator``, else the augment's own), and for monitoring
+        ``pos_cos``: the mean cosine of the positive pairs in the embedding (before the head) after removing the
+        batch mean, so that a collapsed embedding (every window alike, as at initialization) scores 0, not 1."""
+        v1 = normalize(self.augment(wave, generator), spec)
+        v2 = normalize(self.augment(wave, generator), spec)
+        h = net.embed(torch.cat([v1, v2]))
+        h1, h2 = h.chunk(2)
+        z1, z2 = self.projector(h1), self.projector(h2)
+        c = h.detach().float() - h.detach().float().mean(dim=0)
+        pos = F.cosine_similarity(*c.chunk(2), dim=1).mean()
+        return {"contrastive": nt_xent(z1, z2, self.temperature), "pos_cos": pos}
+
+
 def autoencoder_loss(
     net: torch.nn.Module,
     wave: torch.Tensor,
@@ -41,18 +151,35 @@ def autoencoder_loss(
     pretext: Callable[[torch.Tensor], torch.Tensor] | None,
     recon: str,
     beta: float,
+    objective: Objective | None = None,
+    generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
     """The training step's loss, shared by pretraining, ``train.py experiment=finetune`` and ``sort.py finetune=true``.
 
     ``wave`` is raw (noise units); the pretext corrupts it on the device, both input and target go through the
-    model's normalization, and the loss is ``recon + beta * kl``. Returns loss, recon, kl and the embedding mu.
+    model's normalization, and the reconstruction term is ``recon + beta * kl``. ``objective`` (default: that
+    term alone) weights it by ``recon_weight`` and/or adds ``weight * NT-Xent`` of two augmented views
+    (``generator`` draws the views, for fixed validation views). Returns loss, recon, kl, contrastive, pos_cos
+    and ``mu``, the embedding of the (pretext-corrupted) input, or of the clean window without reconstruction.
     """
     wave = wave.float()
     target = normalize(wave, spec)
-    inp = normalize(pretext(wave), spec) if pretext is not None else target
-    x_hat, mu, logvar = net(inp)
-    rec, kl = loss_terms(x_hat, target, mu, logvar, recon)
-    return {"loss": rec + beta * kl, "recon": rec, "kl": kl, "mu": mu}
+    zero = wave.new_zeros(())
+    if objective is None or objective.reconstructs:
+        inp = normalize(pretext(wave), spec) if pretext is not None else target
+        x_hat, mu, logvar = net(inp)
+        rec, kl = loss_terms(x_hat, target, mu, logvar, recon)
+        w = objective.recon_weight if objective is not None else 1.0
+        out = {"loss": w * (rec + beta * kl), "recon": rec, "kl": kl, "mu": mu}
+    else:
+        with torch.no_grad():
+            mu = net.embed(target)
+        out = {"loss": zero, "recon": zero, "kl": zero, "mu": mu}
+    out.update(contrastive=zero, pos_cos=zero)
+    if objective is not None and objective.contrasts:
+        c = objective.contrastive_terms(net, wave, spec, generator)
+        out.update(c, loss=out["loss"] + objective.weight * c["contrastive"])
+    return out
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float) -> Callable[[int], float]:

@@ -18,6 +18,15 @@ Transforms (``L`` = window length, 20 for the canonical window):
 - ``amplitude``: the window is scaled by ``1 + sigma * N(0, 1)`` (clamped to ``>= 0.1``).
 - ``time_shift``: sub-sample shift by ``U(-max_shift, max_shift)`` samples, linear interpolation, edge samples
   repeated (jitter of the peak alignment).
+- ``colored_noise``: additive noise of standard deviation ``sigma`` noise units whose neighbouring samples correlate
+  by ``rho`` (white noise through the AR(1) impulse response ``rho**k``). Band-passed extracellular noise is
+  correlated over a few samples at 20-30 kHz; white noise is not what a sorter has to see through.
+- ``collide``: a colliding spike. Another window of the batch (each row draws its partner), shifted by
+  ``min_shift..max_shift`` samples either way (zero-filled, not wrapped) and scaled by ``U(scale_min, scale_max)``,
+  is added. The partner brings its own noise along (its std is scaled too), a small extra noise.
+
+The contrastive objective (``deepspike.objective``) uses the same class for its views, with the transforms that
+model what confounds sorting and keep unit identity: ``collide``, ``time_shift``, ``amplitude``, ``colored_noise``.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from deepspike.defaults import conf_value
 from deepspike.errors import DeepSpikeError
@@ -97,9 +107,39 @@ def time_shift(x: torch.Tensor, g: torch.Generator, *, p: float, max_shift: floa
     return torch.where(_rows(x, p, g), out, x)
 
 
+def colored_noise(x: torch.Tensor, g: torch.Generator, *, p: float, sigma: float, rho: float) -> torch.Tensor:
+    b, n = x.shape
+    if not -1 < rho < 1:
+        raise ValueError(f"colored_noise rho must be in (-1, 1), got {rho}")
+    kernel = torch.pow(torch.full((n,), float(rho), device=x.device, dtype=x.dtype), torch.arange(n, device=x.device))
+    kernel = kernel / kernel.norm()  # unit variance after filtering; truncated at n taps (rho**n is negligible)
+    white = torch.randn(b, 1, 2 * n - 1, device=x.device, generator=g, dtype=x.dtype)
+    eps = F.conv1d(white, kernel.flip(0).view(1, 1, n)).view(b, n)  # eps[t] = sum_k rho**k white[t - k]
+    return torch.where(_rows(x, p, g), x + sigma * eps, x)
+
+
+def collide(
+    x: torch.Tensor, g: torch.Generator, *, p: float, min_shift: int, max_shift: int, scale_min: float, scale_max: float
+) -> torch.Tensor:
+    b, n = x.shape
+    if b < 2:
+        return x
+    if not 0 <= min_shift <= max_shift:
+        raise ValueError(f"collide needs 0 <= min_shift <= max_shift, got {min_shift}, {max_shift}")
+    partner = (torch.arange(b, device=x.device) + torch.randint(1, b, (b,), device=x.device, generator=g)) % b
+    mag = torch.randint(int(min_shift), int(max_shift) + 1, (b, 1), device=x.device, generator=g)
+    sign = torch.randint(0, 2, (b, 1), device=x.device, generator=g) * 2 - 1
+    src = torch.arange(n, device=x.device) - mag * sign  # out[t] = partner[t - shift]
+    inside = (src >= 0) & (src < n)
+    other = torch.where(inside, x[partner].gather(1, src.clamp(0, n - 1)), torch.zeros_like(x))
+    scale = scale_min + (scale_max - scale_min) * torch.rand(b, 1, device=x.device, generator=g, dtype=x.dtype)
+    return torch.where(_rows(x, p, g), x + scale * other, x)
+
+
 TRANSFORMS: dict[str, Callable[..., torch.Tensor]] = {
     "shuffle": shuffle, "mask": mask, "jigsaw": jigsaw, "flip": flip, "roll": roll,
     "noise": noise, "amplitude": amplitude, "time_shift": time_shift,
+    "colored_noise": colored_noise, "collide": collide,
 }  # fmt: skip
 
 
@@ -148,10 +188,11 @@ class Pretext:
     def reseed(self, seed: int) -> None:
         self.seed, self._gen = int(seed), None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Corrupt ``x``; ``generator`` replaces the own one (validation draws fixed views without moving it)."""
         if not self.tasks:
             return x
-        g = self.generator(x.device)
+        g = generator if generator is not None else self.generator(x.device)
         for t in self.tasks:
             x = TRANSFORMS[t](x, g, **self.params[t])
         return x

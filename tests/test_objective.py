@@ -1,0 +1,179 @@
+"""The contrastive objective: NT-Xent, its augmentations, that it learns, that train.py runs it (also on DDP)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_train import TINY, cfg_for, make_corpus
+
+from deepspike.errors import DeepSpikeError
+from deepspike.models import MLPNet
+from deepspike.objective import Objective, autoencoder_loss, nt_xent
+from deepspike.pretext import Pretext, collide, colored_noise
+from deepspike.spec import WindowSpec
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def test_nt_xent_equals_hand_computed_value_for_two_pairs() -> None:
+    """Views a1, a2 (window 1, 2) and b1, b2 (their positives); cosines written out by hand, temperature 0.5."""
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[0.6, 0.8], [0.8, 0.6]]) * 3  # the loss uses cosines: the norm must not matter
+    e = lambda c: math.exp(c / 0.5)  # noqa: E731
+    # anchor: -log(exp(cos to positive) / sum over the 3 other views of exp(cos))
+    a1 = -math.log(e(0.6) / (e(0.0) + e(0.6) + e(0.8)))  # a1: a2 0, b1 0.6 (+), b2 0.8
+    a2 = -math.log(e(0.6) / (e(0.0) + e(0.8) + e(0.6)))  # a2: a1 0, b1 0.8, b2 0.6 (+)
+    b1 = -math.log(e(0.6) / (e(0.6) + e(0.8) + e(0.96)))  # b1: a1 0.6 (+), a2 0.8, b2 0.48+0.48
+    b2 = -math.log(e(0.6) / (e(0.8) + e(0.6) + e(0.96)))  # b2: a1 0.8, a2 0.6 (+), b1 0.96
+    expected = (a1 + a2 + b1 + b2) / 4
+    assert float(nt_xent(a, b, 0.5)) == pytest.approx(expected, rel=1e-6)
+    assert float(nt_xent(a, a, 0.5)) < expected  # identical positives score better
+
+
+def test_colored_noise_has_the_asked_std_and_correlation() -> None:
+    g = torch.Generator().manual_seed(0)
+    eps = colored_noise(torch.zeros(20000, 20), g, p=1.0, sigma=0.5, rho=0.6)
+    assert float(eps.std()) == pytest.approx(0.5, rel=0.03)
+    lag1 = float((eps[:, 1:] * eps[:, :-1]).mean() / eps.var())
+    assert lag1 == pytest.approx(0.6, abs=0.03)
+    white = colored_noise(torch.zeros(20000, 20), g, p=1.0, sigma=1.0, rho=0.0)
+    assert abs(float((white[:, 1:] * white[:, :-1]).mean())) < 0.02
+
+
+def test_collide_adds_another_window_shifted_and_scaled() -> None:
+    """p=1, scale 1: each row gains exactly one other row, shifted by 3..8 samples either way (zero-filled)."""
+    x = torch.randn(16, 20, dtype=torch.float64)
+    out = collide(x, torch.Generator().manual_seed(1), p=1.0, min_shift=3, max_shift=8, scale_min=1.0, scale_max=1.0)
+    diff = out - x
+    for i in range(16):
+        found = set()
+        for j in range(16):
+            for s in [*range(-8, -2), *range(3, 9)]:
+                ref = torch.zeros(20, dtype=torch.float64)
+                if s > 0:
+                    ref[s:] = x[j, :-s]
+                else:
+                    ref[:s] = x[j, -s:]
+                if torch.allclose(diff[i], ref):
+                    found.add((j, s))
+        assert found and all(j != i for j, _ in found), f"row {i}: {found}"
+    again = collide(x, torch.Generator().manual_seed(1), p=1.0, min_shift=3, max_shift=8, scale_min=1.0, scale_max=1.0)
+    assert torch.equal(out, again)  # seeded
+
+
+def test_validation_generator_leaves_the_training_augment_alone() -> None:
+    aug = Pretext(["collide", "colored_noise"], seed=3)
+    x = torch.randn(8, 20)
+    first = aug(x)
+    aug.reseed(3)
+    aug(x, torch.Generator().manual_seed(99))  # fixed validation views
+    assert torch.equal(aug(x), first)
+
+
+def _toy_windows(n: int = 512, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    t = np.arange(20) - 8
+    tpl = np.stack([a * np.exp(-(t**2) / (2 * w**2)) for a, w in ((-12, 1.0), (-8, 2.5), (-15, 1.8), (6, 1.2))])
+    return torch.as_tensor(tpl[rng.integers(0, 4, n)] + rng.standard_normal((n, 20)), dtype=torch.float32)
+
+
+@pytest.fixture
+def one_thread() -> object:
+    """Tiny nets run several times faster on one thread than with threads fighting over shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_contrastive_steps_pull_positives_together(one_thread: object) -> None:
+    """A few CPU steps: NT-Xent on fixed views falls and the positive pairs' cosine (before the head) rises."""
+    torch.manual_seed(0)
+    net = MLPNet(hidden=32, latent=4, variational=True)
+    obj = Objective("contrastive", latent=4, temperature=0.2, seed=0)
+    obj.freeze_unused(net)
+    spec, x = WindowSpec(), _toy_windows()
+    decoder_before = [q.detach().clone() for q in net.decoder.parameters()]
+
+    def measure() -> tuple[float, float]:
+        with torch.no_grad():
+            out = autoencoder_loss(net, x, spec, None, "mse", 0.0, obj, torch.Generator().manual_seed(7))
+        return float(out["contrastive"]), float(out["pos_cos"])
+
+    loss0, cos0 = measure()
+    opt = torch.optim.Adam([q for m in (net, obj) for q in m.parameters() if q.requires_grad], lr=3e-3)
+    for _ in range(40):
+        out = autoencoder_loss(net, x[torch.randint(0, len(x), (128,))], spec, None, "mse", 0.0, obj)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    loss1, cos1 = measure()
+    assert loss1 < loss0 - 0.3, (loss0, loss1)
+    assert cos1 > cos0 + 0.05, (cos0, cos1)
+    assert all(torch.equal(a, b) for a, b in zip(decoder_before, net.decoder.parameters(), strict=True))
+
+
+def test_both_adds_the_weighted_terms() -> None:
+    torch.manual_seed(0)
+    net, spec, x = MLPNet(hidden=16, latent=4), WindowSpec(), _toy_windows(64)
+    obj = Objective("both", latent=4, recon_weight=0.5, weight=2.0, seed=0)
+    out = autoencoder_loss(net, x, spec, None, "mse", 0.1, obj, torch.Generator().manual_seed(1))
+    expected = 0.5 * (out["recon"] + 0.1 * out["kl"]) + 2.0 * out["contrastive"]
+    loss, expected, contrastive = (float(t.detach()) for t in (out["loss"], expected, out["contrastive"]))
+    assert loss == pytest.approx(expected, rel=1e-6) and contrastive > 0
+    plain = autoencoder_loss(net, x, spec, None, "mse", 0.1)  # fine-tuning's call: reconstruction alone
+    assert float(plain["contrastive"]) == 0.0 and plain["mu"].shape == (64, 4)
+
+
+@pytest.mark.parametrize(
+    ("option", "match"),
+    [({"kind": "simclr"}, "model.objective='simclr'"), ({"temperature": 0}, "model.contrastive.temperature"),
+     ({"augment": {"tasks": ["blur"]}}, "model.contrastive.augment")],
+)  # fmt: skip
+def test_bad_options_name_the_key(option: dict, match: str) -> None:
+    with pytest.raises(DeepSpikeError, match=match):
+        Objective(**{"kind": "contrastive", **option})
+
+
+@pytest.mark.parametrize("objective", ["contrastive", "both"])
+def test_train_exports_an_encoder_that_loads_and_embeds(objective: str, corpus: Path, tmp_path: Path) -> None:
+    """train.py model.objective=...: the artifact holds the net only (no projection head) and load_encoder embeds."""
+    from safetensors import safe_open
+
+    from deepspike.export import load_encoder
+    from deepspike.train import run
+
+    res = run(cfg_for(tmp_path, [*TINY, f"data.shards={corpus}", f"model.objective={objective}",
+                                 "trainer.max_steps=12", "trainer.val_check_interval=6"]))  # fmt: skip
+    assert "val/contrastive" in res["metrics"] and np.isfinite(res["metric"])
+    art = tmp_path / "encoder.safetensors"
+    enc = load_encoder(art)
+    with safe_open(str(art), framework="pt") as f:
+        keys = set(f.keys())
+    assert keys == set(enc.net.state_dict()) and not any("projector" in k for k in keys)
+    emb = enc.embed(_toy_windows(10).numpy())
+    assert emb.shape == (10, 4) and np.isfinite(emb).all() and emb.std() > 0
+    prov = json.loads(art.with_suffix(".json").read_text())["provenance"]
+    assert prov["objective"]["objective"] == objective
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert any(k.startswith("objective.projector.") for k in ckpt["state_dict"]) and "augment" in ckpt["deepspike"]
+
+
+@pytest.mark.slow  # about 45 s on 2 shared cores (process spawn + gloo)
+def test_contrastive_ddp_cpu_two_ranks(corpus: Path, tmp_path: Path) -> None:
+    """DDP (2 CPU processes, gloo) with the decoder unused: frozen, so no unused-parameter error."""
+    from deepspike.export import load_encoder
+    from deepspike.train import run
+
+    res = run(cfg_for(tmp_path, [*TINY, f"data.shards={corpus}", "trainer=ddp_cpu", "model.objective=contrastive",
+                                 "trainer.max_steps=6", "trainer.val_check_interval=3"]))  # fmt: skip
+    assert "val/score" in res["metrics"]
+    assert load_encoder(tmp_path / "encoder.safetensors").embed(np.zeros((3, 20), np.float32)).shape == (3, 4)
