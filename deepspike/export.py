@@ -342,6 +342,12 @@ def parent_objective(
     Both fine-tuning paths resolve ``null`` options here, so they continue the same objective.
     """
     obj = dict(parent.spec.get("provenance", {}).get("objective") or {})
+    if obj.get("objective", "reconstruction") == "contrastive":
+        raise DeepSpikeError(
+            f"{parent.path or 'this encoder'} was pretrained with model.objective=contrastive only: its decoder is "
+            "untrained, and fine-tuning continues a reconstruction objective. Fine-tune a parent trained with "
+            "model.objective=reconstruction or both"
+        )
     tasks = list(pretext if pretext is not None else obj.get("pretext_tasks", FALLBACK_PRETEXT))
     pp = {**(obj.get("pretext_params") or {}), **(pretext_params or {})}
     return {

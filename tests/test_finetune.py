@@ -366,3 +366,12 @@ def test_both_paths_use_one_recipe(parent: Path, tmp_path: Path) -> None:
     assert cfg.trainer.max_steps == recipe["steps"] and cfg.callbacks.collapse_guard.tolerance == recipe["tolerance"]
     # null pretext = the parent's tasks, resolved the same way on both paths
     assert model.pretext.tasks == list(parent_objective(load_encoder(parent))["pretext_tasks"])
+
+
+def test_contrastive_only_parent_is_refused(parent: Path, tmp_path: Path) -> None:
+    """Its decoder never trained, so continuing a reconstruction objective would be garbage: a clear error."""
+    enc = load_encoder(parent)
+    prov = {**enc.spec["provenance"], "objective": {"objective": "contrastive"}}
+    path = export_encoder(enc.net, tmp_path / "c.safetensors", prov, enc.window_spec)
+    with pytest.raises(DeepSpikeError, match=r"model\.objective=contrastive"):
+        finetune_on_windows(load_encoder(path), np.zeros((500, 20), np.float32), FAST)
