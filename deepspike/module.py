@@ -229,15 +229,38 @@ class SpikeAutoencoder(pl.LightningModule):
             "arch": dict(self.net.arch),
             "window": self.spec.to_dict(),
             "pretext": self.pretext.state_dict(),
+            "rng_per_rank": self._rng_states(),  # exact resume: every rank's pretext and torch generators
         }
 
+    def _rng_states(self) -> list[dict[str, Any]]:
+        """The pretext generator and torch's global generators (VAE sampling, dropout) of every rank, by rank."""
+        mine = {"pretext": self.pretext.state_dict(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            mine["cuda"] = torch.cuda.get_rng_state(self.device)
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return [mine]
+        out: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, mine)  # every rank saves (Lightning's dump_checkpoint runs on all ranks)
+        return out
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("deepspike", {}).get("pretext")
+        saved = checkpoint.get("deepspike", {})
+        per_rank = saved.get("rng_per_rank")
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if per_rank and len(per_rank) == world:
+            mine = per_rank[self.global_rank]
+            self.pretext.load_state_dict(mine["pretext"], device=self.device)
+            torch.set_rng_state(mine["torch"])
+            if "cuda" in mine and self.device.type == "cuda":
+                torch.cuda.set_rng_state(mine["cuda"], self.device)
+            return
+        state = saved.get("pretext")
         if state is None:
             return
         if self.global_rank == 0:
             self.pretext.load_state_dict(state, device=self.device)
-        else:  # only rank 0's generator is saved; other ranks continue on a fresh, rank- and step-specific seed
+        else:  # saved with another number of ranks: continue on a fresh, rank- and step-specific seed
             self.pretext.reseed(self.hparams.seed + 1000003 * self.global_rank + checkpoint.get("global_step", 0))
 
 

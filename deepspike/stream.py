@@ -30,6 +30,10 @@ Why this shape (see ``docs/ARCHITECTURE.md`` and the DDP pitfalls in ``DESIGN.md
   every rank and worker, reproducible run to run. Call ``set_epoch`` before each epoch (the value is shared with
   persistent worker processes).
 
+* **Exact resume.** ``StreamLoader.state_dict()`` is the position ``{epoch, batches}``; Lightning stores it in
+  every checkpoint and a resumed loader replays that epoch, dropping the batches already trained on (see
+  ``StreamLoader``). Nothing but the position is saved: batches are a function of (seed, epoch, rank, worker).
+
 Shards are read with ``deepspike.shards.read_blocks`` (the one shard reader, which ``iter_blocks`` wraps), decoding
 only the members a batch needs. ``make_loader`` with workers ships several batches per message and passes their
 float16 waves through a shared-memory ring (``_Ring``); the main process converts them to float32.
@@ -794,11 +798,39 @@ def _tensors(item: dict, ring: _Ring, pin: bool) -> dict[str, torch.Tensor]:
 
 class StreamLoader(DataLoader):
     """A DataLoader that turns ShardStream worker messages back into batches: waves from the shared ring
-    (float16 -> float32, pinned if ``pin_memory``) and multi-batch messages split into views."""
+    (float16 -> float32, pinned if ``pin_memory``) and multi-batch messages split into views.
+
+    Resumable (Lightning's ``_Stateful`` protocol: Lightning saves ``state_dict()`` of a train loader in every
+    checkpoint and calls ``load_state_dict`` before it iterates again). The state is the *position*, not buffers:
+    ``{epoch, batches}`` yielded so far in the epoch. Every batch is a deterministic function of (seed, epoch,
+    rank, worker) and the DataLoader hands worker messages over in a fixed round-robin order, so a resumed loader
+    replays the epoch and drops the first ``batches``: the batches that follow are bit-identical to those of an
+    uninterrupted run. Replay costs reading the skipped part of the epoch once (no decode into float32).
+    """
+
+    _position = 0  # batches yielded in the current epoch
+    _skip = 0  # batches to drop at the start of the next iteration (load_state_dict)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        skip, self._skip = self._skip, 0
+        self._position = 0
+        for batch in self._batches(skip):
+            self._position += 1
+            if self._position > skip:
+                yield batch
+
+    def _batches(self, skip: int) -> Iterator[dict[str, torch.Tensor]]:
         pin = bool(self.pin_memory) and torch.cuda.is_available()
+        done = 0
         for item in super().__iter__():
+            sizes = item.get("_sizes")
+            n = 1 if sizes is None else len(sizes)
+            if done + n <= skip:  # a whole message of replayed batches: no float32 conversion
+                done += n
+                self._position += n - 1
+                yield {}
+                continue
+            done += n
             if "_ring" in item:
                 item = _tensors(item, self.dataset.ring, pin)
             sizes = item.pop("_sizes", None)
@@ -808,6 +840,35 @@ class StreamLoader(DataLoader):
             parts = {key: torch.split(v, sizes.tolist()) for key, v in item.items()}
             for i in range(len(sizes)):
                 yield {key: p[i] for key, p in parts.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this loader is: the epoch and the batches yielded in it, plus the layout they refer to."""
+        ds = self.dataset
+        return {"epoch": ds.epoch, "batches": int(self._position), "layout": _layout_key(ds)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue at ``state``'s position: the next iteration replays its epoch and drops the batches before it."""
+        ds = self.dataset
+        if state.get("layout") != _layout_key(ds):
+            warnings.warn(
+                f"resuming a stream saved with {state.get('layout')} on {_layout_key(ds)}: the batch order differs, "
+                "so the resumed run is not identical to an uninterrupted one (same data.batch_size, "
+                "data.num_workers, data.seed, devices and corpus give exact resume)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        ds.set_epoch(int(state["epoch"]))
+        self._skip = int(state["batches"]) if int(state["batches"]) < len(self) else 0
+        if int(state["batches"]) >= len(self):  # saved at the end of an epoch: the next one starts clean
+            ds.set_epoch(int(state["epoch"]) + 1)
+
+
+def _layout_key(ds: ShardStream) -> dict[str, Any]:
+    """What the batch order depends on besides the epoch (a resume with other values cannot be exact)."""
+    return {
+        "seed": ds.seed, "batch_size": ds.batch_size, "num_workers": ds.num_workers, "world_size": ds.world_size,
+        "num_rows": ds.num_rows, "shuffle": ds.shuffle, "buffer_rows": ds.buffer_rows, "resample": ds.resample,
+    }  # fmt: skip
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -840,6 +901,10 @@ def make_loader(
         ds.transfer_batches = max(1, int(transfer_batches))
         ds.ring = _Ring(num_workers, prefetch_factor + 3, ds.transfer_batches * ds.batch_size, ds.window())
         kw = {"persistent_workers": persistent_workers, "prefetch_factor": prefetch_factor, "collate_fn": _keep}
+    # its own generator: a DataLoader draws its workers' base seed at each iter(); from the global torch RNG that
+    # draw would shift the model's random stream (VAE sampling) between a resumed and an uninterrupted run
+    gen = torch.Generator().manual_seed(ds.seed)
     return StreamLoader(
-        ds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=_seed_worker, **kw
-    )
+        ds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=_seed_worker,
+        generator=gen, **kw,
+    )  # fmt: skip

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -20,6 +21,7 @@ from deepspike.stream import ShardStream, load_manifest, make_loader, read_block
 SIZES = [300, 3000, 1234, 777, 2048, 513, 1999, 900, 640]  # the last shard is the val split
 BLOCK = 256
 WINDOW = 20
+REPO = Path(__file__).resolve().parents[1]
 
 
 class Corpus:
@@ -273,3 +275,108 @@ def test_fast_reader_matches_iter_blocks(corpus: Corpus) -> None:
 def test_batch_dtypes(corpus: Corpus) -> None:
     b = next(iter(_stream(corpus, return_labels=True)))
     assert b["wave"].dtype == torch.float32 and b["id"].dtype == b["label"].dtype == b["rec"].dtype == torch.int64
+
+
+# ---- exact resume through the real train app ------------------------------------------------------------------
+def _train_corpus(root: Path, train: tuple[int, ...] = (300, 170, 410), val: int = 200) -> Path:
+    """A tiny labelled corpus with uneven train shards and one validation recording, built from real shards."""
+    from deepspike.spec import WindowSpec
+
+    rng = np.random.default_rng(1)
+    (root / "shards").mkdir(parents=True)
+    shards, recs = [], []
+    for i, n in enumerate([*train, val]):
+        split, rec = ("val" if i == len(train) else "train"), f"rec{i}"
+        tpl = rng.normal(scale=8, size=(3, WINDOW))
+        lab = rng.integers(0, 3, n)
+        w = (tpl[lab] + rng.standard_normal((n, WINDOW))).astype(np.float16)
+        blocks = [Block(w[a : a + 64], np.arange(a, min(n, a + 64)), np.zeros(min(64, n - a), np.int16),
+                        lab[a : a + 64], {"recording": rec}) for a in range(0, n, 64)]  # fmt: skip
+        info = write_shard(root / f"shards/{rec}.tar", blocks, key_prefix=rec)
+        shards.append({"path": f"shards/{rec}.tar", **info, "recording": rec, "split": split})
+        recs.append({"id": rec, "split": split, "num_spikes": n, "has_labels": True})
+    m = {"format": "deepspike-corpus", "num_spikes": sum(s["num_spikes"] for s in shards), "shards": shards,
+         "recordings": recs, "window": WindowSpec().to_dict()}  # fmt: skip
+    (root / "manifest.json").write_text(json.dumps(m))
+    return root
+
+
+class StopAt(pl.Callback):
+    """Test callback: stop training after ``step`` steps (a killed run; the schedule still spans max_steps)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+class SaveWeights(pl.Callback):
+    """Test callback: write the final weights and the number of batches each rank trained on."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.batches = path, 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.batches += 1
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        torch.save({"state": state, "batches": self.batches}, f"{self.path}.rank{trainer.global_rank}.pt")
+
+
+def _train_cfg(out: Path, corpus: Path, extra: list[str]) -> Any:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    tiny = ["logger=none", "model.hidden=32", "model.latent=4", "data.batch_size=64", "data.val_batch_size=1024",
+            "data.shuffle_buffer=256", "trainer.enable_progress_bar=false", "model.warmup_steps=5",
+            "model.pretext.tasks=[shuffle,noise,amplitude]", f"data.shards={corpus}", "trainer=cpu"]  # fmt: skip
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[*tiny, *extra, f"paths.output_dir={out}"])
+    with open_dict(cfg):
+        cfg.export.enabled = False
+        cfg.callbacks["weights"] = {"_target_": "test_stream.SaveWeights", "path": str(out / "final")}
+    return cfg
+
+
+@pytest.fixture
+def one_thread() -> Any:
+    """One torch thread: on a shared 2-core machine tiny nets run several times faster without thread contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_resume_mid_epoch_is_bit_identical(tmp_path: Path, workers: int, one_thread: None) -> None:
+    """Train N steps straight vs stop at k (mid-epoch, last.ckpt) and resume to N: the same weights, bit for bit.
+
+    The killed run stops through a callback, not ``max_steps=k``: the LR schedule spans max_steps, so a run with
+    another max_steps would not be the same run.
+    """
+    from omegaconf import open_dict
+
+    from deepspike.train import run
+
+    corpus = _train_corpus(tmp_path / "corpus")
+    n, k = 30, 10  # epochs of 12-13 batches: k is mid-epoch, n crosses two epoch boundaries
+    common = [f"trainer.max_steps={n}", "trainer.val_check_interval=10", f"data.num_workers={workers}"]
+    run(_train_cfg(tmp_path / "a", corpus, common))
+    killed = _train_cfg(tmp_path / "b", corpus, common)
+    with open_dict(killed):
+        killed.callbacks["stop"] = {"_target_": "test_stream.StopAt", "step": k}
+    run(killed)
+    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == k
+    run(_train_cfg(tmp_path / "c", corpus, [*common, f"ckpt_path={last}"]))
+    a = torch.load(tmp_path / "a" / "final.rank0.pt", weights_only=True)
+    c = torch.load(tmp_path / "c" / "final.rank0.pt", weights_only=True)
+    assert a["batches"] == n and c["batches"] == n - k
+    assert a["state"].keys() == c["state"].keys()
+    diff = {key: float((a["state"][key].float() - c["state"][key].float()).abs().max()) for key in a["state"]}
+    assert all(torch.equal(a["state"][key], c["state"][key]) for key in a["state"]), diff
