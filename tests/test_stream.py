@@ -380,3 +380,69 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path: Path, workers: int, one_thr
     assert a["state"].keys() == c["state"].keys()
     diff = {key: float((a["state"][key].float() - c["state"][key].float()).abs().max()) for key in a["state"]}
     assert all(torch.equal(a["state"][key], c["state"][key]) for key in a["state"]), diff
+
+
+class RowLog(pl.Callback):
+    """Test callback: the waves of every training batch, by epoch, one file per rank (rows identify themselves)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.rows: dict[int, list[torch.Tensor]] = {}
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.rows.setdefault(trainer.current_epoch, []).append(batch["wave"].detach().cpu().clone())
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        rows = {e: torch.cat(v) for e, v in self.rows.items()}
+        sizes = {e: [len(b) for b in v] for e, v in self.rows.items()}
+        torch.save({"rows": rows, "sizes": sizes}, f"{self.path}.rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.timeout(300)  # a rank short of batches would hang DDP: fail instead
+def test_ddp_two_ranks_two_workers_uneven_shards_three_epochs(
+    tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real Lightning DDP (2 CPU ranks, gloo) x 2 workers per rank over uneven shards and two epoch boundaries.
+
+    Equal batches on both ranks every epoch (else DDP would hang: the run would not finish), and per epoch every
+    row is trained on once, except what the design allows: at most one padding row per slot (ranks x workers) and,
+    with ``drop_last``, fewer than one batch of rows per slot.
+    """
+    from omegaconf import open_dict
+
+    from deepspike.stream import ShardStream
+    from deepspike.train import run
+
+    corpus = _train_corpus(tmp_path / "corpus")
+    stream = ShardStream(corpus, batch_size=64, num_workers=2, rank=0, world_size=2, drop_last=True)
+    per_epoch = len(stream)  # batches per rank per epoch
+    epochs = 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the spawned ranks: one thread each on a 2-core machine
+    steps = epochs * per_epoch
+    cfg = _train_cfg(tmp_path / "run", corpus, ["trainer=ddp_cpu", f"trainer.max_steps={steps}", "callbacks=none",
+                                                 f"trainer.val_check_interval={steps}", "model.cluster_metric=false",
+                                                 "data.num_workers=2"])  # fmt: skip
+    with open_dict(cfg):
+        cfg.callbacks["rows"] = {"_target_": "test_stream.RowLog", "path": str(tmp_path / "rows")}
+    run(cfg)
+
+    m = json.loads((corpus / "manifest.json").read_text())
+    waves = [blk.waves for s in m["shards"] if s["split"] == "train" for blk in iter_blocks(str(corpus / s["path"]))]
+    ids = {row.tobytes(): i for i, row in enumerate(np.concatenate(waves))}
+    assert len(ids) == stream.num_rows  # every row is distinct, so a batch row names its id
+    logs = [torch.load(tmp_path / f"rows.rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert sorted(logs[0]["sizes"]) == sorted(logs[1]["sizes"]) == list(range(epochs))
+    orders = []
+    for e in range(epochs):
+        assert len(logs[0]["sizes"][e]) == len(logs[1]["sizes"][e]) == per_epoch  # equal batches, every epoch
+        assert set(logs[0]["sizes"][e]) == set(logs[1]["sizes"][e]) == {64}  # drop_last: full batches only
+        seen = [ids[row.numpy().astype(np.float16).tobytes()] for lg in logs for row in lg["rows"][e]]
+        counts = Counter(seen)
+        slots = 2 * 2
+        assert sum(c - 1 for c in counts.values()) <= slots  # repeats: padding only, <= 1 row per slot
+        assert stream.num_rows - len(counts) < slots * 64  # rows left out: the drop_last remainder of each slot
+        r0 = {ids[row.numpy().astype(np.float16).tobytes()] for row in logs[0]["rows"][e]}
+        r1 = {ids[row.numpy().astype(np.float16).tobytes()] for row in logs[1]["rows"][e]}
+        assert len(r0 & r1) <= slots  # the ranks split the rows
+        orders.append(seen)
+    assert orders[0] != orders[1] != orders[2]  # set_epoch reaches the workers: each epoch is shuffled anew
