@@ -283,9 +283,11 @@ class SpikeDataModule(pl.LightningDataModule):
         persistent_workers: bool = False,
         pin_memory: bool | None = None,
         seed: int = 0,
+        allow_pipe: bool = False,
     ) -> None:
         super().__init__()
         self.shards = str(shards)
+        self.allow_pipe = bool(allow_pipe)  # pipe:CMD shard URLs run CMD (conf/data/demo.yaml)
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
         self.num_workers, self.shuffle_buffer = int(num_workers), int(shuffle_buffer)
         self.resample, self.persistent_workers = bool(resample), bool(persistent_workers)
@@ -298,7 +300,7 @@ class SpikeDataModule(pl.LightningDataModule):
         if self._manifest is None:
             from deepspike.stream import load_manifest
 
-            self._manifest = load_manifest(self.shards)[0]
+            self._manifest = load_manifest(self.shards, self.allow_pipe)[0]
         return self._manifest
 
     def split_size(self, split: str) -> int:
@@ -314,6 +316,7 @@ class SpikeDataModule(pl.LightningDataModule):
             self.shards, split="train", batch_size=self.batch_size, shuffle=True, seed=self.seed,
             num_workers=self.num_workers, buffer_rows=self.shuffle_buffer, resample=self.resample,
             persistent_workers=self.persistent_workers, pin_memory=self.pin_memory, drop_last=True,
+            allow_pipe=self.allow_pipe,
         )  # fmt: skip
 
     def val_dataloader(self) -> Any:
@@ -323,7 +326,7 @@ class SpikeDataModule(pl.LightningDataModule):
             return []
         return make_loader(
             self.shards, split="val", batch_size=self.val_batch_size, shuffle=False, seed=self.seed,
-            num_workers=0, return_labels=True, drop_last=False, pin_memory=self.pin_memory,
+            num_workers=0, return_labels=True, drop_last=False, pin_memory=self.pin_memory, allow_pipe=self.allow_pipe,
         )  # fmt: skip
 
 

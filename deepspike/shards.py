@@ -120,6 +120,21 @@ def local_path(url: str) -> str:
     return url[len("file:") :] if url.startswith("file:") else url
 
 
+def check_url(url: str, allow_pipe: bool = False, what: str = "shard") -> None:
+    """Refuse a ``pipe:CMD`` URL (webdataset.gopen runs CMD in a shell) unless the user opted in.
+
+    Shard and manifest URLs come from files someone else may have written: data must not run code. Local paths,
+    ``file:``, http(s) and the object-store schemes webdataset opens (gs, s3 through a URL rewrite, ais, hf)
+    run no command named by the data.
+    """
+    if not allow_pipe and url.strip().lower().startswith("pipe:"):
+        raise ShardError(
+            f"{what} {url!r} is a `pipe:` URL: reading it would run the shell command after 'pipe:'. DeepSpike does "
+            "not run commands named by data. Use a local path or an http(s)/gs/s3 URL, or, only for a corpus you "
+            "built and trust, pass `data.allow_pipe=true` (ShardStream(allow_pipe=True))"
+        )
+
+
 def _npy_header(url: str, header: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
     """Parse an .npy header dict once per distinct header (block shapes repeat, the literal_eval is slow)."""
     spec = _NPY_HEADERS.get(header)
@@ -262,7 +277,8 @@ class _Mapped:
         self.close()
 
 
-def _open(url: str) -> BinaryIO | _Mapped:
+def _open(url: str, allow_pipe: bool = False) -> BinaryIO | _Mapped:
+    check_url(url, allow_pipe)
     try:
         if is_local(url):
             return _Mapped(local_path(url))
@@ -274,13 +290,13 @@ def _open(url: str) -> BinaryIO | _Mapped:
 
 
 def _samples(
-    url: str, skip: int, limit: int | None, want: frozenset[str]
+    url: str, skip: int, limit: int | None, want: frozenset[str], allow_pipe: bool = False
 ) -> Iterator[tuple[str, dict[str, memoryview | None]]]:
     """``(key, {member: data or None})`` per block: data for members in ``want``, None for the others.
 
     Blocks before ``skip`` are passed over without reading their data; at most ``limit`` blocks are yielded.
     """
-    fh = _open(url)
+    fh = _open(url, allow_pipe)
     index, done = -1, 0
     current: str | None = None
     found: dict[str, memoryview | None] = {}
@@ -316,14 +332,15 @@ def _missing(url: str, key: str, found: dict[str, Any]) -> None:
         raise ShardError(f"{url}: block {key!r} lacks {missing}; the shard is corrupt, rebuild it")
 
 
-def iter_blocks(url: str, skip: int = 0, limit: int | None = None) -> Iterator[Block]:
+def iter_blocks(url: str, skip: int = 0, limit: int | None = None, allow_pipe: bool = False) -> Iterator[Block]:
     """Stream blocks from a shard at ``url`` (a path, a ``file:`` URL or any URL ``webdataset.gopen`` opens).
 
     ``skip`` blocks are passed over without decoding and at most ``limit`` are yielded, so a reader can take
     a contiguous slice of a shard while reading it sequentially (object stores need no seeks).
-    Raises ``ShardError`` naming the shard for truncated or corrupt files.
+    Raises ``ShardError`` naming the shard for truncated or corrupt files, and for ``pipe:`` URLs unless
+    ``allow_pipe`` (see ``check_url``).
     """
-    for key, found in _samples(url, skip, limit, frozenset(MEMBERS)):
+    for key, found in _samples(url, skip, limit, frozenset(MEMBERS), allow_pipe):
         _missing(url, key, found)
         try:
             # copies: writable arrays, as np.load gave (the stream's read_blocks keeps read-only views)
@@ -347,13 +364,15 @@ class RawBlock(NamedTuple):
     labels: np.ndarray | None  # int64 [n]
 
 
-def read_blocks(url: str, skip: int = 0, limit: int | None = None, labels: bool = True) -> Iterator[RawBlock]:
+def read_blocks(
+    url: str, skip: int = 0, limit: int | None = None, labels: bool = True, allow_pipe: bool = False
+) -> Iterator[RawBlock]:
     """Stream blocks like ``iter_blocks(url, skip, limit)``, decoding only waves (and labels): the stream's reader.
 
     Unused members are seeked over (or read and dropped), never decoded. Raises ShardError naming ``url``.
     """
     want = frozenset({"wave.npy", "label.npy"} if labels else {"wave.npy"})
-    for key, found in _samples(url, skip, limit, want):
+    for key, found in _samples(url, skip, limit, want, allow_pipe):
         _missing(url, key, found)
         w, lab = (None if (b := found.get(m)) is None else _npy(url, b, len(b)) for m in ("wave.npy", "label.npy"))
         yield _raw(url, key, w, lab)

@@ -60,7 +60,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from deepspike.errors import ShardError
-from deepspike.shards import RawBlock, read_blocks
+from deepspike.shards import RawBlock, check_url, read_blocks
 from deepspike.shards import is_local as _is_local
 from deepspike.shards import local_path as _local_path
 
@@ -73,8 +73,9 @@ __all__ = ["ShardStream", "StreamLoader", "load_manifest", "make_loader", "read_
 # ----------------------------------------------------------------------------------------------- manifest / URLs
 
 
-def _read_text(url: str) -> str:
-    """Read a small text file from a path or any URL webdataset.gopen opens."""
+def _read_text(url: str, allow_pipe: bool = False) -> str:
+    """Read a small text file from a path or any URL webdataset.gopen opens (``pipe:`` only if allowed)."""
+    check_url(url, allow_pipe, what="manifest")
     if _is_local(url):
         return Path(_local_path(url)).read_text()
     import webdataset as wds
@@ -83,11 +84,12 @@ def _read_text(url: str) -> str:
         return fh.read().decode()
 
 
-def _exists(url: str) -> bool:
+def _exists(url: str, allow_pipe: bool = False) -> bool:
     if _is_local(url):
         return os.path.isfile(_local_path(url))
+    check_url(url, allow_pipe, what="manifest")
     try:
-        _read_text(url)
+        _read_text(url, allow_pipe)
     except Exception:  # any failure means "not there"
         return False
     return True
@@ -126,7 +128,7 @@ def _common_dir(urls: Sequence[str]) -> str:
     return "/".join(out) if out != [""] else "/"
 
 
-def _manifest_url(source: str | os.PathLike | Sequence[str]) -> tuple[str, list[str] | None]:
+def _manifest_url(source: str | os.PathLike | Sequence[str], allow_pipe: bool) -> tuple[str, list[str] | None]:
     """The manifest URL for ``source`` and, for a shard list, the expanded shard URLs."""
     if not isinstance(source, (str, os.PathLike)):
         shards = _expand([str(s) for s in source])
@@ -144,7 +146,7 @@ def _manifest_url(source: str | os.PathLike | Sequence[str]) -> tuple[str, list[
     if "/" in common:
         candidates.append(f"{common.rsplit('/', 1)[0]}/{MANIFEST}")
     for cand in candidates:
-        if _exists(cand):
+        if _exists(cand, allow_pipe):
             return cand, shards
     raise ShardError(
         f"no {MANIFEST} found next to the shards ({' or '.join(candidates)}): the stream needs the manifest for "
@@ -152,19 +154,22 @@ def _manifest_url(source: str | os.PathLike | Sequence[str]) -> tuple[str, list[
     )
 
 
-def load_manifest(source: str | os.PathLike | Sequence[str]) -> tuple[dict[str, Any], str]:
+def load_manifest(source: str | os.PathLike | Sequence[str], allow_pipe: bool = False) -> tuple[dict[str, Any], str]:
     """Load the corpus manifest for ``source``; return ``(manifest, base_url)`` (shard paths are relative to it).
 
     ``source``: a corpus directory, a ``manifest.json`` path/URL, or a glob / brace pattern / list of shard URLs
-    (the manifest is then looked up in the shards' common directory, then its parent).
+    (the manifest is then looked up in the shards' common directory, then its parent). ``pipe:`` URLs run a shell
+    command: refused unless ``allow_pipe``.
     """
-    return _load(source)[:2]
+    return _load(source, allow_pipe)[:2]
 
 
-def _load(source: str | os.PathLike | Sequence[str]) -> tuple[dict[str, Any], str, list[str] | None]:
-    url, shards = _manifest_url(source)
+def _load(
+    source: str | os.PathLike | Sequence[str], allow_pipe: bool = False
+) -> tuple[dict[str, Any], str, list[str] | None]:
+    url, shards = _manifest_url(source, allow_pipe)
     try:
-        manifest = json.loads(_read_text(url))
+        manifest = json.loads(_read_text(url, allow_pipe))
     except FileNotFoundError as e:
         raise ShardError(
             f"{url} not found: the stream needs the corpus manifest for row counts; build the corpus with "
@@ -455,15 +460,19 @@ class ShardStream(IterableDataset):
         num_workers: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        allow_pipe: bool = False,
     ) -> None:
         super().__init__()
         if on_corrupt not in ("warn", "raise"):
             raise ValueError(f"on_corrupt must be 'warn' or 'raise', got {on_corrupt!r}")
         if batch_size < 1 or chunks_per_slot < 1 or interleave < 1 or num_workers < 0:
             raise ValueError("batch_size, chunks_per_slot and interleave must be >= 1, num_workers >= 0")
-        self.manifest, self.base_url, only = _load(source)
+        self.allow_pipe = bool(allow_pipe)  # pipe:CMD URLs run CMD: only for corpora the user trusts
+        self.manifest, self.base_url, only = _load(source, self.allow_pipe)
         self.split = split
         self.shards = _shards(self.manifest, self.base_url, split, only)
+        for shard in self.shards:  # refuse before any worker starts, naming the manifest
+            check_url(shard.url, self.allow_pipe, what=f"shard in the manifest at {self.base_url or '.'}:")
         self.batch_size, self.seed, self.shuffle = int(batch_size), int(seed), bool(shuffle)
         self.buffer_rows = max(int(buffer_rows), 2 * self.batch_size)
         # Rows the shuffle pool moves together: only where the corpus stores rows in random order (see _ShufflePool),
@@ -509,7 +518,7 @@ class ShardStream(IterableDataset):
         """Samples per spike window, from the first block of the first readable shard."""
         for shard in self.shards:
             try:
-                with closing(read_blocks(shard.url, 0, 1, labels=False)) as blocks:
+                with closing(read_blocks(shard.url, 0, 1, labels=False, allow_pipe=self.allow_pipe)) as blocks:
                     for raw in blocks:
                         return int(raw.waves.shape[1])
             except ShardError:
@@ -607,7 +616,7 @@ class ShardStream(IterableDataset):
         b1 = int(np.searchsorted(shard.starts, b, side="left"))
         blk = b0
         try:
-            with closing(read_blocks(shard.url, b0, b1 - b0, labels=self.return_labels)) as blocks:
+            with closing(read_blocks(shard.url, b0, b1 - b0, self.return_labels, self.allow_pipe)) as blocks:
                 for raw in blocks:
                     s0, s1 = int(shard.starts[blk]), int(shard.starts[blk + 1])
                     if len(raw.waves) != s1 - s0:

@@ -446,3 +446,26 @@ def test_ddp_two_ranks_two_workers_uneven_shards_three_epochs(
         assert len(r0 & r1) <= slots  # the ranks split the rows
         orders.append(seen)
     assert orders[0] != orders[1] != orders[2]  # set_epoch reaches the workers: each epoch is shuffled anew
+
+
+def test_pipe_url_in_a_manifest_runs_nothing(corpus: Corpus, tmp_path: Path) -> None:
+    """A manifest naming a shard ``pipe:CMD`` (someone else's corpus) must not run CMD unless the user opts in."""
+    root = tmp_path / "evil"
+    shutil.copytree(corpus.root, root)
+    witness = tmp_path / "SOMEFILE"
+    m = json.loads((root / "manifest.json").read_text())
+    m["shards"][0]["path"] = f"pipe:touch {witness}"
+    (root / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ShardError, match=r"pipe:.*data\.allow_pipe=true"):
+        loader = make_loader(root, batch_size=256, num_workers=0, rank=0, world_size=1, shuffle=False)
+        next(iter(loader))
+    with pytest.raises(ShardError, match="allow_pipe"):
+        list(read_blocks(f"pipe:touch {witness}"))
+    with pytest.raises(ShardError, match="allow_pipe"):
+        load_manifest(f"pipe:touch {witness}")
+    assert not witness.exists()
+    # opted in, the command runs (here: `cat` of a real shard), so trusted pipelines keep working
+    m["shards"][0]["path"] = f"pipe:cat {corpus.shard_path(0)}"
+    (root / "manifest.json").write_text(json.dumps(m))
+    ds = ShardStream(root, batch_size=256, shuffle=False, rank=0, world_size=1, return_ids=True, allow_pipe=True)
+    assert np.array_equal(_ids(_collect(ds)), corpus.train_ids)
