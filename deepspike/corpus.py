@@ -27,7 +27,7 @@ import numpy as np
 from deepspike import __version__
 from deepspike.errors import DeepSpikeError, OutputExistsError
 from deepspike.paths import CONF_DIR
-from deepspike.shards import Block, slug, write_shard
+from deepspike.shards import Block, file_digest, slug, write_shard
 from deepspike.spec import WindowSpec
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 DONE_DIR = ".done"
 SHARD_DIR = "shards"
+
+
+class SettingsMismatchError(DeepSpikeError):
+    """A resumed build asks for other extraction / window / block settings than its finished recordings used."""
 
 
 @dataclass
@@ -173,6 +177,20 @@ def _blocks(spikes: Any, rec_id: str, block_size: int) -> Iterator[Block]:
         )
 
 
+def build_settings(cfg: CorpusConfig) -> dict[str, Any]:
+    """Every option that decides what a recording's shards hold; stored per recording, compared on resume."""
+    from deepspike.extract import ExtractParams
+
+    return {
+        "extract": asdict(ExtractParams.from_config(cfg.extract)),
+        "window": WindowSpec.from_dict(cfg.window).to_dict(),
+        "block_size": cfg.block_size,
+        "shard_spikes": cfg.shard_spikes,
+        "gt_tolerance_ms": cfg.gt_tolerance_ms,
+        "recording_options": {k: v for k, v in cfg.recording_options.items() if v is not None},
+    }
+
+
 def build_recording(path: Path, out: Path, cfg: CorpusConfig) -> dict[str, Any]:
     """Extract one recording into its shards and write its done-record; return the record."""
     from deepspike.extract import ExtractParams, extract_spikes
@@ -203,6 +221,7 @@ def build_recording(path: Path, out: Path, cfg: CorpusConfig) -> dict[str, Any]:
         "num_spikes": len(spikes),
         "has_labels": gt is not None,
         "row_order": "shuffled",  # spikes stored in row_order(rec_id) order
+        "settings": build_settings(cfg),  # what the shards were cut with (a resume must use the same)
         "noise_levels": [float(x) for x in np.atleast_1d(spikes.noise_levels)],
         "seconds": round(time.perf_counter() - t0, 3),
         "shards": shards,
@@ -218,34 +237,66 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _done_record(out: Path, path: Path) -> dict[str, Any] | None:
-    """The finished record of ``path`` if it exists, its shards exist and the source is unchanged."""
+def _done_record(out: Path, path: Path, settings: dict[str, Any], verify: bool = True) -> dict[str, Any] | None:
+    """The finished record of ``path`` if it exists, was cut with ``settings``, and its shards and source are intact.
+
+    A record cut with other settings stops the build (``SettingsMismatchError``): finishing it would give a corpus
+    whose manifest claims settings some of its recordings were not cut with. ``verify``: check the size and
+    sha256 of each shard (a damaged or truncated shard is rebuilt); else only the size.
+    """
     f = out / DONE_DIR / f"{recording_id(path)}.json"
     if not f.exists():
         return None
     rec = json.loads(f.read_text())
-    if not all((out / s["path"]).exists() for s in rec["shards"]):
+    if "settings" not in rec or any("sha256" not in s for s in rec["shards"]):
+        log.warning("%s was built by an older DeepSpike (no settings or shard hashes); rebuilding it", path)
         return None
+    _check_settings(out, f, rec["settings"], settings)
+    for s in rec["shards"]:
+        shard = out / s["path"]
+        if not shard.exists() or shard.stat().st_size != s["size"] or (verify and file_digest(shard) != {
+            "size": s["size"], "sha256": s["sha256"]}):  # fmt: skip
+            log.warning("%s is missing or damaged (size or sha256 differ from its record); rebuilding %s", shard, path)
+            return None
     if source_fingerprint(path)["sha256"] != rec["sha256"]:
         log.warning("%s changed since it was built; rebuilding it", path)
         return None
     return rec
 
 
+def _check_settings(out: Path, record: Path, saved: dict[str, Any], asked: dict[str, Any]) -> None:
+    """Refuse to mix recordings cut with other settings into this corpus, naming the keys and the fix."""
+    diff = []
+    for key in sorted(set(saved) | set(asked)):
+        a, b = saved.get(key), asked.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diff += [
+                f"{key}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+            ]
+        elif a != b:
+            diff.append(f"{key}: {a!r} -> {b!r}")
+    if diff:
+        raise SettingsMismatchError(
+            f"the corpus being built in {out} was started with other settings ({record} records them); this run "
+            f"changes {'; '.join(diff)}. Fix: rerun with the same settings to resume, choose another `out=`, or "
+            "pass `overwrite=true` to delete it and rebuild with the new settings."
+        )
+
+
 # ------------------------------------------------------------------------------------------- build
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
-    if (out / MANIFEST).exists():
-        if not overwrite:
-            raise OutputExistsError(
-                f"{out / MANIFEST} exists: a corpus is already built in {out}. Use another `out=` or pass "
-                "`overwrite=true` to delete and rebuild it."
-            )
+    if (out / MANIFEST).exists() and not overwrite:
+        raise OutputExistsError(
+            f"{out / MANIFEST} exists: a corpus is already built in {out}. Use another `out=` or pass "
+            "`overwrite=true` to delete and rebuild it."
+        )
+    if overwrite and ((out / MANIFEST).exists() or (out / DONE_DIR).is_dir()):  # a corpus, or a started build
         log.warning("overwrite=true: deleting the corpus in %s", out)
         for name in (SHARD_DIR, DONE_DIR):
             shutil.rmtree(out / name, ignore_errors=True)
-        (out / MANIFEST).unlink()
+        (out / MANIFEST).unlink(missing_ok=True)
     (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     (out / DONE_DIR).mkdir(parents=True, exist_ok=True)
 
@@ -295,10 +346,11 @@ def build_corpus(cfg: CorpusConfig) -> Path | None:
     paths = expand_recordings(cfg.recordings) + synthetic_recordings(cfg.synthetic, cfg.progress)
     if not paths:
         raise DeepSpikeError("no recordings given: pass `recordings='[PATH_OR_GLOB,...]'` or `synthetic.n=N`")
+    settings = build_settings(cfg)
     if not cfg.merge_only:
         _prepare_out(out, cfg.overwrite)
         mine = paths[cfg.part :: cfg.num_parts]
-        todo = [p for p in mine if _done_record(out, p) is None]
+        todo = [p for p in mine if _done_record(out, p, settings) is None]
         log.info("%d recordings in this part, %d already built", len(mine), len(mine) - len(todo))
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="corpus", unit="rec", disable=not cfg.progress)
         for path, rec in _run(todo, out, cfg):
@@ -309,7 +361,7 @@ def build_corpus(cfg: CorpusConfig) -> Path | None:
                 (out / DONE_DIR / f"{rec['id']}.failed.json").unlink(missing_ok=True)
                 bar.set_postfix(spikes=rec["num_spikes"])
         bar.close()
-    records = [_done_record(out, p) for p in paths]
+    records = [_done_record(out, p, settings, verify=cfg.merge_only) for p in paths]  # todo checked them
     failed = [f for p, r in zip(paths, records, strict=True) if r is None and (f := _failed_record(out, p))]
     missing = sum(r is None for r in records) - len(failed)
     if missing:
@@ -332,9 +384,10 @@ def split_recordings(ids: Sequence[str], val_fraction: float, seed: int) -> dict
 def write_manifest(
     out: Path, records: list[dict[str, Any]], cfg: CorpusConfig, failed: Sequence[dict[str, Any]] = ()
 ) -> Path:
-    """Write ``manifest.json`` atomically from finished recording records (``failed``: recordings left out)."""
-    from deepspike.extract import ExtractParams
+    """Write ``manifest.json`` atomically from finished recording records (``failed``: recordings left out).
 
+    The settings it states are those every record was cut with (``_done_record`` refused any other)."""
+    settings = build_settings(cfg)
     split = split_recordings([r["id"] for r in records], cfg.val_fraction, cfg.seed)
     shards, recordings = [], []
     for r in records:
@@ -354,9 +407,10 @@ def write_manifest(
         "tool_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "num_spikes": sum(s["num_spikes"] for s in shards),
-        "window": WindowSpec.from_dict(cfg.window).to_dict(),
-        "extract": asdict(ExtractParams.from_config(cfg.extract)),
+        "window": settings["window"],
+        "extract": settings["extract"],
         "block_size": cfg.block_size,
+        "settings": settings,  # every option that decided the shards' content (resumes must match it)
         # each recording's rows in a seeded random order (row_order); records built before that are in time order
         "row_order": "shuffled" if all(r.get("row_order") == "shuffled" for r in records) else "stored",
         "val_fraction": cfg.val_fraction,

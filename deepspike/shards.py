@@ -27,6 +27,7 @@ dropped on pipes / HTTP), so object stores need no seeks.
 from __future__ import annotations
 
 import ast
+import hashlib
 import io
 import json
 import math
@@ -79,8 +80,20 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def file_digest(path: str | Path) -> dict[str, Any]:
+    """``{size, sha256}`` of a file: recorded per shard so a resumed build and the stream can spot damage."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return {"size": os.path.getsize(path), "sha256": h.hexdigest()}
+
+
 def write_shard(path: str | Path, blocks: Iterable[Block], key_prefix: str) -> dict[str, Any]:
-    """Write ``blocks`` to a tar shard at ``path`` atomically; return ``{num_spikes, num_blocks, block_sizes}``."""
+    """Write ``blocks`` to a tar shard at ``path`` atomically.
+
+    Returns ``{num_spikes, num_blocks, block_sizes, size, sha256}`` (size and hash of the file as written).
+    """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     sizes: list[int] = []
@@ -98,11 +111,12 @@ def write_shard(path: str | Path, blocks: Iterable[Block], key_prefix: str) -> d
                 sizes.append(len(b))
             fh.flush()
             os.fsync(fh.fileno())
+        digest = file_digest(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return {"num_spikes": int(sum(sizes)), "num_blocks": len(sizes), "block_sizes": sizes}
+    return {"num_spikes": int(sum(sizes)), "num_blocks": len(sizes), "block_sizes": sizes, **digest}
 
 
 # ----------------------------------------------------------------------------------------------------- reading

@@ -192,6 +192,7 @@ class _Shard:
     starts: np.ndarray  # int64 [num_blocks + 1] first row of each block
     rec: int  # index into manifest["recordings"], -1 if unknown
     id0: int  # global row index of the shard's first row (manifest order)
+    size: int | None = None  # bytes, from the manifest (corpora built since it records them)
 
     @property
     def rows(self) -> int:
@@ -218,7 +219,8 @@ def _shards(manifest: dict[str, Any], base: str, split: str | None, only: list[s
             raise ShardError(f"manifest entry {s.get('path')!r}: block_sizes do not sum to num_spikes")
         url = _join(base, s["path"])
         if (split is None or s.get("split") == split) and (keep is None or _norm(url) in keep):
-            out.append(_Shard(url, np.concatenate([[0], np.cumsum(sizes)]), recs.get(s.get("recording"), -1), id0))
+            starts = np.concatenate([[0], np.cumsum(sizes)])
+            out.append(_Shard(url, starts, recs.get(s.get("recording"), -1), id0, s.get("size")))
             seen.add(_norm(url))
         id0 += int(s["num_spikes"])
     if keep is not None and keep - seen:
@@ -616,6 +618,7 @@ class ShardStream(IterableDataset):
         b1 = int(np.searchsorted(shard.starts, b, side="left"))
         blk = b0
         try:
+            _check_size(shard)
             with closing(read_blocks(shard.url, b0, b1 - b0, self.return_labels, self.allow_pipe)) as blocks:
                 for raw in blocks:
                     s0, s1 = int(shard.starts[blk]), int(shard.starts[blk + 1])
@@ -695,6 +698,18 @@ class ShardStream(IterableDataset):
                 idx = np.arange(n) % len(parts[0])
                 return _Rows(*(None if p is None else p[idx] for p in parts))
         raise ShardError(f"no readable shard in split {self.split!r} of {self.base_url}: every shard is corrupt")
+
+
+def _check_size(shard: _Shard) -> None:
+    """A local shard whose size differs from the manifest's is truncated or replaced (one stat, no read)."""
+    if shard.size is None or not _is_local(shard.url):
+        return
+    try:
+        got = os.path.getsize(_local_path(shard.url))
+    except OSError as e:
+        raise ShardError(f"cannot open shard {shard.url}: {e}") from e
+    if got != shard.size:
+        raise ShardError(f"{shard.url}: {got} bytes, the manifest records {shard.size}; rebuild this shard")
 
 
 def _limit(rows: Iterable[_Rows], n: int) -> Iterator[_Rows]:

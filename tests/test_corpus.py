@@ -185,3 +185,33 @@ def test_cli_error_is_one_line(tmp_path: Path) -> None:
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0
     assert "error:" in res.stderr and "rec.xyz" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_resume_with_other_settings_is_refused(clean: Path, recordings: list[Path], tmp_path: Path) -> None:
+    """A killed build resumed with another threshold / window must not finish under the new settings' name."""
+    out = tmp_path / "corpus"
+    assert build_corpus(_cfg(recordings, out, part=0, num_parts=2)) is None  # killed half-way
+    for change in ({"extract": {"threshold": 8.0}}, {"window": {"n_before": 6}}, {"block_size": 128}):
+        with pytest.raises(DeepSpikeError, match=r"(?s)settings.*overwrite=true") as err:
+            build_corpus(_cfg(recordings, out, **change))
+        key = next(iter(change))
+        assert key in str(err.value) and str(out) in str(err.value)
+        assert not (out / MANIFEST).exists()
+    assert build_corpus(_cfg(recordings, out)) == out / MANIFEST  # the same settings resume
+    m = json.loads((out / MANIFEST).read_text())
+    assert m["num_spikes"] == json.loads((clean / MANIFEST).read_text())["num_spikes"]
+
+
+def test_truncated_shard_is_rebuilt_on_resume(clean: Path, recordings: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "corpus"
+    assert build_corpus(_cfg(recordings, out, part=0, num_parts=2)) is None
+    record = json.loads(sorted((out / DONE_DIR).glob("*.json"))[0].read_text())
+    shard = out / record["shards"][0]["path"]
+    good = shard.read_bytes()
+    assert record["shards"][0]["size"] == len(good) and len(record["shards"][0]["sha256"]) == 64
+    shard.write_bytes(good[: len(good) // 2])  # a truncated shard
+    assert build_corpus(_cfg(recordings, out)) == out / MANIFEST
+    assert shard.read_bytes() == good  # rebuilt, identical to the first build
+    m = json.loads((out / MANIFEST).read_text())
+    assert all(s["size"] == (out / s["path"]).stat().st_size and len(s["sha256"]) == 64 for s in m["shards"])
+    assert _read_all(out).keys() == _read_all(clean).keys()

@@ -217,7 +217,9 @@ def damaged(corpus: Corpus, tmp_path: Path) -> tuple[Path, list[str]]:
     )
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
     junk.write_bytes(b"\x00garbage" * 999)
-    return root, [cut.name, junk.name]
+    pad = root / corpus.shard_path(6).relative_to(corpus.root)  # only end-of-archive padding lost: size check
+    pad.write_bytes(pad.read_bytes()[:-512])
+    return root, [cut.name, junk.name, pad.name]
 
 
 @pytest.mark.parametrize("world", [1, 2])
