@@ -15,8 +15,9 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from deepspike import __version__
-from deepspike.errors import DeepSpikeError, OutputExistsError
+from deepspike.errors import DeepSpikeError, OutputExistsError, cli_errors
 from deepspike.paths import CONF_DIR
 from deepspike.shards import Block, file_digest, slug, write_shard
 from deepspike.spec import WindowSpec
@@ -301,10 +302,12 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     (out / DONE_DIR).mkdir(parents=True, exist_ok=True)
 
 
-def _run(todo: list[Path], out: Path, cfg: CorpusConfig) -> Iterable[tuple[Path, dict[str, Any] | Exception]]:
+def _run(todo: list[Path], out: Path, cfg: CorpusConfig) -> Iterator[tuple[Path, dict[str, Any] | Exception]]:
     """Build ``todo`` recordings, in a spawn-based pool when workers > 1 (fork + torch/BLAS threads hang).
 
-    Yields ``(path, record)`` or, for a recording that failed, ``(path, exception)``.
+    Yields ``(path, record)`` or, for a recording that failed, ``(path, exception)``. The workers end with the
+    build: on SIGTERM / Ctrl-C / an error the pool's processes are terminated (finished recordings are kept and
+    a rerun resumes), and each worker also exits on its own once its parent is gone (SIGKILL cannot be caught).
     """
     if cfg.workers == 1 or len(todo) <= 1:
         for p in todo:
@@ -313,13 +316,66 @@ def _run(todo: list[Path], out: Path, cfg: CorpusConfig) -> Iterable[tuple[Path,
             except DeepSpikeError as e:
                 yield p, e
         return
-    with ProcessPoolExecutor(min(cfg.workers, len(todo)), mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(build_recording, p, out, cfg): p for p in todo}
-        for fut in as_completed(futures):
-            try:
-                yield futures[fut], fut.result()
-            except DeepSpikeError as e:
-                yield futures[fut], e
+    pool = ProcessPoolExecutor(
+        min(cfg.workers, len(todo)), mp_context=get_context("spawn"), initializer=_watch_parent,
+        initargs=(os.getpid(),),
+    )  # fmt: skip
+    try:
+        with _sigterm_raises():
+            futures = {pool.submit(build_recording, p, out, cfg): p for p in todo}
+            for fut in as_completed(futures):
+                try:
+                    yield futures[fut], fut.result()
+                except DeepSpikeError as e:
+                    yield futures[fut], e
+    except BaseException:  # a signal, Ctrl-C, on_error=raise, the consumer stopped: do not wait for running builds
+        _terminate(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's worker processes (``ProcessPoolExecutor.shutdown`` would wait for running tasks)."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        if proc.is_alive():
+            proc.terminate()
+
+
+def _watch_parent(parent: int, interval_s: float = 0.5) -> None:
+    """Pool initializer: a daemon thread that ends this worker once ``parent`` is gone (killed with SIGKILL)."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="deepspike-watch-parent", daemon=True).start()
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While building, SIGTERM (kill, SLURM preemption) unwinds like Ctrl-C, so the pool is shut down."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(
+            f"deepspike-corpus: stopped by {signal.Signals(signum).name}; finished recordings are kept, "
+            "rerun the same command to resume"
+        )
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _failure(out: Path, path: Path, error: Exception, cfg: CorpusConfig) -> None:
@@ -353,13 +409,14 @@ def build_corpus(cfg: CorpusConfig) -> Path | None:
         todo = [p for p in mine if _done_record(out, p, settings) is None]
         log.info("%d recordings in this part, %d already built", len(mine), len(mine) - len(todo))
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="corpus", unit="rec", disable=not cfg.progress)
-        for path, rec in _run(todo, out, cfg):
-            bar.update()
-            if isinstance(rec, Exception):
-                _failure(out, path, rec, cfg)
-            else:
-                (out / DONE_DIR / f"{rec['id']}.failed.json").unlink(missing_ok=True)
-                bar.set_postfix(spikes=rec["num_spikes"])
+        with closing(_run(todo, out, cfg)) as built:  # closing: an error here also stops the workers
+            for path, rec in built:
+                bar.update()
+                if isinstance(rec, Exception):
+                    _failure(out, path, rec, cfg)
+                else:
+                    (out / DONE_DIR / f"{rec['id']}.failed.json").unlink(missing_ok=True)
+                    bar.set_postfix(spikes=rec["num_spikes"])
         bar.close()
     records = [_done_record(out, p, settings, verify=cfg.merge_only) for p in paths]  # todo checked them
     failed = [f for p, r in zip(paths, records, strict=True) if r is None and (f := _failed_record(out, p))]
@@ -431,10 +488,8 @@ def main() -> None:
 
     @hydra.main(config_path=str(CONF_DIR), config_name="corpus", version_base="1.3")
     def _app(cfg: Any) -> None:
-        try:
+        with cli_errors("deepspike-corpus", bool(cfg.get("debug", False))):  # one line naming the file and the fix
             manifest = build_corpus(CorpusConfig.from_cfg(cfg))
-        except DeepSpikeError as e:  # a one-line error naming the file and the fix, not a traceback
-            raise SystemExit(f"error: {e}") from None
         if manifest is not None:
             m = json.loads(manifest.read_text())
             print(f"corpus: {m['num_spikes']} spikes, {len(m['shards'])} shards, {len(m['recordings'])} recordings")
