@@ -354,8 +354,12 @@ def one_thread() -> Any:
     torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
-def test_resume_mid_epoch_is_bit_identical(tmp_path: Path, workers: int, one_thread: None) -> None:
+@pytest.mark.parametrize(
+    ("workers", "k"),
+    [(0, 10), pytest.param(2, 10, marks=pytest.mark.slow), pytest.param(0, 13, marks=pytest.mark.slow)],
+    ids=["workers0-mid-epoch", "workers2-mid-epoch", "workers0-epoch-end"],
+)
+def test_resume_mid_epoch_is_bit_identical(tmp_path: Path, workers: int, k: int, one_thread: None) -> None:
     """Train N steps straight vs stop at k (mid-epoch, last.ckpt) and resume to N: the same weights, bit for bit.
 
     The killed run stops through a callback, not ``max_steps=k``: the LR schedule spans max_steps, so a run with
@@ -366,8 +370,8 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path: Path, workers: int, one_thr
     from deepspike.train import run
 
     corpus = _train_corpus(tmp_path / "corpus")
-    n, k = 30, 10  # epochs of 12-13 batches: k is mid-epoch, n crosses two epoch boundaries
-    common = [f"trainer.max_steps={n}", "trainer.val_check_interval=10", f"data.num_workers={workers}"]
+    n = 30  # epochs of 12 (2 workers) or 13 batches: k=10 is mid-epoch, 13 an epoch end; n crosses two boundaries
+    common = [f"trainer.max_steps={n}", f"trainer.val_check_interval={k}", f"data.num_workers={workers}"]
     run(_train_cfg(tmp_path / "a", corpus, common))
     killed = _train_cfg(tmp_path / "b", corpus, common)
     with open_dict(killed):
@@ -471,3 +475,25 @@ def test_pipe_url_in_a_manifest_runs_nothing(corpus: Corpus, tmp_path: Path) -> 
     (root / "manifest.json").write_text(json.dumps(m))
     ds = ShardStream(root, batch_size=256, shuffle=False, rank=0, world_size=1, return_ids=True, allow_pipe=True)
     assert np.array_equal(_ids(_collect(ds)), corpus.train_ids)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_state_dict_resumes_at_the_same_batch(corpus: Corpus, workers: int) -> None:
+    """A loader restored from ``state_dict()`` taken after j batches yields exactly the rest of that epoch."""
+    opts = {"batch_size": 256, "buffer_rows": 1024, "return_ids": True, "rank": 0, "world_size": 1}
+    first = make_loader(corpus.root, num_workers=workers, transfer_batches=3, **opts)
+    first.dataset.set_epoch(2)
+    full, state = [], None
+    for i, b in enumerate(first):
+        full.append(b["id"].numpy().copy())
+        if i == 6:
+            state = first.state_dict()
+    assert state is not None and state["epoch"] == 2 and state["batches"] == 7
+    again = make_loader(corpus.root, num_workers=workers, transfer_batches=3, **opts)
+    again.load_state_dict(state)
+    rest = [b["id"].numpy() for b in again]
+    assert len(rest) == len(full) - 7 and all(np.array_equal(a, b) for a, b in zip(rest, full[7:], strict=True))
+    assert again.dataset.epoch == 2 and len([b for b in again]) == len(full)  # the next epoch starts clean
+    other = make_loader(corpus.root, num_workers=workers, **(opts | {"batch_size": 128}))
+    with pytest.warns(RuntimeWarning, match="not identical"):
+        other.load_state_dict(state)
