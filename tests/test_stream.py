@@ -497,3 +497,30 @@ def test_loader_state_dict_resumes_at_the_same_batch(corpus: Corpus, workers: in
     other = make_loader(corpus.root, num_workers=workers, **(opts | {"batch_size": 128}))
     with pytest.warns(RuntimeWarning, match="not identical"):
         other.load_state_dict(state)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ddp_resume_is_bit_identical(tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """2 CPU ranks x 2 workers: stop mid-epoch, resume from last.ckpt: both ranks end on the uninterrupted weights."""
+    from omegaconf import open_dict
+
+    from deepspike.train import run
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    corpus = _train_corpus(tmp_path / "corpus")
+    n, k = 16, 5  # 6 batches per rank per epoch
+    common = ["trainer=ddp_cpu", f"trainer.max_steps={n}", f"trainer.val_check_interval={k}", "data.num_workers=2",
+              "model.cluster_metric=false"]  # fmt: skip
+    run(_train_cfg(tmp_path / "a", corpus, common))
+    killed = _train_cfg(tmp_path / "b", corpus, common)
+    with open_dict(killed):
+        killed.callbacks["stop"] = {"_target_": "test_stream.StopAt", "step": k}
+    run(killed)
+    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    assert len(torch.load(last, weights_only=True)["deepspike"]["rng_per_rank"]) == 2
+    run(_train_cfg(tmp_path / "c", corpus, [*common, f"ckpt_path={last}"]))
+    for rank in (0, 1):
+        a = torch.load(tmp_path / "a" / f"final.rank{rank}.pt", weights_only=True)["state"]
+        c = torch.load(tmp_path / "c" / f"final.rank{rank}.pt", weights_only=True)["state"]
+        assert all(torch.equal(a[key], c[key]) for key in a), rank
