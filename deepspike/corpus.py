@@ -2,8 +2,11 @@
 
 Each recording is processed independently (in a process pool) into its own shards, then a per-recording
 record is written to ``out/.done/<id>.json``. That record is the unit of resumption: a killed build restarts
-and skips every recording whose record exists and whose source is unchanged. Slices of the recording list
-(``part``/``num_parts``) build the same way on cluster nodes; the manifest is written once all are done.
+and skips every recording whose record exists, whose shards still have the size and sha256 it records (a damaged
+shard is rebuilt) and whose source is unchanged. The record also stores the settings the recording was cut with
+(``build_settings``): a resume asking for other settings stops with an error instead of mixing the two. Slices of
+the recording list (``part``/``num_parts``) build the same way on cluster nodes; the manifest is written once all
+are done. Pool workers end with the build (SIGTERM, Ctrl-C, or a killed parent).
 """
 
 from __future__ import annotations
