@@ -83,14 +83,13 @@ def snippet_sets() -> list[tuple[str, np.ndarray, np.ndarray]]:
 
 def true_k_accuracy(emb: np.ndarray, gt: np.ndarray, seed: int = 0) -> float:
     """Embedding separability apart from model selection: GMM with the true unit count (4 inits), matched accuracy."""
-    from sklearn.mixture import GaussianMixture
-
+    from deepspike.cluster import fit_gmm
     from deepspike.evaluate import compare_labels
 
     keep = gt >= 0
     x = np.asarray(emb, dtype=np.float64)[keep]
-    gmm = GaussianMixture(len(np.unique(gt[keep])), covariance_type="full", reg_covar=1e-4, n_init=4, random_state=seed)
-    return float(compare_labels(gt[keep], gmm.fit(x).predict(x))["accuracy"].mean())
+    gmm = fit_gmm(x, len(np.unique(gt[keep])), seed=seed, n_init=4)
+    return float(compare_labels(gt[keep], gmm.predict(x))["accuracy"].mean())
 
 
 def score_snippets(

@@ -255,18 +255,31 @@ def _propose(X: np.ndarray, kmax: int, p: ClusterParams) -> tuple[np.ndarray, di
     return labels, info
 
 
-def _gmm(k: int, p: ClusterParams) -> Any:
+def gaussian_mixture(
+    k: int, seed: int = 0, covariance_type: str = "full", n_init: int = 1, tol: float = 1e-3, max_iter: int = 100
+) -> Any:
+    """The one place a ``GaussianMixture`` is configured (sorter, validation metric, collapse guard, benches).
+
+    ``reg_covar=1e-4`` keeps components of tight clusters (big, stereotyped units) from becoming singular.
+    """
     from sklearn.mixture import GaussianMixture
 
     return GaussianMixture(
-        n_components=k,
-        covariance_type=p.covariance_type,
-        reg_covar=1e-4,
-        n_init=p.n_init,
-        max_iter=100,
-        tol=1e-2,  # per-spike log-likelihood; BIC gaps between k are far larger, so a coarse fit chooses the same k
-        random_state=p.seed,
-    )
+        n_components=k, covariance_type=covariance_type, reg_covar=1e-4, n_init=n_init, max_iter=max_iter, tol=tol,
+        random_state=seed,
+    )  # fmt: skip
+
+
+def fit_gmm(X: np.ndarray, k: int, seed: int = 0, n_init: int = 1, **kw: Any) -> Any:
+    """``gaussian_mixture(k, ...)`` fitted on ``X`` (float64); convergence warnings on tiny components muted."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return gaussian_mixture(k, seed=seed, n_init=n_init, **kw).fit(np.asarray(X, dtype=np.float64))
+
+
+def _gmm(k: int, p: ClusterParams) -> Any:
+    # tol is per-spike log-likelihood; BIC gaps between k are far larger, so a coarse fit chooses the same k
+    return gaussian_mixture(k, seed=p.seed, covariance_type=p.covariance_type, n_init=p.n_init, tol=1e-2)
 
 
 def _gmm_bic(X: np.ndarray, kmax: int, p: ClusterParams) -> Any:

@@ -11,25 +11,29 @@ are done. Pool workers end with the build (SIGTERM, Ctrl-C, or a killed parent).
 
 from __future__ import annotations
 
+import copy
 import glob
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 
 from deepspike import __version__
 from deepspike.errors import DeepSpikeError, OutputExistsError, cli_errors
+from deepspike.objective import manifest_sha256
 from deepspike.paths import CONF_DIR
 from deepspike.shards import Block, file_digest, slug, write_shard
 from deepspike.spec import WindowSpec
@@ -483,6 +487,134 @@ def write_manifest(
     write_json_atomic(out / MANIFEST, manifest)
     log.info("corpus: %d spikes in %d shards -> %s", manifest["num_spikes"], len(shards), out / MANIFEST)
     return out / MANIFEST
+
+
+# ------------------------------------------------------------------------- fine-tuning corpora (train.py path)
+# A lab's recordings become a small content-addressed corpus cut with the parent's window spec; part of every
+# recording's time is held out for validation and the collapse guard.
+
+
+def corpus_key(paths: list[Path], window: WindowSpec, extract: dict[str, Any], split: dict[str, Any]) -> str:
+    """Content address of a fine-tuning corpus: the recordings' bytes, the window spec and the extract options."""
+    from deepspike.extract import ExtractParams
+
+    doc = {
+        "recordings": sorted(source_fingerprint(p)["sha256"] for p in paths),
+        "window": window.to_dict(),
+        "extract": asdict(ExtractParams.from_config(extract)),
+        "split": split,
+        "version": __version__,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def split_shards_by_time(manifest: dict[str, Any], val_fraction: float) -> dict[str, Any]:
+    """Hold out the last ``val_fraction`` of each recording's shards (at least one when it has two) as val.
+
+    The corpus builder splits by recording, which leaves nothing to validate on when a lab brings one or two
+    recordings; fine-tuning holds out part of every recording instead (no spike is in both splits).
+    """
+    m = copy.deepcopy(manifest)
+    for rec in m["recordings"]:
+        own = [s for s in m["shards"] if s["recording"] == rec["id"]]
+        n_val = max(1, math.floor(val_fraction * len(own) + 0.5)) if val_fraction > 0 and len(own) >= 2 else 0
+        for i, s in enumerate(own):
+            s["split"] = "val" if i >= len(own) - n_val else "train"
+        rec["split"] = "train+val" if n_val else "train"
+    m["splits"] = {
+        name: {"num_spikes": sum(s["num_spikes"] for s in m["shards"] if s["split"] == name),
+               "num_shards": sum(s["split"] == name for s in m["shards"])}
+        for name in ("train", "val")
+    }  # fmt: skip
+    m["split_by"] = f"shard: last {val_fraction:g} of each recording's shards"
+    return m
+
+
+def build_finetune_corpus(
+    recordings: list[str],
+    window: WindowSpec,
+    cache_dir: str | os.PathLike,
+    extract: dict[str, Any] | None = None,
+    val_fraction: float = 0.1,
+    shard_spikes: int = 512,
+    block_size: int = 256,
+    workers: int = 1,
+    recording_options: dict[str, Any] | None = None,
+) -> Path:
+    """Build (or reuse) the corpus of ``recordings`` under ``cache_dir/<content hash>``; return its manifest path.
+
+    Small shards (``shard_spikes``) so a single recording still splits into train and validation shards.
+    """
+    paths = expand_recordings([str(r) for r in recordings])
+    if not paths:
+        raise DeepSpikeError("fine-tuning needs recordings: pass data.recordings='[PATH_OR_GLOB,...]'")
+    extract = dict(extract or {})
+    split = {"val_fraction": val_fraction, "shard_spikes": shard_spikes, "block_size": block_size}
+    out = Path(cache_dir) / corpus_key(paths, window, extract, split)
+    final = out / "finetune_manifest.json"
+    # One builder at a time per corpus (DDP ranks started by the launcher all reach the build); filelock, unlike
+    # fcntl, also works on Windows.
+    with FileLock(str(Path(cache_dir) / f".{out.name}.lock")):
+        if final.exists():
+            log.info("fine-tuning corpus reused: %s", out)
+            return final
+        cfg = CorpusConfig(
+            recordings=[str(p) for p in paths], out=str(out), overwrite=True, workers=workers, block_size=block_size,
+            shard_spikes=shard_spikes, val_fraction=0.0, progress=False, window=window.to_dict(), extract=extract,
+            recording_options=dict(recording_options or {}),
+        )  # fmt: skip
+        cfg.validate()
+        manifest = json.loads(Path(build_corpus(cfg)).read_text())
+        write_json_atomic(final, split_shards_by_time(manifest, val_fraction))
+    return final
+
+
+def val_windows(shards: str, max_spikes: int = 3000) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """(waves, labels or None) per recording of the corpus' validation split, at most ``max_spikes`` each.
+
+    Read straight from the shards (not the rank-split stream), so every DDP rank sees the same spikes.
+    """
+    from deepspike.shards import iter_blocks
+    from deepspike.stream import load_manifest
+
+    manifest, base = load_manifest(shards)
+    per: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    for sh in (s for s in manifest["shards"] if s.get("split") == "val"):
+        waves, labels = per.setdefault(sh["recording"], ([], []))
+        for block in iter_blocks(f"{base}/{sh['path']}" if base else sh["path"]):
+            if sum(len(w) for w in waves) >= max_spikes:
+                break
+            waves.append(np.asarray(block.waves, dtype=np.float32))
+            labels.append(np.asarray(block.labels, dtype=np.int64))
+    out = []
+    for waves, labels in per.values():
+        w, lab = np.concatenate(waves)[:max_spikes], np.concatenate(labels)[:max_spikes]
+        out.append((w, lab if (lab >= 0).any() else None))
+    return out
+
+
+def data_provenance(manifest: dict[str, Any], corpus: str) -> dict[str, Any]:
+    """The fine-tuning data: recordings (path, sha256, spikes) and the corpus manifest's hash."""
+    recs = [{k: r.get(k) for k in ("path", "sha256", "size", "num_spikes", "duration_s", "sampling_frequency")}
+            for r in manifest.get("recordings", [])]  # fmt: skip
+    return {"corpus": corpus, "corpus_manifest_sha256": manifest_sha256(manifest), "recordings": recs,
+            "splits": manifest.get("splits"), "split_by": manifest.get("split_by", "recording")}  # fmt: skip
+
+
+def recording_record(recording: Any, source: Any, num_spikes: int) -> dict[str, Any]:
+    """Provenance of the fine-tuning data of the sort path: the recording (path + sha256 when it is a file)."""
+    rec: dict[str, Any] = {"num_spikes": int(num_spikes)}
+    if source is not None and Path(source).exists():
+        rec.update(path=str(Path(source).resolve()), **source_fingerprint(Path(source)))
+    else:
+        rec["recording"] = type(recording).__name__
+    with suppress(Exception):
+        rec.update(
+            sampling_frequency=float(recording.get_sampling_frequency()),
+            duration_s=float(recording.get_total_duration()),
+            num_channels=int(recording.get_num_channels()),
+        )
+    return {"recordings": [rec]}
 
 
 def main() -> None:

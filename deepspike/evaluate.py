@@ -57,20 +57,18 @@ def compare_labels(
     columns of :func:`compare_to_ground_truth`: one row per GT unit, units matched one-to-one (Hungarian on
     accuracy = tp / (n_gt + n_unit - tp), SpikeInterface's definition). Label ``-1`` = unassigned (a miss).
     """
-    from scipy.optimize import linear_sum_assignment
-
     gt, lab = np.asarray(gt_labels), np.asarray(labels)
     if gt.shape != lab.shape:
         raise DeepSpikeError(f"ground truth has {gt.shape} labels but the clustering {lab.shape}; they must match")
     units = np.unique(gt)
     clusters = np.unique(lab[lab >= 0])
-    tp = np.array([[np.sum((gt == u) & (lab == c)) for c in clusters] for u in units], dtype=np.float64)
+    tp = contingency(gt, lab, units, clusters)
     n_gt = np.array([np.sum(gt == u) for u in units], dtype=np.float64)
     n_cl = np.array([np.sum(lab == c) for c in clusters], dtype=np.float64)
     acc = tp / (n_gt[:, None] + n_cl[None, :] - tp) if clusters.size else np.zeros((len(units), 0))
     hit = np.zeros(len(units))
     found = np.zeros(len(units))
-    rows, cols = linear_sum_assignment(-acc) if clusters.size else (np.array([], int), np.array([], int))
+    rows, cols = match_units(acc)
     hit[rows], found[rows] = tp[rows, cols], n_cl[cols]
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(found > 0, hit / found, 0.0)
@@ -89,3 +87,135 @@ def compare_labels(
         }
     )
     return out[COLUMNS]
+
+
+# ------------------------------------------------------------------------ matching and embedding quality
+# The one home of Hungarian matching and of the embedding-quality scores used by validation (train), the
+# collapse guard (fine-tuning) and the benchmarks; GMMs come from ``cluster.fit_gmm`` like the sorter's.
+
+
+def contingency(gt: np.ndarray, pred: np.ndarray, units: np.ndarray, clusters: np.ndarray) -> np.ndarray:
+    """``[len(units), len(clusters)]`` counts of spikes with each (ground-truth unit, cluster) pair."""
+    gi = np.searchsorted(units, gt)
+    ci = np.searchsorted(clusters, pred)
+    ok = (gi < len(units)) & (ci < len(clusters))
+    ok[ok] &= (units[gi[ok]] == gt[ok]) & (clusters[ci[ok]] == pred[ok])
+    table = np.zeros((len(units), len(clusters)), dtype=np.float64)
+    np.add.at(table, (gi[ok], ci[ok]), 1.0)
+    return table
+
+
+def match_units(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the one-to-one matching of units to clusters that maximizes the summed ``score``."""
+    from scipy.optimize import linear_sum_assignment
+
+    if score.size == 0:
+        return np.array([], dtype=np.int64), np.array([], dtype=np.int64)
+    return linear_sum_assignment(-score)
+
+
+def matched_accuracy(labels: np.ndarray, pred: np.ndarray) -> float:
+    """Fraction of spikes in clusters matched one-to-one to units (the matching that keeps the most spikes)."""
+    labels, pred = np.asarray(labels), np.asarray(pred)
+    table = contingency(labels, pred, np.unique(labels), np.unique(pred))
+    r, c = match_units(table)
+    return float(table[r, c].sum() / max(1, len(labels)))
+
+
+def gmm_scores(emb: np.ndarray, labels: np.ndarray, seed: int = 0, max_spikes: int = 5000) -> tuple[float, float]:
+    """GMM on embeddings with as many components as ground-truth units -> (matched accuracy, ARI).
+
+    Uses the true unit count: the metric tracks how separable the embedding makes the units, not model
+    selection (that is the sorter's job). Non-finite embeddings score -1 (a collapsed or diverged net).
+    """
+    from sklearn.metrics import adjusted_rand_score
+
+    from deepspike.cluster import fit_gmm
+
+    emb, labels = np.asarray(emb, dtype=np.float64), np.asarray(labels)
+    if not np.all(np.isfinite(emb)):
+        return -1.0, -1.0
+    keep = labels >= 0
+    emb, labels = emb[keep], labels[keep]
+    if len(labels) > max_spikes:
+        idx = np.random.default_rng(seed).choice(len(labels), max_spikes, replace=False)
+        emb, labels = emb[idx], labels[idx]
+    k = len(np.unique(labels))
+    if k < 2 or len(labels) < 4 * k:
+        return float("nan"), float("nan")
+    pred = fit_gmm(emb, k, seed=seed).predict(emb)
+    return matched_accuracy(labels, pred), float(adjusted_rand_score(labels, pred))
+
+
+def reference_clusters(emb: np.ndarray, seed: int = 0, max_k: int = 8) -> tuple[int, np.ndarray]:
+    """(k, labels): the parent embedding's well-separated groups, the label-free collapse guard's reference.
+
+    k maximizes the silhouette of a k-GMM (not BIC: BIC over-splits units into arbitrary sub-clusters, whose
+    boundaries move under any harmless change, so "recovering" them measures noise). Merging well-separated
+    groups is what a collapse does, and what the guard must catch.
+    """
+    from sklearn.metrics import silhouette_score
+
+    from deepspike.cluster import fit_gmm
+
+    x = np.asarray(emb, dtype=np.float64)
+    best: tuple[float, int, np.ndarray] = (-np.inf, 1, np.zeros(len(x), dtype=np.int64))
+    for k in range(2, max_k + 1):
+        if len(x) < 10 * k:
+            break
+        labels = fit_gmm(x, k, seed=seed).predict(x)
+        if len(np.unique(labels)) < 2:
+            continue
+        sil = float(silhouette_score(x, labels))
+        if sil > best[0]:
+            best = (sil, k, labels)
+    return best[1], best[2]
+
+
+def split_purity(emb: np.ndarray, reference: np.ndarray, k: int, seed: int = 0, max_spikes: int = 3000) -> float:
+    """Fraction of spikes whose component of a ``2k``-GMM on ``emb`` is mostly their own ``reference`` group.
+
+    1.0 when every reference group stays apart (however it is split), lower when groups are merged: a collapse.
+    """
+    from deepspike.cluster import fit_gmm
+
+    emb = np.asarray(emb, dtype=np.float64)
+    reference = np.asarray(reference)
+    if not np.all(np.isfinite(emb)):
+        return -1.0
+    if len(emb) > max_spikes:
+        idx = np.random.default_rng(seed).choice(len(emb), max_spikes, replace=False)
+        emb, reference = emb[idx], reference[idx]
+    if k < 2 or len(emb) < 20 * k:
+        return float("nan")
+    pred = fit_gmm(emb, 2 * k, seed=seed).predict(emb)
+    kept = sum(int(np.bincount(reference[pred == c]).max()) for c in np.unique(pred))
+    return kept / len(emb)
+
+
+class CollapseMetric:
+    """The collapse guard's score of embeddings of fixed held-out spikes; higher is better.
+
+    With ground-truth ``labels``: GMM matched accuracy at the true unit count (``gmm_scores``). Without: the first
+    embedding scored (the parent's) fixes the reference, its well-separated groups (``reference_clusters``), and
+    every embedding is scored by ``split_purity`` against them. Splitting a group is allowed (that is what
+    adaptation is for); merging groups is a collapse. Shared by the sort path (``finetune``) and the corpus path
+    (``train.CollapseGuard``).
+    """
+
+    def __init__(self, labels: np.ndarray | None = None, seed: int = 0, max_spikes: int = 3000) -> None:
+        self.labels = None if labels is None or not (np.asarray(labels) >= 0).any() else np.asarray(labels)
+        self.seed, self.max_spikes = seed, max_spikes
+        self.k: int | None = None
+        self.reference: np.ndarray | None = None
+
+    @property
+    def name(self) -> str:
+        return "gmm_accuracy" if self.labels is not None else f"parent_split_purity_k{self.k}"
+
+    def __call__(self, emb: np.ndarray) -> float:
+        if self.labels is not None:
+            return gmm_scores(emb, self.labels, self.seed, self.max_spikes)[0]
+        if self.reference is None:
+            self.k, self.reference = reference_clusters(emb, self.seed)
+        return split_purity(emb, self.reference, self.k, self.seed, self.max_spikes)

@@ -13,6 +13,7 @@ check walks the recording in 10 s chunks. ``.mat`` files are small benchmark exc
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,7 +106,7 @@ _FOLDER_LAYOUTS = (
 def _describe_formats() -> dict[str, str]:
     """Human-readable listing: format name -> extensions / layout (built from the reader tables)."""
     formats = {
-        "SpikeInterface": "folder saved by recording.save() (binary or .zarr), or a .json/.pkl dump",
+        "SpikeInterface": "folder saved by recording.save() (binary or .zarr), or a .json dump (.pkl: allow_pickle=)",
         "NumPy": ".npy (1-D: one channel; 2-D: samples x channels or channels x samples); needs sampling_frequency=",
         "raw binary": " ".join(RAW_BINARY_EXTENSIONS) + " (interleaved samples); needs sampling_frequency=, dtype=, "
         "num_channels=",
@@ -125,6 +126,10 @@ def _describe_formats() -> dict[str, str]:
         text = " ".join(exts)
         formats[name] = f"{text}; or {layouts.pop(name)}" if name in layouts else text
     formats.update(layouts)
+    formats["other neo formats"] = (
+        "any other extension a neo RawIO claims and SpikeInterface has a recording reader for (e.g. .lfp, .xdat, "
+        ".continuous), probed when the file is opened"
+    )
     return formats
 
 
@@ -146,7 +151,8 @@ def open_recording(
     dtype: str | np.dtype | None = None,
     num_channels: int | None = None,
     *,
-    check_finite: bool = True,
+    check_finite: bool | None = True,
+    allow_pickle: bool = False,
     **kw: Any,
 ) -> Any:
     """Open ``path`` (any format in ``SUPPORTED_FORMATS``) as a validated SpikeInterface ``BaseRecording``.
@@ -154,22 +160,26 @@ def open_recording(
     ``sampling_frequency`` is required for formats that do not store it (.npy, raw binary) and overrides the
     rate stored in a .mat file (some benchmark excerpts carry a wrong ``dt``). ``dtype`` and ``num_channels``
     describe raw binary files. Extra ``kw`` go to the underlying reader, e.g. ``stream_name=`` / ``stream_id=``
-    for multi-stream formats. ``check_finite`` scans float recordings for NaN/Inf, 10 s at a time.
+    for multi-stream formats. ``check_finite`` scans float recordings for NaN/Inf, 10 s at a time (None = True).
+    ``allow_pickle`` opens ``.pkl``/``.pickle`` dumps and SpikeInterface descriptions naming classes outside
+    ``SAFE_SI_CLASSES``: both run code stored in the file, so only for files the user made.
     """
     p = Path(path).expanduser()
     if not p.exists():
         raise RecordingError(f"{p}: no such file or folder; check the path (relative paths start at {Path.cwd()})")
     if sampling_frequency is not None:
         sampling_frequency = _valid_rate(p, sampling_frequency, "the sampling_frequency= argument")
-    recording = _dispatch(p, sampling_frequency, dtype, num_channels, kw)
-    _validate(recording, p, check_finite)
+    recording = _dispatch(p, sampling_frequency, dtype, num_channels, kw, bool(allow_pickle))
+    _validate(recording, p, check_finite is not False)
     return recording
 
 
-def _dispatch(p: Path, fs: float | None, dtype: Any, num_channels: int | None, kw: dict[str, Any]) -> Any:
+def _dispatch(
+    p: Path, fs: float | None, dtype: Any, num_channels: int | None, kw: dict[str, Any], allow_pickle: bool
+) -> Any:
     """Pick the reader from the folder layout or the (multi-part) extension."""
     if p.is_dir():
-        return _open_folder(p, kw)
+        return _open_folder(p, kw, allow_pickle)
     ext = _extension(p)
     if ext in (".npy", ".mat", ".json", ".pkl", ".pickle"):
         _no_extra_args(p, ext, kw)
@@ -178,7 +188,7 @@ def _dispatch(p: Path, fs: float | None, dtype: Any, num_channels: int | None, k
     if ext == ".mat":
         return _open_mat(p, fs)
     if ext in (".json", ".pkl", ".pickle"):
-        return _open_si(p)
+        return _open_si(p, allow_pickle)
     if ext in _NEO_BY_EXT:
         return _open_neo(_NEO_BY_EXT[ext], p, fs, kw)
     if ext in _H5_EXTENSIONS:
@@ -188,9 +198,56 @@ def _dispatch(p: Path, fs: float | None, dtype: Any, num_channels: int | None, k
         if sidecar is not None:
             return _open_neo(sidecar[0], sidecar[1], fs, kw)
         return _open_binary(p, fs, dtype, num_channels, kw)
+    probed = _probe_neo(p, ext)
+    if probed is not None:
+        return _open_neo(probed, p, fs, kw)
     raise RecordingError(
-        f"{p}: unknown recording format {ext or '(no extension)'!r}. Convert it to one of these, or rename it "
-        f"with the right extension:\n{_formats_text()}"
+        f"{p}: unknown recording format {ext or '(no extension)'!r}{_neo_only_note(ext)}. Convert it to one of "
+        f"these, or rename it with the right extension:\n{_formats_text()}"
+    )
+
+
+def _neo_rawios(ext: str) -> list[Any]:
+    """neo RawIO classes that claim the extension (neo's own table, as ``neo.rawio.get_rawio`` reads it)."""
+    try:
+        from neo.rawio import rawiolist
+    except ImportError:
+        return []
+    return [io for io in rawiolist if ext and ext[1:] in {e.lower() for e in io.extensions}]
+
+
+def _si_neo_recording_readers() -> dict[str, Any]:
+    """SpikeInterface recording readers by the neo RawIO class they wrap."""
+    import spikeinterface.extractors.neoextractors as ne
+
+    classes = (getattr(ne, n) for n in dir(ne))
+    return {
+        c.NeoRawIOClass: c
+        for c in classes
+        if isinstance(c, type) and hasattr(c, "NeoRawIOClass") and c.__name__.endswith("RecordingExtractor")
+    }
+
+
+def _probe_neo(p: Path, ext: str) -> _Neo | None:
+    """An extension outside the tables here: the first neo RawIO that claims it and has a SpikeInterface reader."""
+    readers = _si_neo_recording_readers() if _neo_rawios(ext) else {}
+    for io in _neo_rawios(ext):
+        reader = readers.get(io.__name__)
+        if reader is not None:
+            folder = "folder_path" in inspect.signature(reader.__init__).parameters
+            logger.info("%s: extension %r read with neo's %s (%s)", p, ext, io.__name__, reader.__name__)
+            return _Neo(io.__name__.removesuffix("RawIO"), reader.__name__, "folder" if folder else "file")
+    return None
+
+
+def _neo_only_note(ext: str) -> str:
+    """Name the neo RawIOs that claim an extension SpikeInterface cannot read as a recording."""
+    names = [io.__name__ for io in _neo_rawios(ext)]
+    if not names:
+        return ""
+    return (
+        f" (neo's {' / '.join(names)} reads it, but SpikeInterface has no recording reader for it: export it with "
+        f"neo to NWB or .npy)"
     )
 
 
@@ -198,9 +255,16 @@ def _no_extra_args(p: Path, what: str, kw: dict[str, Any]) -> None:
     """Readers built here take no extra arguments: a typo (``samplingfrequency=``) must not pass silently."""
     if kw:
         raise RecordingError(
-            f"{p}: unexpected arguments {sorted(kw)} for {what} files; remove them (this reader only takes "
-            f"sampling_frequency=, num_channels= and check_finite=)"
+            f"{p}: unexpected arguments {sorted(kw)} for {what} files; remove them from recording_options (this "
+            f"reader only takes sampling_frequency, num_channels, check_finite and allow_pickle)"
         )
+
+
+def _how(**options: Any) -> str:
+    """How to pass reader options, on the command line (``recording_options.KEY=``) and in Python."""
+    cli = " ".join(f"recording_options.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items())
+    api = ", ".join(f"{k}={v!r}" for k, v in options.items())
+    return f"{cli} on the command line (open_recording(path, {api}) in Python)"
 
 
 def _extension(p: Path) -> str:
@@ -221,7 +285,7 @@ def _valid_rate(p: Path, fs: Any, where: str) -> float:
     if not np.isfinite(value) or value <= 0:
         raise RecordingError(
             f"{p}: invalid sampling rate {fs!r} from {where}; pass a positive rate in Hz, "
-            f"e.g. open_recording(path, sampling_frequency=30000.0)"
+            f"e.g. {_how(sampling_frequency=30000.0)}"
         )
     return value
 
@@ -229,8 +293,7 @@ def _valid_rate(p: Path, fs: Any, where: str) -> float:
 def _require_rate(p: Path, fs: float | None, what: str) -> float:
     if fs is None:
         raise RecordingError(
-            f"{p}: {what} files do not store a sampling rate; pass it in Hz, "
-            f"e.g. open_recording(path, sampling_frequency=30000.0)"
+            f"{p}: {what} files do not store a sampling rate; pass it in Hz, e.g. {_how(sampling_frequency=30000.0)}"
         )
     return fs
 
@@ -256,8 +319,7 @@ def _wrap(p: Path, what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> 
     except Exception as e:
         if "several streams" in str(e):
             raise RecordingError(
-                f"{p} holds several {what} streams; pick one with open_recording(path, stream_name=...) "
-                f"or stream_id=... ({e})"
+                f"{p} holds several {what} streams; pick one with {_how(stream_name='NAME')} ({e})"
             ) from e
         raise _corrupt(p, what, e) from e
 
@@ -276,17 +338,104 @@ def _is_si_folder(p: Path) -> bool:
     return p.suffix.lower() == ".zarr" or any((p / n).is_file() for n in ("si_folder.json", "binary.json"))
 
 
-def _si_load(p: Path) -> Any:
+# Classes a SpikeInterface description (si_folder.json, a .json dump) may name without ``allow_pickle``: SI
+# instantiates whatever class the file names, so only plain data readers that run no code from the file are taken.
+SAFE_SI_CLASSES = {
+    "recording": frozenset(
+        {
+            "BinaryFolderRecording",
+            "BinaryRecordingExtractor",
+            "ChannelSliceRecording",
+            "FrameSliceRecording",
+            "ChannelsAggregationRecording",
+            "ConcatenateSegmentRecording",
+            "AppendSegmentRecording",
+            "SelectSegmentRecording",
+        }
+    ),
+    "sorting": frozenset({"NumpyFolderSorting", "NpzFolderSorting", "NpzSortingExtractor"}),
+}
+
+
+def _si_load(p: Path, kind: str, allow_pickle: bool = False) -> Any:
+    """``spikeinterface.load`` of a folder / dump, after checking it names only ``SAFE_SI_CLASSES`` and holds no
+    pickle (SI unpickles .pkl dumps and ``properties/*.npy`` with ``allow_pickle=True``)."""
     import spikeinterface as si
 
+    what = f"a SpikeInterface {kind}"
+    if p.suffix.lower() in (".pkl", ".pickle"):
+        if not allow_pickle:
+            raise RecordingError(
+                f"{p}: is a pickle, and unpickling runs code stored in the file, so it is not opened by default. "
+                f"Re-save the {kind} with {kind}.save(folder=...) and pass that folder, or, only for a file you made "
+                f"yourself, {_how(allow_pickle=True)}"
+            )
+        logger.warning("%s: unpickling it (allow_pickle=true); this runs code stored in the file", p)
+    elif not allow_pickle:
+        _check_si_description(p, kind)
     loader = getattr(si, "load", None) or si.load_extractor  # si.load from 0.102, load_extractor before
-    return _wrap(p, "a SpikeInterface folder", loader, p)
+    return _wrap(p, what, loader, p)
 
 
-def _open_si(p: Path) -> Any:
+def _check_si_description(p: Path, kind: str) -> None:
+    """Refuse a SpikeInterface folder / .json that names a class outside ``SAFE_SI_CLASSES`` or holds pickles."""
+    import json
+
+    if p.suffix.lower() == ".zarr":
+        return  # read by SpikeInterface's zarr reader, which names no class
+    description = p / "si_folder.json" if p.is_dir() else p
+    fix = f"re-save it with {kind}.save(folder=...) (or, only for a file you made yourself, {_how(allow_pickle=True)})"
+    if p.is_dir():
+        others = [n for n in ("spikeinterface_info.json", "sorter_output", "waveforms") if (p / n).exists()]
+        if others or not description.is_file():
+            raise RecordingError(f"{p}: not a {kind} folder saved by {kind}.save() (no si_folder.json); {fix}")
+    try:
+        tree = json.loads(description.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise _corrupt(description, "SpikeInterface .json", e) from e
+    base = p if p.is_dir() else p.parent
+    for node in _class_nodes(tree):
+        name = str(node["class"])
+        if not (name.startswith("spikeinterface.") and name.rsplit(".", 1)[-1] in SAFE_SI_CLASSES[kind]):
+            raise RecordingError(
+                f"{description}: names the class {name!r}, which is not a plain SpikeInterface {kind} reader "
+                f"(constructing it could run code); {fix}"
+            )
+        folder = (node.get("kwargs") or {}).get("folder_path")
+        if folder is not None:
+            _check_no_pickled_properties(Path(base, folder) if node.get("relative_paths") else Path(folder), fix)
+    if p.is_dir():
+        _check_no_pickled_properties(p, fix)
+
+
+def _class_nodes(tree: Any) -> list[dict[str, Any]]:
+    """Every nested dict with a ``class`` key (SI instantiates each of them)."""
+    if isinstance(tree, list):
+        return [n for item in tree for n in _class_nodes(item)]
+    if not isinstance(tree, dict):
+        return []
+    own = [tree] if "class" in tree else []
+    return own + [n for value in tree.values() for n in _class_nodes(value)]
+
+
+def _check_no_pickled_properties(folder: Path, fix: str) -> None:
+    """SpikeInterface loads ``properties/*.npy`` with ``allow_pickle=True``: an object array would run code."""
+    for npy in sorted((folder / "properties").glob("*.npy")):
+        try:
+            with npy.open("rb") as f:
+                major, _minor = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                dtype = read(f)[2]
+        except (OSError, ValueError) as e:
+            raise _corrupt(npy, "NumPy .npy", e) from e
+        if dtype.hasobject:
+            raise RecordingError(f"{npy}: holds Python objects (a pickle, which runs code when loaded); {fix}")
+
+
+def _open_si(p: Path, allow_pickle: bool = False) -> Any:
     from spikeinterface.core import BaseRecording
 
-    obj = _si_load(p)
+    obj = _si_load(p, "recording", allow_pickle)
     if not isinstance(obj, BaseRecording):
         raise RecordingError(
             f"{p}: this SpikeInterface object is a {type(obj).__name__}, not a recording; "
@@ -298,11 +447,11 @@ def _open_si(p: Path) -> Any:
 # --- folders ---------------------------------------------------------------------------------------------------
 
 
-def _open_folder(p: Path, kw: dict[str, Any]) -> Any:
+def _open_folder(p: Path, kw: dict[str, Any], allow_pickle: bool) -> Any:
     """Recognize a folder by its layout (SI save, Open Ephys, SpikeGLX, TDT, Neuralynx, Intan, MDA)."""
     if _is_si_folder(p):
         _no_extra_args(p, "SpikeInterface folder", kw)
-        return _open_si(p)
+        return _open_si(p, allow_pickle)
     names = {c.name.lower() for c in p.iterdir()}
     suffixes = {c.suffix.lower() for c in p.iterdir() if c.is_file()}
     if {"settings.xml", "structure.oebin"} & names or any(n.startswith("record node") for n in names):
@@ -347,7 +496,7 @@ def _open_neo(fmt: _Neo, p: Path, fs: float | None, kw: dict[str, Any], target: 
     """Open with a spikeinterface.extractors reader, choosing the stream when the file holds several."""
     import spikeinterface.extractors as se
 
-    reader = getattr(se, fmt.reader, None)
+    reader = getattr(se, fmt.reader, None) or getattr(se.neoextractors, fmt.reader, None)
     if reader is None:
         raise RecordingError(
             f"{p}: this SpikeInterface version has no {fmt.reader}; upgrade it (`pip install -U spikeinterface`)"
@@ -382,10 +531,7 @@ def _pick_stream(p: Path, fmt: _Neo, names: list[str]) -> str:
         logger.info("%s: opening stream %r (from the file name)", p, hits[0])
         return hits[0]
     listing = ", ".join(repr(n) for n in names)
-    raise RecordingError(
-        f"{p} holds several {fmt.name} streams: {listing}. Pick one with "
-        f"open_recording(path, stream_name={names[0]!r}) (or stream_id=...)"
-    )
+    raise RecordingError(f"{p} holds several {fmt.name} streams: {listing}. Pick one with {_how(stream_name=names[0])}")
 
 
 def _sniff_h5(p: Path) -> _Neo:
@@ -414,6 +560,18 @@ def _sniff_h5(p: Path) -> _Neo:
 # --- .npy and raw binary -----------------------------------------------------------------------------------------
 
 
+def __getattr__(name: str) -> Any:
+    """``NpyRecording`` is built on first use, so importing deepspike.io does not import SpikeInterface."""
+    if name == "NpyRecording":
+        if name in globals():
+            return globals()[name]
+        cls = _npy_recording_classes()[0]
+        cls.__module__, cls.__qualname__, cls.__name__ = __name__, name, name
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _open_npy(p: Path, fs: float | None, num_channels: int | None) -> Any:
     """Memory-map the .npy payload as a binary recording, so an hour-long file never lands in RAM."""
     fs = _require_rate(p, fs, "NumPy .npy")
@@ -431,14 +589,15 @@ def _open_npy(p: Path, fs: float | None, num_channels: int | None) -> Any:
             f"{p}: array of shape {arr.shape}; expected 1-D (one channel) or 2-D (samples x channels): reshape it"
         )
     channels_first = _channels_first(p, arr.shape, num_channels) if arr.ndim == 2 else False
-    n_channels = 1 if arr.ndim == 1 else (arr.shape[0] if channels_first else arr.shape[1])
-    # Memory order decides the time axis of the flat payload: C-order samples x channels is interleaved.
-    fortran = arr.ndim == 2 and arr.flags.f_contiguous and not arr.flags.c_contiguous
-    time_axis = int(channels_first != fortran)
     if arr.size == 0:
         raise RecordingError(f"{p}: empty array of shape {arr.shape}; the file holds no samples")
+    # Memory order decides the layout of the flat payload: C-order samples x channels is interleaved.
+    fortran = arr.ndim == 2 and arr.flags.f_contiguous and not arr.flags.c_contiguous
+    if arr.ndim == 2 and channels_first != fortran:  # each channel contiguous: not SpikeInterface's binary layout
+        return _wrap(p, "NumPy .npy", __getattr__("NpyRecording"), str(p), fs, channels_first)
     from spikeinterface.core import BinaryRecordingExtractor
 
+    n_channels = 1 if arr.ndim == 1 else (arr.shape[0] if channels_first else arr.shape[1])
     return _wrap(
         p,
         "NumPy .npy",
@@ -447,9 +606,47 @@ def _open_npy(p: Path, fs: float | None, num_channels: int | None) -> Any:
         sampling_frequency=fs,
         dtype=arr.dtype.str,
         num_channels=n_channels,
-        time_axis=time_axis,
+        time_axis=0,
         file_offset=int(arr.offset),
     )
+
+
+def _npy_recording_classes() -> tuple[type, type]:
+    """A recording over a memory-mapped 2-D .npy whose channels are contiguous (channels x samples in C order,
+    samples x channels in Fortran order).
+
+    SpikeInterface's binary reader with ``time_axis=1`` is right only for whole-file reads: its chunks take a
+    contiguous byte range, i.e. samples of other channels and times. Slicing the memmap is right for any chunk.
+    """
+    from spikeinterface.core import BaseRecording, BaseRecordingSegment
+
+    class _Segment(BaseRecordingSegment):
+        def __init__(self, traces: np.ndarray, fs: float) -> None:
+            super().__init__(sampling_frequency=fs)
+            self._traces = traces  # (samples, channels) view of the memmap: nothing is read until sliced
+
+        def get_num_samples(self) -> int:
+            return int(self._traces.shape[0])
+
+        def get_traces(self, start_frame: Any = None, end_frame: Any = None, channel_indices: Any = None) -> Any:
+            block = self._traces[start_frame:end_frame]
+            if channel_indices is not None:
+                block = block[:, channel_indices]
+            return np.ascontiguousarray(block)
+
+    class Recording(BaseRecording):
+        def __init__(self, file_path: str, sampling_frequency: float, channels_first: bool) -> None:
+            arr = np.load(file_path, mmap_mode="r", allow_pickle=False)
+            traces = arr.T if channels_first else arr
+            super().__init__(sampling_frequency, list(range(traces.shape[1])), arr.dtype)
+            self.add_recording_segment(_Segment(traces, sampling_frequency))
+            self._kwargs = {
+                "file_path": str(Path(file_path).absolute()),
+                "sampling_frequency": float(sampling_frequency),
+                "channels_first": bool(channels_first),
+            }
+
+    return Recording, _Segment
 
 
 def _channels_first(p: Path, shape: tuple[int, ...], num_channels: int | None) -> bool:
@@ -468,17 +665,16 @@ def _open_binary(p: Path, fs: float | None, dtype: Any, num_channels: int | None
     fs = _require_rate(p, fs, "raw binary")
     missing = [name for name, v in (("dtype", dtype), ("num_channels", num_channels)) if v is None]
     if missing:
-        example = "dtype='int16', num_channels=32"
         raise RecordingError(
             f"{p}: raw binary files do not store {' or '.join(missing)}; pass them, "
-            f"e.g. open_recording(path, sampling_frequency={fs:g}, {example})"
+            f"e.g. {_how(sampling_frequency=fs, dtype='int16', num_channels=32)}"
         )
     try:
         itemsize = np.dtype(dtype).itemsize
     except TypeError as e:
-        raise RecordingError(f"{p}: dtype={dtype!r} is not a NumPy dtype; pass e.g. dtype='int16'") from e
+        raise RecordingError(f"{p}: dtype={dtype!r} is not a NumPy dtype; pass e.g. {_how(dtype='int16')}") from e
     if not isinstance(num_channels, int | np.integer) or num_channels < 1:
-        raise RecordingError(f"{p}: num_channels={num_channels!r}; pass a positive integer channel count")
+        raise RecordingError(f"{p}: num_channels={num_channels!r}; pass a positive count, e.g. {_how(num_channels=32)}")
     payload = p.stat().st_size - int(kw.get("file_offset", 0))
     frame = itemsize * int(num_channels)
     if payload <= 0:
@@ -486,7 +682,8 @@ def _open_binary(p: Path, fs: float | None, dtype: Any, num_channels: int | None
     if payload % frame:
         raise RecordingError(
             f"{p}: size {payload} bytes is not a whole number of frames of {num_channels} x {np.dtype(dtype)} "
-            f"({frame} bytes); check dtype= and num_channels= (and file_offset= for a header)"
+            f"({frame} bytes); check recording_options.dtype= and recording_options.num_channels= "
+            f"(and file_offset= for a header)"
         )
     import spikeinterface.extractors as se
 
@@ -587,8 +784,7 @@ def _open_mat(p: Path, fs: float | None) -> Any:
     file_fs = _mat_rate(p, m)
     if fs is None and file_fs is None:
         raise RecordingError(
-            f"{p}: no samplingInterval / sr / par.sr / dt field; pass the rate, "
-            f"e.g. open_recording(path, sampling_frequency=24000.0)"
+            f"{p}: no samplingInterval / sr / par.sr / dt field; pass the rate, e.g. {_how(sampling_frequency=24000.0)}"
         )
     if fs is not None and file_fs is not None and not np.isclose(fs, file_fs, rtol=1e-6):
         logger.info("%s: sampling_frequency=%g overrides the file's %g Hz", p, fs, file_fs)
@@ -612,7 +808,7 @@ def _validate(recording: Any, p: Path, check_finite: bool) -> None:
     if recording.get_num_channels() == 0 or n_samples == 0:
         raise RecordingError(
             f"{p}: empty recording ({recording.get_num_channels()} channels, {n_samples} samples); "
-            f"check the file was fully written, or pick another stream with stream_name="
+            f"check the file was fully written, or pick another stream with recording_options.stream_name="
         )
     if check_finite and np.dtype(recording.get_dtype()).kind == "f":
         _check_finite(recording, p)
@@ -637,7 +833,7 @@ def _check_finite(recording: Any, p: Path) -> None:
             raise RecordingError(
                 f"{p}: {kind} samples in channel {recording.channel_ids[col]!r} (index {col}), first at "
                 f"{where}t={(start + row) / fs:.6f} s (sample {start + row}); replace them (e.g. np.nan_to_num, or "
-                f"cut the span with recording.frame_slice), or pass check_finite=False to skip this check"
+                f"cut the span with recording.frame_slice), or skip this check with {_how(check_finite=False)}"
             )
 
 
@@ -699,7 +895,8 @@ def _recording_for_gt(p: Path) -> Any:
     except RecordingError as e:
         raise RecordingError(
             f"{e}\n(load_ground_truth needs the recording's rate and length: pass "
-            f"recording=open_recording(path, sampling_frequency=...))"
+            f"recording=open_recording(path, sampling_frequency=...), or recording_options.sampling_frequency=... "
+            f"on the command line)"
         ) from e
 
 
@@ -734,7 +931,7 @@ def _make_sorting(times: np.ndarray, labels: np.ndarray, fs: float) -> Any:
 def _si_sorting(g: Path, fs: float) -> Any:
     from spikeinterface.core import BaseSorting, NumpySorting
 
-    obj = _si_load(g)
+    obj = _si_load(g, "sorting")
     if not isinstance(obj, BaseSorting):
         raise RecordingError(
             f"{g}: this SpikeInterface folder holds a {type(obj).__name__}, not a sorting; pass gt= a folder "
@@ -919,7 +1116,7 @@ def _check_gt(sorting: Any, recording: Any, fs: float, where: Path) -> Any:
     if not inside.any():
         raise RecordingError(
             f"{where}: no ground-truth spike falls inside the recording ({n.sum()} samples at {fs:g} Hz); check "
-            f"the sampling rate (sampling_frequency=) and that the spike times are in samples"
+            f"the sampling rate (recording_options.sampling_frequency=) and that the spike times are in samples"
         )
     logger.warning("%s: %d ground-truth spikes outside the recording dropped", where, int((~inside).sum()))
     kept = NumpySorting(spikes[inside], fs, sorting.unit_ids)

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from deepspike.errors import DeepSpikeError
+
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "elu": nn.ELU, "tanh": nn.Tanh}
 NORMS = ("none", "batch", "layer")
 OUT_HEADS = ("linear", "tanh")
@@ -207,3 +209,69 @@ def build_net(arch: dict[str, Any]) -> _AutoencoderBase:
 
 def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
+
+
+# ---------------------------------------------------------------------------------------------- freezing
+# Fine-tuning (both paths) can freeze the first k encoder layers; the layer order lives beside the nets.
+FREEZE_ALL = ("encoder", "all")
+
+
+def encoder_layers(net: nn.Module) -> list[list[nn.Module]]:
+    """The encoder's layers in order: each Linear/Conv1d of ``net.encoder`` with the norm/activation after it,
+    then the latent head. "The first k layers" counts in this list."""
+    groups: list[list[nn.Module]] = []
+    for m in net.encoder.children():
+        if isinstance(m, (nn.Linear, nn.Conv1d)) or not groups:
+            groups.append([m])
+        else:
+            groups[-1].append(m)
+    groups = [g for g in groups if any(True for _ in (q for m in g for q in m.parameters()))] or groups
+    return [*groups, [net.head]]
+
+
+def freeze_count(net: nn.Module, freeze: int | str | None) -> int:
+    """Number of encoder layers ``freeze`` means: 0/None/false = none, k = the first k, ``encoder`` = all."""
+    n = len(encoder_layers(net))
+    if freeze in (None, False, 0, "0", "none", "false"):
+        return 0
+    if isinstance(freeze, str) and freeze.lower() in FREEZE_ALL:
+        return n
+    try:
+        k = int(freeze)
+    except (TypeError, ValueError):
+        raise DeepSpikeError(f"freeze={freeze!r}: use 0 (train all), k (first k encoder layers) or 'encoder'") from None
+    if k < 0 or k > n:
+        raise DeepSpikeError(f"freeze={k}: this encoder has {n} layers (including the latent head); use 0..{n}")
+    return k
+
+
+def freeze_encoder(net: nn.Module, freeze: int | str | None) -> list[str]:
+    """Freeze the first k encoder layers (``requires_grad=False``, norm layers kept in eval mode); return names.
+
+    Frozen parameters are left out of the optimizer (see ``trainable``) and DDP ignores them, so it needs no
+    ``find_unused_parameters``. Modules are tagged ``_ds_frozen``: ``keep_frozen_eval`` re-applies eval mode
+    after every ``.train()`` so BatchNorm statistics of frozen layers do not move either.
+    """
+    k = freeze_count(net, freeze)
+    for q in net.parameters():
+        q.requires_grad_(True)
+    for m in net.modules():
+        m._ds_frozen = False
+    for group in encoder_layers(net)[:k]:
+        for m in group:
+            for sub in m.modules():
+                sub._ds_frozen = True
+            for q in m.parameters():
+                q.requires_grad_(False)
+    keep_frozen_eval(net)
+    return [n for n, q in net.named_parameters() if not q.requires_grad]
+
+
+def keep_frozen_eval(net: nn.Module) -> None:
+    for m in net.modules():
+        if getattr(m, "_ds_frozen", False):
+            m.eval()
+
+
+def trainable(net: nn.Module) -> list[nn.Parameter]:
+    return [q for q in net.parameters() if q.requires_grad]

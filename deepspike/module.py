@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -27,45 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepspike.objective import RECON, loss_terms, warmup_cosine
+from deepspike.evaluate import gmm_scores
+from deepspike.objective import RECON, autoencoder_loss, warmup_cosine
 from deepspike.pretext import Pretext
 from deepspike.spec import WindowSpec, normalize
-
-
-def matched_accuracy(labels: np.ndarray, pred: np.ndarray) -> float:
-    """Fraction of spikes in clusters matched one-to-one to units (Hungarian matching on the confusion matrix)."""
-    from scipy.optimize import linear_sum_assignment
-
-    _, li = np.unique(labels, return_inverse=True)
-    _, pi = np.unique(pred, return_inverse=True)
-    conf = np.zeros((li.max() + 1, pi.max() + 1), dtype=np.int64)
-    np.add.at(conf, (li, pi), 1)
-    r, c = linear_sum_assignment(-conf)
-    return float(conf[r, c].sum() / max(1, len(labels)))
-
-
-def gmm_scores(emb: np.ndarray, labels: np.ndarray, seed: int = 0, max_spikes: int = 5000) -> tuple[float, float]:
-    """GMM on embeddings with as many components as ground-truth units -> (matched accuracy, ARI).
-
-    Uses the true unit count: the metric tracks how separable the embedding makes the units, not model
-    selection (that is the sorter's job).
-    """
-    from sklearn.metrics import adjusted_rand_score
-    from sklearn.mixture import GaussianMixture
-
-    keep = labels >= 0
-    emb, labels = emb[keep], labels[keep]
-    if len(labels) > max_spikes:
-        idx = np.random.default_rng(seed).choice(len(labels), max_spikes, replace=False)
-        emb, labels = emb[idx], labels[idx]
-    k = len(np.unique(labels))
-    if k < 2 or len(labels) < 4 * k:
-        return float("nan"), float("nan")
-    gmm = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, n_init=1, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pred = gmm.fit(emb.astype(np.float64)).predict(emb.astype(np.float64))
-    return matched_accuracy(labels, pred), float(adjusted_rand_score(labels, pred))
 
 
 class SpikeAutoencoder(pl.LightningModule):
@@ -137,18 +101,14 @@ class SpikeAutoencoder(pl.LightningModule):
         w = self.hparams.kl_warmup_steps
         return float(self.hparams.beta) * (min(1.0, self.global_step / w) if w > 0 else 1.0)
 
-    def _step(self, wave: torch.Tensor, corrupt: bool) -> dict[str, torch.Tensor]:
-        wave = wave.float()
-        target = normalize(wave, self.spec)
-        inp = normalize(self.pretext(wave), self.spec) if corrupt else target
-        x_hat, mu, logvar = (self._compiled or self.net)(inp)
-        rec, kl = loss_terms(x_hat, target, mu, logvar, self.hparams.recon)
-        return {"recon": rec, "kl": kl, "mu": mu}
+    def _step(self, wave: torch.Tensor, corrupt: bool, beta: float = 0.0) -> dict[str, torch.Tensor]:
+        pretext = self.pretext if corrupt else None
+        return autoencoder_loss(self._compiled or self.net, wave, self.spec, pretext, self.hparams.recon, beta)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self._step(batch["wave"], corrupt=True)
         beta = self.beta_now()
-        loss = out["recon"] + beta * out["kl"]
+        out = self._step(batch["wave"], corrupt=True, beta=beta)
+        loss = out["loss"]
         n = batch["wave"].shape[0]
         self.log_dict(
             {"train/loss": loss, "train/recon": out["recon"], "train/kl": out["kl"], "train/beta": beta,
@@ -169,9 +129,9 @@ class SpikeAutoencoder(pl.LightningModule):
             ds.set_epoch(self.current_epoch)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        out = self._step(batch["wave"], corrupt=False)
+        out = self._step(batch["wave"], corrupt=False, beta=self.hparams.beta)
         n = batch["wave"].shape[0]
-        loss = out["recon"] + self.hparams.beta * out["kl"]
+        loss = out["loss"]
         self._recon_sum += float(out["recon"]) * n
         self._recon_n += n
         self.log_dict(
@@ -333,7 +293,7 @@ class SpikeDataModule(pl.LightningDataModule):
 class FinetuneDataModule(SpikeDataModule):
     """``SpikeDataModule`` over the lab's ``recordings``, cut with the parent's (``init_from``) window spec.
 
-    The corpus is built once into ``cache_dir/<content hash>`` (``deepspike.finetune.build_finetune_corpus``;
+    The corpus is built once into ``cache_dir/<content hash>`` (``deepspike.corpus.build_finetune_corpus``;
     ``val_fraction`` of each recording's time held out) and reused by later runs. ``shards`` (an existing corpus)
     replaces ``recordings``. A ``window`` that differs from the parent's raises ``SpecMismatchError``; a corpus
     cut with another spec is refused when the model is built (``train.build_model``).
@@ -354,8 +314,9 @@ class FinetuneDataModule(SpikeDataModule):
         shards: str | None = None,
         **kwargs: Any,
     ) -> None:
+        from deepspike.corpus import build_finetune_corpus
         from deepspike.errors import DeepSpikeError
-        from deepspike.finetune import build_finetune_corpus, load_parent
+        from deepspike.export import load_parent
 
         recs = [recordings] if isinstance(recordings, str) else list(recordings or [])
         if not init_from:
@@ -374,6 +335,6 @@ class FinetuneDataModule(SpikeDataModule):
 
     def provenance(self) -> dict[str, Any]:
         """The fine-tuning data for the artifact: recordings (path, sha256, spikes) and the manifest hash."""
-        from deepspike.finetune import data_provenance
+        from deepspike.corpus import data_provenance
 
         return data_provenance(self.manifest, self.shards)

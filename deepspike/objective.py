@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from deepspike.paths import REPO_ROOT
+from deepspike.spec import WindowSpec, normalize
 
 RECON = {"mse": F.mse_loss, "l1": F.l1_loss}
 
@@ -31,6 +32,27 @@ def loss_terms(
     mu, logvar = mu.float(), logvar.float()
     kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(dim=1).mean() / target.shape[1]
     return rec, kl
+
+
+def autoencoder_loss(
+    net: torch.nn.Module,
+    wave: torch.Tensor,
+    spec: WindowSpec,
+    pretext: Callable[[torch.Tensor], torch.Tensor] | None,
+    recon: str,
+    beta: float,
+) -> dict[str, torch.Tensor]:
+    """The training step's loss, shared by pretraining, ``train.py experiment=finetune`` and ``sort.py finetune=true``.
+
+    ``wave`` is raw (noise units); the pretext corrupts it on the device, both input and target go through the
+    model's normalization, and the loss is ``recon + beta * kl``. Returns loss, recon, kl and the embedding mu.
+    """
+    wave = wave.float()
+    target = normalize(wave, spec)
+    inp = normalize(pretext(wave), spec) if pretext is not None else target
+    x_hat, mu, logvar = net(inp)
+    rec, kl = loss_terms(x_hat, target, mu, logvar, recon)
+    return {"loss": rec + beta * kl, "recon": rec, "kl": kl, "mu": mu}
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float) -> Callable[[int], float]:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from deepspike.cluster import NOISE, ClusterParams, cluster_spikes, secondary_peaks, templates
-from deepspike.errors import DeepSpikeError, OutputExistsError, RecordingError, SpecMismatchError
+from deepspike.errors import DeepSpikeError, OutputExistsError, RecordingError, SpecMismatchError, cli_errors
 from deepspike.paths import CHECKPOINT_DIR, CONF_DIR, DATA_DIR
 from deepspike.paths import REPO_ROOT as REPO
 from deepspike.spec import WindowSpec, normalize
@@ -40,6 +41,7 @@ FEATURES = ("encoder", "pca")
 DEVICES = ("auto", "cpu", "cuda")
 SPIKE_COLUMNS = ["sample_index", "time_s", "unit", "channel", "amplitude"]
 UNIT_COLUMNS = ["unit", "spike_count", "rate_hz", "snr", "peak_channel"]
+RESULT_MARKER = ".deepspike-result"
 FINETUNED_NAME = "encoder_finetuned.safetensors"  # the adapted encoder in `out` (+ .json sidecar), finetune=true
 
 
@@ -86,7 +88,16 @@ class SortParams:
         if self.finetune:
             from deepspike.finetune import FinetuneParams
 
-            FinetuneParams.from_options({"seed": self.seed, **self.finetune_options})  # fail early on bad options
+            FinetuneParams.from_options(self.finetune_params())  # fail early on bad options
+
+    def finetune_params(self) -> dict[str, Any]:
+        """``finetune_options`` with the sort's seed and device where they say null / auto."""
+        opts = dict(self.finetune_options)
+        if opts.get("seed") is None:
+            opts["seed"] = self.seed
+        if opts.get("device", "auto") == "auto":
+            opts["device"] = self.device
+        return opts
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> SortParams:
@@ -195,7 +206,7 @@ def run_sort(
     waves = np.asarray(spikes.waves, dtype=np.float32)
     finetuned = None
     if params.finetune and encoder is not None:
-        from deepspike.finetune import recording_record
+        from deepspike.corpus import recording_record
 
         with _timed(timings, "finetune"):
             data = recording_record(recording, source, len(waves))
@@ -363,8 +374,7 @@ def _finetune(encoder: Any, waves: np.ndarray, params: SortParams, data: dict[st
     """Adapt the encoder to these spikes (already in memory) before embedding them; ``data`` goes to provenance."""
     from deepspike.finetune import finetune_on_windows
 
-    opts = {"seed": params.seed, "device": params.device, **params.finetune_options}
-    return finetune_on_windows(encoder, waves, opts, data=data)
+    return finetune_on_windows(encoder, waves, params.finetune_params(), data=data)
 
 
 def _features(encoder: Any, waves: np.ndarray, params: SortParams, spec: WindowSpec) -> np.ndarray:
@@ -450,17 +460,51 @@ def _set_unit_properties(sorting: Any, result: SortResult, ids: list[int], label
 # ---------------------------------------------------------------------------------------------- outputs
 
 
-def check_output(out: str | os.PathLike, overwrite: bool) -> Path:
-    """Fail early, before any work, when ``out`` holds a result and ``overwrite`` is off."""
+def check_output(out: str | os.PathLike, overwrite: bool, inputs: Sequence[Any] = ()) -> Path:
+    """Fail early, before any work, unless ``out`` can take a result without losing anything.
+
+    Only a folder that DeepSpike wrote (it holds ``RESULT_MARKER``) is ever replaced, only with ``overwrite``, and
+    never one that holds an input (``inputs``: recording, ground truth, checkpoint); the folder (or the nearest
+    existing one above it) must be writable, so a bad ``out`` is reported before the sort, not after it.
+    """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"output {str(out)!r} exists and is a file; choose another out=DIR")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputExistsError(
-            f"output folder {str(out)!r} already holds a result; pass overwrite=true to replace it "
-            "or choose another out=DIR"
-        )
+    existing = next(p for p in (out, *out.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        what = "exists and is a file" if existing == out else f"cannot be created: {str(existing)!r} is a file"
+        raise OutputExistsError(f"output {str(out)!r} {what}; choose another out=DIR")
+    _check_no_input_inside(out, inputs)
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / RESULT_MARKER).is_file():
+            raise OutputExistsError(
+                f"output folder {str(out)!r} holds files DeepSpike did not write (no {RESULT_MARKER} marker); it is "
+                "never replaced, even with overwrite=true: choose another out=DIR (e.g. a new subfolder)"
+            )
+        if not overwrite:
+            raise OutputExistsError(
+                f"output folder {str(out)!r} already holds a result; pass overwrite=true to replace it "
+                "or choose another out=DIR"
+            )
+    for folder in dict.fromkeys((existing, existing if existing != out else out.parent)):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise DeepSpikeError(
+                f"output {str(out)!r}: folder {str(folder)!r} is not writable; make it writable or choose another "
+                "out=DIR"
+            )
     return out
+
+
+def _check_no_input_inside(out: Path, inputs: Sequence[Any]) -> None:
+    """``out`` (which replacing would delete) must not be, or hold, one of the run's inputs."""
+    target = out.resolve()
+    for item in inputs:
+        if item is None or str(item) == "":
+            continue
+        path = Path(item).resolve()
+        if path == target or target in path.parents:
+            raise OutputExistsError(
+                f"output folder {str(out)!r} holds the input {str(item)!r}; DeepSpike never writes over its input: "
+                "choose another out=DIR (e.g. a new subfolder)"
+            )
 
 
 def write_outputs(
@@ -473,20 +517,22 @@ def write_outputs(
     delta_time_ms: float = 0.4,
     export_phy: bool = False,
     plots: bool = True,
+    inputs: Sequence[Any] = (),
 ) -> dict[str, float]:
     """Write every output into a temporary sibling folder, then rename it to ``out`` (atomic on one filesystem).
 
+    ``out`` may exist only as an earlier DeepSpike result (with ``overwrite``) that holds none of ``inputs``
+    (see :func:`check_output`); the marker file ``RESULT_MARKER`` goes into every result.
     Returns the wall time per part (``write``, ``plots``, ``phy``, ``metrics``).
     """
-    out = check_output(out, overwrite)
+    out = check_output(out, overwrite, inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))  # a new name: nothing else is touched
     timings: dict[str, float] = {}
     try:
         with _timed(timings, "write"):
             _write_tables(result, tmp, config)
+            (tmp / RESULT_MARKER).write_text("written by DeepSpike sort; overwrite=true may replace this folder\n")
         if gt_sorting is not None:
             with _timed(timings, "metrics"):
                 from deepspike.evaluate import compare_to_ground_truth
@@ -519,7 +565,7 @@ def _write_tables(result: SortResult, folder: Path, config: dict[str, Any] | Non
     result.units_table().to_csv(folder / "units.csv", index=False, float_format="%.6g")
     np.save(folder / "embeddings.npy", result.embeddings)
     if result.finetuned is not None:
-        from deepspike.finetune import save_encoder
+        from deepspike.export import save_encoder
 
         save_encoder(result.finetuned, folder / FINETUNED_NAME)
     resolved = dict(config) if config is not None else {"params": result.params.to_dict()}
@@ -545,8 +591,8 @@ def _replace(tmp: Path, out: Path) -> None:
     """Swap ``tmp`` in as ``out``; an old result is only deleted once the new one is in place."""
     old = None
     if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        out.replace(old)  # onto the empty folder just made: a name nobody else uses
     tmp.rename(out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -589,6 +635,7 @@ class SortConfig:
     export_phy: bool = False
     plots: bool = True
     quiet: bool = False
+    debug: bool = False
     recording_options: dict[str, Any] = field(default_factory=dict)
     params: SortParams = field(default_factory=SortParams)
 
@@ -629,7 +676,8 @@ def run_from_config(cfg: Any) -> SortResult:
         raise RecordingError(f"bundled demo recording {str(DEMO_RECORDING)!r} is missing; pass recording=PATH")
     gt_path = str(DEMO_GT) if demo and conf.gt is None and DEMO_GT.exists() else conf.gt
     out = Path(conf.out) if conf.out else REPO / "outputs" / "sort" / _stem(recording_path)
-    check_output(out, conf.overwrite)  # before any work: a refusal touches nothing
+    inputs = [recording_path, gt_path, conf.checkpoint]
+    check_output(out, conf.overwrite, inputs)  # before any work: a refusal touches nothing
     result = run_sort(recording_path, conf.checkpoint, conf.params, conf.recording_options)
     gt_sorting = _ground_truth(recording_path, result.recording, gt_path)
     config = _resolved_config(cfg, recording_path, out, gt_path, result)
@@ -644,6 +692,7 @@ def run_from_config(cfg: Any) -> SortResult:
             delta_time_ms=conf.delta_time_ms,
             export_phy=conf.export_phy,
             plots=conf.plots,
+            inputs=inputs,
         )
     )
     if not conf.quiet:
@@ -715,9 +764,7 @@ def main() -> None:
 
     @hydra.main(config_path=str(CONF_DIR), config_name="sort", version_base="1.3")
     def _app(cfg: Any) -> None:
-        try:
+        with cli_errors("sort", bool(cfg.get("debug", False))):  # one line naming the file and the fix
             run_from_config(cfg)
-        except DeepSpikeError as e:  # a clean one-line error for the user, not a traceback
-            raise SystemExit(f"error: {e}") from None
 
     _app()

@@ -178,13 +178,13 @@ def write_synthetic_recordings(
             recording, sorting = generate_recording(
                 rec_seed, duration_s=duration_s, sampling_frequency=sampling_frequency, **kwargs
             )
-            _save_pair(recording, sorting, folder, gt_folder, progress)
+            save_pair(recording, sorting, folder, gt_folder, progress)
             log.info("wrote %s (%g Hz, %g s)", folder, recording.get_sampling_frequency(), duration_s)
         paths.append(folder)
     return paths
 
 
-def _save_pair(recording: Any, sorting: Any, folder: Path, gt_folder: Path, progress: bool) -> None:
+def save_pair(recording: Any, sorting: Any, folder: Path, gt_folder: Path, progress: bool) -> None:
     """Save GT then recording, each via a temporary folder renamed at the end (no half-written folder survives)."""
     for path in (folder, gt_folder):
         shutil.rmtree(path, ignore_errors=True)

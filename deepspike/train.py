@@ -64,10 +64,11 @@ def build_model(cfg: DictConfig, window: WindowSpec) -> pl.LightningModule:
     if in_dim != window.length:
         raise DeepSpikeError(f"model.net.in_dim={in_dim} but the corpus windows have {window.length} samples")
     if init_from:  # fine-tuning: the architecture comes from the parent (artifact or Lightning checkpoint)
-        from deepspike.finetune import load_parent
+        from deepspike.export import load_parent
 
         parent = load_parent(init_from)
         parent.check_spec(window, where=f"init_from={init_from} vs corpus")
+        _continue_parent_objective(mcfg, parent)
         module = hydra.utils.instantiate(mcfg, net=None, window=window.to_dict(), _convert_="partial")
         module.net = parent.net.train()
         for q in module.net.parameters():
@@ -75,10 +76,21 @@ def build_model(cfg: DictConfig, window: WindowSpec) -> pl.LightningModule:
     else:
         module = hydra.utils.instantiate(mcfg, window=window.to_dict(), _convert_="partial")
     if freeze:
-        from deepspike.finetune import freeze_encoder
+        from deepspike.models import freeze_encoder
 
         freeze_encoder(module.net, freeze)  # requires_grad=False: out of the optimizer, ignored by DDP
     return module
+
+
+def _continue_parent_objective(mcfg: dict[str, Any], parent: Any) -> None:
+    """Fill ``null`` beta / recon / pretext of a fine-tuning model config with the parent's (as the sort path does)."""
+    from deepspike.export import parent_objective
+
+    pcfg = mcfg.get("pretext") or {}
+    obj = parent_objective(parent, pcfg.get("tasks"), pcfg.get("params"), mcfg.get("recon"), mcfg.get("beta"))
+    mcfg.update(recon=obj["recon"], beta=obj["beta"])
+    if pcfg:
+        pcfg.update(tasks=obj["pretext_tasks"], params=obj["pretext_params"])
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -186,7 +198,7 @@ def _export(cfg: DictConfig, objs: dict[str, Any], out_dir: Path, metrics: dict[
     init_from = cfg.model.get("init_from")
     parent, finetune = None, None
     if init_from:
-        from deepspike.finetune import guard_decision, load_parent, parent_record
+        from deepspike.export import load_parent, parent_record
 
         parent = parent_record(load_parent(init_from))
         dm = objs["datamodule"]
@@ -214,7 +226,7 @@ def _export(cfg: DictConfig, objs: dict[str, Any], out_dir: Path, metrics: dict[
     if finetune is not None:
         prov["finetune"] = finetune
     if isinstance(source, str) and not source.endswith(".ckpt"):  # the parent artifact itself
-        from deepspike.finetune import load_parent
+        from deepspike.export import load_parent
 
         source = load_parent(source).net
     return export_encoder(source, out_dir / str(ecfg.get("filename", "encoder.safetensors")), prov, objs["window"])
@@ -372,12 +384,21 @@ class LossCurve(pl.Callback):
         plt.close(fig)
 
 
+GUARD_FILE = "collapse_guard.json"
+
+
+def guard_decision(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """What the train-path ``CollapseGuard`` decided (``collapse_guard.json`` in the run directory), if it ran."""
+    f = Path(run_dir) / GUARD_FILE
+    return json.loads(f.read_text()) if f.exists() else None
+
+
 class CollapseGuard(pl.Callback):
     """Fine-tuning guard (``experiment=finetune``): embedding quality on the validation split vs the parent's.
 
     At fit start it measures the parent (the initial weights) on up to ``max_spikes`` validation spikes per
     recording: GMM matched accuracy where the corpus has labels, else the label-free proxy of the sort path
-    (``deepspike.finetune.split_purity``: the parent's well-separated groups must stay apart). Each validation
+    (``deepspike.evaluate.split_purity``: the parent's well-separated groups must stay apart). Each validation
     logs ``val/quality`` (the metric checkpoints keep the best of) and stops training after ``patience``
     validations more than ``tolerance`` below the parent.
     If no validation reached the parent - tolerance, the parent's weights are exported instead
@@ -401,14 +422,14 @@ class CollapseGuard(pl.Callback):
         return float(sum(scores) / len(scores)) if scores else float("nan")
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        from deepspike.finetune import val_windows
+        from deepspike.corpus import val_windows
 
         dm = trainer.datamodule
         self.data = val_windows(dm.shards, self.max_spikes) if dm is not None and dm.split_size("val") else []
         if not self.data:
             warnings.warn("collapse guard off: the fine-tuning corpus has no validation split", stacklevel=2)
             return
-        from deepspike.finetune import CollapseMetric
+        from deepspike.evaluate import CollapseMetric
 
         self.metrics = [CollapseMetric(labels) for _, labels in self.data]
         self.parent = self._measure(pl_module)
@@ -435,8 +456,6 @@ class CollapseGuard(pl.Callback):
     def _write(self, trainer: pl.Trainer, reverted: bool) -> None:
         if not trainer.is_global_zero:
             return
-        from deepspike.finetune import GUARD_FILE
-
         doc = {"parent_quality": self.parent, "tolerance": self.tolerance, "history": self.history,
                "stopped_early": bool(self.bad >= self.patience), "reverted": reverted}  # fmt: skip
         Path(self.dirpath).mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +19,10 @@ import pytest
 import torch
 
 from deepspike.errors import DeepSpikeError, SpecMismatchError
-from deepspike.evaluate import compare_to_ground_truth
-from deepspike.export import export_encoder, file_sha256, load_encoder
-from deepspike.finetune import (
-    CollapseMetric,
-    FinetuneParams,
-    embedding_quality,
-    encoder_layers,
-    finetune_on_windows,
-    freeze_encoder,
-    load_parent,
-    save_encoder,
-    split_purity,
-)
+from deepspike.evaluate import CollapseMetric, compare_to_ground_truth, gmm_scores, split_purity
+from deepspike.export import export_encoder, file_sha256, load_encoder, load_parent, parent_objective, save_encoder
+from deepspike.finetune import FinetuneParams, finetune_on_windows
+from deepspike.models import encoder_layers, freeze_encoder
 from deepspike.sorting import DEFAULT_CHECKPOINT, FINETUNED_NAME, SortParams, run_sort
 from deepspike.spec import WindowSpec, normalize
 
@@ -111,7 +103,7 @@ def test_finetune_lowers_recon_and_keeps_accuracy(sorted_pair: tuple[Any, Any, A
     # the issue's bound ("no recording worse by more than 0.01"); seeded, this one measures -0.0058 (10 of 1,700
     # spikes). The old 0.005 passed only while the VAE drew z from an unseeded global RNG.
     assert acc_after >= acc_before - 0.01, (acc_before, acc_after)
-    assert "finetune" in after.timings and after.timings["finetune"] < 120
+    assert "finetune" in after.timings  # its speed is measured by bench/finetune.py, not asserted in a test
 
 
 def test_provenance_names_parent_and_data(sorted_pair: tuple[Any, Any, Any], parent: Path, tmp_path: Path) -> None:
@@ -270,7 +262,7 @@ def test_label_free_quality_prefers_separated_clusters() -> None:
     label_free = CollapseMetric()
     assert label_free(good) > 0.98 and label_free.k == 3  # the first embedding scored fixes the reference groups
     assert label_free(collapsed) < label_free(good) - 0.3
-    assert CollapseMetric(lab)(good) == embedding_quality(good, lab) > 0.95
+    assert CollapseMetric(lab)(good) == gmm_scores(good, lab, max_spikes=3000)[0] > 0.95
 
 
 def test_split_purity_allows_splits_and_catches_merges() -> None:
@@ -350,3 +342,27 @@ def test_train_finetune_ddp_cpu_with_frozen_layers(parent: Path, recording_folde
     first = encoder_layers(par.net)[0][0]
     name = next(n for n, m in par.net.named_modules() if m is first)
     assert torch.equal(enc.net.state_dict()[f"{name}.weight"], par.net.state_dict()[f"{name}.weight"])
+
+
+def test_both_paths_use_one_recipe(parent: Path, tmp_path: Path) -> None:
+    """sort.py's finetune_options and train.py experiment=finetune resolve to the same declared recipe."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from test_train import TINY, cfg_for
+
+    from deepspike.paths import CONF_DIR
+    from deepspike.train import build_model
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        sort_opts = OmegaConf.to_container(compose("sort").finetune_options, resolve=True)
+    small = [o for o in TINY if not o.startswith(("model.", "data.batch_size"))]  # keep the recipe's values
+    cfg = cfg_for(tmp_path, [*small, "experiment=finetune", f"init_from={parent}", "finetune.lr=3e-4"])
+    recipe = OmegaConf.to_container(cfg.finetune, resolve=True)
+    assert {k: v for k, v in recipe.items() if k != "lr"} == {k: v for k, v in sort_opts.items() if k != "lr"}
+    assert sort_opts == {f.name: getattr(FinetuneParams(), f.name) for f in fields(FinetuneParams)} | {"seed": None}
+    model = build_model(cfg, WindowSpec())
+    assert model.hparams.beta == recipe["beta"] and model.hparams.warmup_steps == recipe["warmup_steps"]
+    assert model.optimizer_factory.keywords["lr"] == 3e-4  # one override moves the corpus path's optimizer
+    assert cfg.trainer.max_steps == recipe["steps"] and cfg.callbacks.collapse_guard.tolerance == recipe["tolerance"]
+    # null pretext = the parent's tasks, resolved the same way on both paths
+    assert model.pretext.tasks == list(parent_objective(load_encoder(parent))["pretext_tasks"])

@@ -87,7 +87,9 @@ def test_raw_binary_needs_dtype_and_channels(tmp_path: Path) -> None:
     with pytest.raises(RecordingError, match=r"dtype or num_channels") as e:
         open_recording(path, sampling_frequency=1000)
     assert str(path) in str(e.value) and "dtype='int16'" in str(e.value)
-    with pytest.raises(RecordingError, match="check dtype= and num_channels=") as e:
+    with pytest.raises(
+        RecordingError, match=r"check recording_options\.dtype= and recording_options\.num_channels="
+    ) as e:
         open_recording(path, sampling_frequency=1000, dtype="int16", num_channels=3)
     assert str(path) in str(e.value)
 
@@ -255,6 +257,25 @@ def test_neuroscope_via_neo(tmp_path: Path) -> None:
         rec = open_recording(path)
         assert rec.sampling_frequency == 20000 and rec.get_num_channels() == 2
         np.testing.assert_array_equal(_traces(rec), data)
+
+
+def test_extension_outside_the_table_is_probed_through_neo(tmp_path: Path) -> None:
+    """`.lfp` is in no table here; neo's NeuroScopeRawIO claims it and SpikeInterface has its reader."""
+    data = np.random.default_rng(10).integers(-300, 300, size=(600, 2)).astype(np.int16)
+    data.tofile(tmp_path / "session.lfp")
+    channels = "".join(f"<channel>{c}</channel>" for c in range(2))
+    (tmp_path / "session.xml").write_text(_NEUROSCOPE_XML.format(n=2, fs=1250, channels=channels))
+    rec = open_recording(tmp_path / "session.lfp")
+    assert rec.sampling_frequency == 1250 and rec.get_num_channels() == 2
+    np.testing.assert_array_equal(_traces(rec), data)
+
+
+def test_neo_format_without_a_spikeinterface_reader_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "rec.vhdr"  # BrainVision: neo reads it, SpikeInterface has no recording reader
+    path.write_text("Brain Vision Data Exchange Header File Version 1.0\n")
+    with pytest.raises(RecordingError, match="BrainVisionRawIO") as e:
+        open_recording(path)
+    assert str(path) in str(e.value) and "NumPy" in str(e.value)  # still lists what is read
 
 
 def test_multi_stream_needs_a_stream_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -458,3 +479,148 @@ def test_spikeglx_stream_is_taken_from_the_file_name(tmp_path: Path, monkeypatch
     path.with_suffix(".meta").write_text("fileSizeBytes=8\n")
     assert open_recording(path).get_num_channels() == 4
     assert calls[-1] == (tmp_path, {"stream_name": "imec0.ap"})
+
+
+# --- chunked reads (what detection and the NaN check do) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("fortran", [False, True])
+@pytest.mark.parametrize("channels_first", [False, True])
+def test_npy_chunked_reads_match_whole_file(tmp_path: Path, fortran: bool, channels_first: bool) -> None:
+    samples = np.random.default_rng(7).normal(size=(4000, 3)).astype(np.float32)  # samples x channels
+    stored = samples.T if channels_first else samples
+    stored = np.asfortranarray(stored) if fortran else np.ascontiguousarray(stored)
+    rec = open_recording(_save_npy(tmp_path / "x.npy", stored), sampling_frequency=1000)
+    assert rec.get_num_channels() == 3 and rec.get_num_samples() == 4000
+    np.testing.assert_array_equal(_traces(rec), samples)
+    for start, end in ((0, 1000), (1234, 2345), (3999, 4000)):
+        np.testing.assert_array_equal(rec.get_traces(start_frame=start, end_frame=end), samples[start:end])
+    ids = rec.channel_ids
+    np.testing.assert_array_equal(
+        rec.get_traces(start_frame=100, end_frame=900, channel_ids=[ids[2], ids[0]]), samples[100:900][:, [2, 0]]
+    )
+
+
+@pytest.mark.parametrize("channels_first", [False, True])
+def test_npy_nan_is_located_in_any_orientation(tmp_path: Path, channels_first: bool) -> None:
+    data = np.zeros((25000, 3), np.float32)  # 25 s at 1 kHz: the NaN is in the second 10 s chunk
+    data[12345, 2] = np.nan
+    stored = np.ascontiguousarray(data.T) if channels_first else np.asfortranarray(data)
+    with pytest.raises(RecordingError, match="NaN") as e:
+        open_recording(_save_npy(tmp_path / "nan.npy", stored), sampling_frequency=1000)
+    assert "(index 2)" in str(e.value) and "t=12.345" in str(e.value)
+
+
+def test_npy_chunked_recording_survives_a_round_trip_to_worker_processes(tmp_path: Path) -> None:
+    import pickle
+
+    samples = np.random.default_rng(8).normal(size=(3000, 2)).astype(np.float32)
+    rec = open_recording(_save_npy(tmp_path / "cf.npy", np.ascontiguousarray(samples.T)), sampling_frequency=1000)
+    again = pickle.loads(pickle.dumps(rec))  # what SpikeInterface does for n_jobs > 1
+    np.testing.assert_array_equal(again.get_traces(start_frame=500, end_frame=700), samples[500:700])
+
+
+# --- data never runs code: class names and pickles taken from files ----------------------------------------------
+
+_EVIL_MODULE = """
+from pathlib import Path
+
+
+class Evil:
+    def __init__(self, **kwargs):
+        Path(kwargs["marker"]).write_text("ran")
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+"""
+
+
+@pytest.fixture
+def evil_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An importable module whose class construction / unpickling creates ``tmp_path/ran``."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "deepspike_test_evil.py").write_text(_EVIL_MODULE)
+    monkeypatch.syspath_prepend(str(code))
+    return tmp_path / "ran"
+
+
+def _si_folder_naming(folder: Path, class_name: str, marker: Path) -> Path:
+    import json
+
+    folder.mkdir()
+    description = {"class": class_name, "module": "spikeinterface", "version": "0.105.3", "annotations": {},
+                   "kwargs": {"marker": str(marker)}, "properties": {}, "relative_paths": False}  # fmt: skip
+    (folder / "si_folder.json").write_text(json.dumps(description))
+    return folder
+
+
+def test_sibling_ground_truth_naming_a_foreign_class_is_not_instantiated(tmp_path: Path, evil_module: Path) -> None:
+    path, rec = _npy_recording(tmp_path)
+    _si_folder_naming(tmp_path / "rec.gt", "deepspike_test_evil.Evil", evil_module)
+    with pytest.raises(RecordingError, match=r"deepspike_test_evil\.Evil") as e:
+        load_ground_truth(path, recording=rec)
+    assert not evil_module.exists()
+    assert str(tmp_path / "rec.gt") in str(e.value) and "sorting.save" in str(e.value)
+    with pytest.raises(RecordingError, match=r"deepspike_test_evil\.Evil"):
+        load_ground_truth(path, recording=rec, gt=tmp_path / "rec.gt")
+    assert not evil_module.exists()
+
+
+def test_recording_folder_naming_a_foreign_class_is_not_instantiated(tmp_path: Path, evil_module: Path) -> None:
+    folder = _si_folder_naming(tmp_path / "rec", "deepspike_test_evil.Evil", evil_module)
+    with pytest.raises(RecordingError, match=r"deepspike_test_evil\.Evil"):
+        open_recording(folder)
+    (tmp_path / "rec.json").write_text((folder / "si_folder.json").read_text())
+    with pytest.raises(RecordingError, match=r"deepspike_test_evil\.Evil"):
+        open_recording(tmp_path / "rec.json")
+    assert not evil_module.exists()
+
+
+@pytest.mark.filterwarnings("ignore:The extractor is not serializable")
+def test_pickled_property_in_a_saved_folder_is_not_unpickled(tmp_path: Path, evil_module: Path) -> None:
+    import deepspike_test_evil
+    from spikeinterface.core import NumpySorting
+
+    path, rec = _npy_recording(tmp_path)
+    NumpySorting.from_samples_and_labels([np.array([1, 2, 3])], [np.array([0, 0, 1])], 24000).save(
+        folder=tmp_path / "rec.gt"
+    )
+    assert load_ground_truth(path, recording=rec).get_num_units() == 2  # the plain folder loads
+    payload = np.empty(2, dtype=object)
+    payload[:] = [deepspike_test_evil.Payload(str(evil_module)), None]
+    np.save(tmp_path / "rec.gt" / "properties" / "evil.npy", payload, allow_pickle=True)
+    with pytest.raises(RecordingError, match=r"evil\.npy"):
+        load_ground_truth(path, recording=rec)
+    assert not evil_module.exists()
+
+
+@pytest.mark.parametrize("suffix", [".pkl", ".pickle"])
+def test_pickled_recordings_need_allow_pickle(
+    tmp_path: Path, evil_module: Path, suffix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import pickle
+
+    import deepspike_test_evil
+    from spikeinterface.core import NumpyRecording
+
+    evil = tmp_path / f"evil{suffix}"
+    evil.write_bytes(pickle.dumps(deepspike_test_evil.Payload(str(evil_module))))
+    with pytest.raises(RecordingError, match=r"recording_options\.allow_pickle=true") as e:
+        open_recording(evil)
+    assert str(evil) in str(e.value) and "runs code" in str(e.value)
+    assert not evil_module.exists()
+
+    data = np.random.default_rng(9).normal(size=(500, 2)).astype(np.float32)
+    saved = NumpyRecording([data], sampling_frequency=1000).save(folder=tmp_path / "saved", verbose=False)
+    mine = tmp_path / f"mine{suffix}"
+    saved.dump_to_pickle(mine)
+    with caplog.at_level(logging.WARNING, logger="deepspike.io"):
+        rec = open_recording(mine, allow_pickle=True)  # the user's explicit opt-in
+    np.testing.assert_allclose(_traces(rec), data)
+    assert "runs code" in caplog.text

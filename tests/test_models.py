@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from deepspike import pretext as P
+from deepspike.evaluate import matched_accuracy
 from deepspike.models import ConvNet, MLPNet, build_net, count_parameters, mlp_widths
-from deepspike.module import SpikeAutoencoder, loss_terms, matched_accuracy, warmup_cosine
+from deepspike.module import SpikeAutoencoder
+from deepspike.objective import loss_terms, warmup_cosine
 
 
 def test_published_architecture() -> None:

@@ -6,6 +6,7 @@ encoder tests use the bundled checkpoint and skip, with the reason, until it exi
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,17 @@ import pytest
 
 from deepspike.errors import DeepSpikeError, OutputExistsError, RecordingError, SpecMismatchError
 from deepspike.evaluate import COLUMNS, compare_to_ground_truth
-from deepspike.sorting import DEFAULT_CHECKPOINT, SPIKE_COLUMNS, UNIT_COLUMNS, SortParams, run_sort, sort, write_outputs
+from deepspike.sorting import (
+    DEFAULT_CHECKPOINT,
+    RESULT_MARKER,
+    SPIKE_COLUMNS,
+    UNIT_COLUMNS,
+    SortParams,
+    check_output,
+    run_sort,
+    sort,
+    write_outputs,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 QUIROGA = Path(__file__).resolve().parents[2] / "shared" / "data" / "quiroga" / "C_Easy1_noise015_5sec.mat"
@@ -144,14 +155,66 @@ def test_outputs_load_back(pca_result, gt_recording, tmp_path) -> None:
 
 
 def test_existing_output_is_refused_and_untouched(pca_result, tmp_path) -> None:
-    out = tmp_path / "res"
+    out = tmp_path / "session1"  # a folder DeepSpike did not write: a notes file and a subfolder
     out.mkdir()
-    (out / "mine.txt").write_text("keep")
+    (out / "notes.txt").write_text("keep")
+    (out / "sub").mkdir()
+    (out / "sub" / "data.bin").write_bytes(b"keep")
+    for overwrite in (False, True):
+        with pytest.raises(OutputExistsError, match="did not write") as e:
+            write_outputs(pca_result, out, overwrite=overwrite, plots=False)
+        assert str(out) in str(e.value) and "out=" in str(e.value)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["notes.txt", "sub", "sub/data.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["session1"]  # no temporary folder left behind
+
+
+def test_overwrite_replaces_only_a_deepspike_result(pca_result, tmp_path) -> None:
+    out = tmp_path / "res"
+    write_outputs(pca_result, out, plots=False)
+    assert (out / RESULT_MARKER).is_file()
+    (out / "spikes.csv").write_text("stale")
     with pytest.raises(OutputExistsError, match="overwrite=true"):
         write_outputs(pca_result, out, plots=False)
-    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    assert (out / "spikes.csv").read_text() == "stale"
     write_outputs(pca_result, out, overwrite=True, plots=False)
-    assert not (out / "mine.txt").exists() and (out / "spikes.csv").exists()
+    assert list(pd.read_csv(out / "spikes.csv").columns) == SPIKE_COLUMNS and (out / RESULT_MARKER).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["res"]  # no temporary or old copy left behind
+
+
+def test_a_result_folder_holding_the_input_is_never_replaced(tmp_path) -> None:
+    out = tmp_path / "res"
+    out.mkdir()
+    (out / RESULT_MARKER).write_text("")
+    (out / "rec.npy").write_bytes(b"recording")
+    with pytest.raises(OutputExistsError, match="holds the input") as e:
+        check_output(out, overwrite=True, inputs=[out / "rec.npy"])
+    assert "out=" in str(e.value)
+    with pytest.raises(OutputExistsError, match="holds the input"):
+        check_output(tmp_path, overwrite=True, inputs=[out / "rec.npy"])  # an ancestor of the input
+    assert (out / "rec.npy").read_bytes() == b"recording"
+
+
+def test_unwritable_out_is_found_before_the_work(tmp_path) -> None:
+    blocker = tmp_path / "notes.txt"  # a regular file where a folder is needed: fails as root too
+    blocker.write_text("keep")
+    with pytest.raises(DeepSpikeError, match="is a file") as e:
+        check_output(blocker / "res", overwrite=False)
+    assert str(blocker) in str(e.value) and "out=" in str(e.value)
+    assert blocker.read_text() == "keep"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root bypasses permission bits")
+def test_read_only_out_is_refused_and_keeps_its_mode(tmp_path) -> None:
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        with pytest.raises(DeepSpikeError, match="not writable") as e:
+            check_output(out, overwrite=True)
+        assert "out=" in str(e.value)
+        assert out.stat().st_mode & 0o777 == 0o555
+    finally:
+        out.chmod(0o755)
 
 
 def test_noise_unit_option(gt_recording) -> None:
@@ -170,19 +233,29 @@ def test_no_spike_gives_empty_sorting() -> None:
     assert len(sorting.unit_ids) == 0
 
 
-def test_quiroga_ground_truth_is_scored(tmp_path) -> None:
+# Floors a little below what was measured on the third-party Quiroga excerpt (C_Easy1 noise 0.15, 121 spikes,
+# 24 kHz), seeds 0-2 giving the same units: pca mean 0.942 (per unit 0.955 / 0.872 / 1.000), bundled encoder mean
+# 0.899 (0.933 / 0.854 / 0.909). A broken reader, realignment or clustering falls far below them.
+QUIROGA_FLOORS = {"pca": (0.90, 0.82), "encoder": (0.85, 0.80)}  # (mean accuracy, worst unit)
+
+
+@pytest.mark.parametrize("features", ["pca", "encoder"])
+def test_quiroga_ground_truth_is_scored(tmp_path, features: str) -> None:
     if not QUIROGA.exists():
         pytest.skip(f"{QUIROGA} not found (third-party data lives in ../shared/data)")
+    if features == "encoder" and not DEFAULT_CHECKPOINT.exists():
+        pytest.skip(f"bundled checkpoint {DEFAULT_CHECKPOINT.name} not trained yet")
     from deepspike.io import load_ground_truth, open_recording
 
     rec = open_recording(QUIROGA, sampling_frequency=24000.0)
-    result = run_sort(rec, params=SortParams(features="pca"))
+    result = run_sort(rec, params=SortParams(features=features))
     gt = load_ground_truth(QUIROGA, recording=rec)
     assert gt is not None and len(gt.unit_ids) == 3
     write_outputs(result, tmp_path / "q", gt_sorting=gt, data_file=QUIROGA.name, plots=False)
     metrics = pd.read_csv(tmp_path / "q" / "metrics.csv")
     assert len(metrics) == 3 and (metrics.data_file == QUIROGA.name).all()
-    assert metrics["accuracy"].between(0, 1).all()
+    mean_floor, unit_floor = QUIROGA_FLOORS[features]
+    assert metrics["accuracy"].mean() >= mean_floor and metrics["accuracy"].min() >= unit_floor, metrics
 
 
 # ------------------------------------------------------------------------------------------- bad input
@@ -196,8 +269,9 @@ def test_missing_recording() -> None:
 def test_unknown_format(tmp_path) -> None:
     p = tmp_path / "rec.xyz"
     p.write_bytes(b"\0" * 100)
-    with pytest.raises(RecordingError):
+    with pytest.raises(RecordingError, match="unknown recording format") as e:
         sort(p, features="pca")
+    assert str(p) in str(e.value)
 
 
 def test_missing_checkpoint_is_explained(gt_recording, tmp_path) -> None:
@@ -246,6 +320,45 @@ def test_sort_py_writes_outputs_and_refuses_overwrite(saved_recording, tmp_path)
     again = _sort_py(f"recording={saved_recording}", f"out={out}", "features=pca")
     assert again.returncode != 0 and "overwrite=true" in again.stderr
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_sort_py_never_deletes_the_recordings_folder(tmp_path) -> None:
+    session = tmp_path / "LAB" / "session1"  # the issue's reproduction: out= names the recording's own folder
+    (session / "sub").mkdir(parents=True)
+    np.save(session / "rec.npy", np.zeros(24000, np.float32))
+    (session / "notes.txt").write_text("keep")
+    before = sorted(p.name for p in session.rglob("*"))
+    run = _sort_py(
+        f"recording={session / 'rec.npy'}", "recording_options.sampling_frequency=24000", f"out={session}",
+        "overwrite=true", "features=pca", "plots=false",
+    )  # fmt: skip
+    assert run.returncode != 0
+    assert sorted(p.name for p in session.rglob("*")) == before
+    assert "Traceback" not in run.stderr and "out=" in _error_line(run)
+
+
+def test_sort_py_errors_are_one_line_with_the_command_line_key(tmp_path) -> None:
+    np.save(tmp_path / "rec.npy", np.zeros(24000, np.float32))
+    run = _sort_py(f"recording={tmp_path / 'rec.npy'}", f"out={tmp_path / 'o'}", "features=pca", "plots=false")
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    line = _error_line(run)
+    assert "recording_options.sampling_frequency=" in line and str(tmp_path / "rec.npy") in line
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("keep")
+    run = _sort_py(
+        f"recording={tmp_path / 'rec.npy'}", "recording_options.sampling_frequency=24000", f"out={blocker / 'o'}",
+        "features=pca", "plots=false",
+    )  # fmt: skip
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert str(blocker) in _error_line(run) and "out=" in _error_line(run)
+    assert blocker.read_text() == "keep"
+
+
+def _error_line(run: subprocess.CompletedProcess) -> str:
+    """The one line that names the problem (a hint to rerun with debug=true may follow)."""
+    lines = [line for line in run.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1, run.stderr
+    return lines[0]
 
 
 def test_config_validation(tmp_path) -> None:
