@@ -1,4 +1,4 @@
-"""Benchmark: the two fine-tuning paths with the one shared recipe (conf/finetune/default.yaml), side by side.
+"""Benchmark: the two fine-tuning paths with the one shared recipe (conf/finetuning/default.yaml), side by side.
 
     python bench/finetune_paths.py                 # 4 generated GT recordings (seeds 100-103), ~10 min on 2 cores
     python bench/finetune_paths.py --cases 6 --seed-base 900

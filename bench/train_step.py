@@ -1,202 +1,181 @@
-"""Training throughput: the framework's input path vs a notebook-style baseline, same model, same run.
+"""Training throughput of the real stack: corpus shards -> stream -> ``SpikeAutoencoder.training_step`` in Lightning.
 
-Framework: ``deepspike.stream.make_loader`` over corpus shards -> on-device batched pretext (shuffle) ->
-``normalize`` -> AdamW step of the published MLP VAE (20-2048-1024-512-512-8).
-Baseline (as in the published notebook): a map-style ``Dataset`` whose ``__getitem__`` applies the shuffle pretext
-to one spike with numpy, a plain ``DataLoader(shuffle=True)`` collating 4096 items, then the same step.
+What is measured: a short ``Trainer.fit`` of the published-size MLP VAE (20-2048-1024-512-512-8, shuffle pretext)
+over a corpus built here with deepspike's shard and manifest writers (``deepspike.shards.write_shard``,
+``deepspike.corpus.write_manifest``) from random spike-like windows. The corpus (default 1,048,576 spikes in 32
+shards) is 16x the stream's 65,536-row shuffle pool, and the run never reaches the end of an epoch, so every
+measured step is fed by shard reads and pool refills, as in a long pretraining run. The warm-up steps (the
+batches of the first pool fill) are left out; the measured steps should be whole refill cycles (the pool emits half
+its rows, ``pool / 2 / batch`` batches, then reads as many rows again: 8 steps at the defaults).
 
-Writes ``bench/results/train_step.json`` (``samples_per_s``, ``baseline_samples_per_s``, ``speedup``,
-``input_overhead_fraction`` = (batch fetch + augmentation) / step time for the framework) and prints a table.
+Figures (per measured step, from a callback and a profiler that records Lightning's fetch spans):
+``samples_per_s`` = batch / wall time between consecutive batch starts; ``input_wait_fraction`` = time in the
+training loop's ``next(dataloader)`` (shard reads, pool, batch assembly, transfer) / wall time;
+``outside_step_fraction`` = all time between the end of one step and the start of the next (input wait plus
+Lightning's own bookkeeping) / wall time. Writes ``bench/results/train_step.json``.
 
-    python bench/train_step.py [--batch 4096] [--steps 6] [--warmup 2] [--device cpu|cuda]
+    python bench/train_step.py [--spikes 1048576] [--shards 32] [--batch 4096] [--warmup 8] [--steps 32]
+                               [--workers 0] [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import functools
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.profilers import Profiler
 
-from deepspike.models import MLPNet, count_parameters
-from deepspike.module import loss_terms
-from deepspike.pretext import Pretext
-from deepspike.shards import Block, write_shard
-from deepspike.spec import WindowSpec, normalize
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_results
 
-RESULTS = Path(__file__).resolve().parent / "results" / "train_step.json"
+FETCH = "[_TrainingEpochLoop].train_dataloader_next"  # profiler action around next(train dataloader)
 
 
-def make_corpus(root: Path, n_spikes: int, n_shards: int = 8, block: int = 4096) -> tuple[Path, np.ndarray]:
-    """Random spike-like windows in shards + manifest; also returns all waves for the in-memory baseline."""
-    rng = np.random.default_rng(0)
+def build_corpus(root: Path, n_spikes: int, n_shards: int, block: int = 4096, seed: int = 0) -> Path:
+    """``n_shards`` shards (one recording each) of spike-like random windows, plus the manifest."""
+    from deepspike.corpus import CorpusConfig, write_manifest
+    from deepspike.shards import Block, write_shard
+
+    rng = np.random.default_rng(seed)
     t = np.arange(20) - 8
-    amp = rng.uniform(-30, -6, (n_spikes, 1))
-    waves = (amp * np.exp(-(t**2) / 4.0) + rng.standard_normal((n_spikes, 20))).astype(np.float16)
     (root / "shards").mkdir(parents=True)
-    shards = []
+    records = []
     for i, part in enumerate(np.array_split(np.arange(n_spikes), n_shards)):
-        w = waves[part]
-        blocks = [
-            Block(w[j : j + block], part[j : j + block].astype(np.int64), np.zeros(len(w[j : j + block]), np.int16),
-                  np.full(len(w[j : j + block]), -1, np.int64), {"recording": f"r{i}"})
-            for j in range(0, len(w), block)
-        ]  # fmt: skip
-        info = write_shard(root / "shards" / f"r{i}.tar", blocks, f"r{i}")
-        shards.append({"path": f"shards/r{i}.tar", "recording": f"r{i}", "split": "train", **info})
-    manifest = {
-        "format": "deepspike-corpus", "format_version": 1, "num_spikes": n_spikes,
-        "window": WindowSpec().to_dict(), "shards": shards,
-        "recordings": [{"id": s["recording"], "num_spikes": s["num_spikes"], "split": "train"} for s in shards],
-        "splits": {"train": {"num_spikes": n_spikes, "num_shards": n_shards}},
-    }  # fmt: skip
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    return root, waves.astype(np.float32)
+        rec = f"bench-{i:03d}"
+
+        def blocks(part: np.ndarray = part, rec: str = rec) -> Any:
+            for a in range(0, len(part), block):
+                n = min(block, len(part) - a)
+                amp, width = rng.uniform(-30, -5, (n, 1)), rng.uniform(1.0, 3.0, (n, 1))
+                w = amp * np.exp(-(t**2) / (2 * width**2)) + rng.standard_normal((n, 20))
+                yield Block(w.astype(np.float16), part[a : a + n].astype(np.int64) * 30, np.zeros(n, np.int16),
+                            np.full(n, -1, np.int64), {"recording": rec})  # fmt: skip
+
+        rel = f"shards/{rec}-0000.tar"
+        info = write_shard(root / rel, blocks(), key_prefix=rec)
+        records.append({"id": rec, "num_spikes": len(part), "has_labels": False, "row_order": "shuffled",
+                        "shards": [{"path": rel, "recording": rec, **info}]})  # fmt: skip
+    cfg = CorpusConfig(recordings=[], out=str(root), val_fraction=0.0, block_size=block, seed=seed)
+    write_manifest(root, records, cfg)  # rows are i.i.d. draws, so "shuffled" row order is truthful
+    return root
 
 
-class NotebookDataset(torch.utils.data.Dataset):
-    """Per-item pretext with numpy, like the published notebook: one Python call and one permutation per spike."""
+class StepTimer(pl.Callback):
+    """Wall time of each step (batch start to next batch start) and the gap outside the step."""
 
-    def __init__(self, waves: np.ndarray, spec: WindowSpec, frac: float = 0.3) -> None:
-        self.waves, self.spec, self.k = waves, spec, max(2, round(frac * waves.shape[1]))
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+        self.gaps: list[float] = []
+        self._end: float | None = None
 
-    def __len__(self) -> int:
-        return len(self.waves)
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._end is not None:
+            self.gaps.append(now - self._end)
+        self.starts.append(now)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        clean = self.waves[i]
-        x = clean.copy()
-        pos = np.random.choice(len(x), self.k, replace=False)
-        x[pos] = x[np.random.permutation(pos)]
-        return torch.from_numpy(normalize(x, self.spec)), torch.from_numpy(normalize(clean, self.spec))
-
-
-def step(net: torch.nn.Module, opt: torch.optim.Optimizer, inp: torch.Tensor, target: torch.Tensor) -> float:
-    x_hat, mu, logvar = net(inp)
-    rec, kl = loss_terms(x_hat, target, mu, logvar)
-    loss = rec + kl
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-    opt.step()
-    return float(loss.detach())
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()
+        self._end = time.perf_counter()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+class FetchSpans(Profiler):
+    """A profiler that keeps only the (start, end) times of each ``next(train dataloader)`` in the loop."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.spans: list[tuple[float, float]] = []
+        self._t: float | None = None
 
-class Runner:
-    """One measured training loop; ``next_batch`` returns ``(input, target)`` on the device."""
+    def start(self, action_name: str) -> None:
+        if action_name == FETCH:
+            self._t = time.perf_counter()
 
-    def __init__(self, next_batch, hidden: int, device: torch.device) -> None:
-        torch.manual_seed(0)
-        self.next_batch, self.device = next_batch, device
-        self.net = MLPNet(hidden=hidden).to(device)
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=1e-3)
-        self.t_in = self.t_total = 0.0
-        self.n = self.steps = 0
+    def stop(self, action_name: str) -> None:
+        if action_name == FETCH and self._t is not None:
+            self.spans.append((self._t, time.perf_counter()))
+            self._t = None
 
-    def run_step(self, measure: bool) -> None:
-        t0 = time.perf_counter()
-        inp, target = self.next_batch()
-        _sync(self.device)
-        t1 = time.perf_counter()
-        step(self.net, self.opt, inp, target)
-        _sync(self.device)
-        t2 = time.perf_counter()
-        if measure:
-            self.t_in, self.t_total = self.t_in + (t1 - t0), self.t_total + (t2 - t0)
-            self.n, self.steps = self.n + inp.shape[0], self.steps + 1
-
-    def figures(self) -> dict[str, float]:
-        return {"samples_per_s": self.n / self.t_total, "input_s_per_step": self.t_in / self.steps,
-                "step_s": self.t_total / self.steps}  # fmt: skip
-
-
-def framework_batches(corpus: Path, batch: int, device: torch.device):
-    """Stream -> device -> batched seeded pretext -> normalize (what SpikeAutoencoder.training_step does)."""
-    from deepspike.stream import make_loader
-
-    spec, pretext = WindowSpec(), Pretext(["shuffle"], seed=0)
-    loader = make_loader(str(corpus), split="train", batch_size=batch, shuffle=True, drop_last=True, seed=0)
-    it = iter(loader)
-
-    def nxt() -> tuple[torch.Tensor, torch.Tensor]:
-        nonlocal it
-        try:
-            b = next(it)
-        except StopIteration:
-            it = iter(loader)
-            b = next(it)
-        wave = b["wave"].to(device, non_blocking=True)
-        return normalize(pretext(wave), spec), normalize(wave, spec)
-
-    return nxt
-
-
-def baseline_batches(waves: np.ndarray, batch: int, device: torch.device):
-    """Per-item numpy pretext in Dataset.__getitem__ + plain DataLoader collate (the notebook's way)."""
-    loader = torch.utils.data.DataLoader(NotebookDataset(waves, WindowSpec()), batch_size=batch, shuffle=True)
-    it = iter(loader)
-
-    def nxt() -> tuple[torch.Tensor, torch.Tensor]:
-        nonlocal it
-        try:
-            inp, target = next(it)
-        except StopIteration:
-            it = iter(loader)
-            inp, target = next(it)
-        return inp.to(device), target.to(device)
-
-    return nxt
+    def summary(self) -> str:
+        return ""
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spikes", type=int, default=1 << 20, help="corpus size (keep it >> --pool)")
+    ap.add_argument("--shards", type=int, default=32)
     ap.add_argument("--batch", type=int, default=4096)
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--pool", type=int, default=65536, help="stream shuffle pool rows (data.shuffle_buffer)")
+    ap.add_argument("--warmup", type=int, default=8, help="steps left out (the first pool fill and its batches)")
+    ap.add_argument("--steps", type=int, default=32, help="measured steps")
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers (data.num_workers)")
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
-    device = torch.device(args.device)
-    n_spikes = args.batch * (args.steps + args.warmup + 2)
+    if args.spikes < 8 * args.pool:
+        ap.error(f"--spikes {args.spikes} must be >= 8 x --pool {args.pool}: a corpus the pool holds measures memory")
+    if args.spikes < (args.warmup + args.steps) * args.batch + args.pool:
+        ap.error("the run would reach the end of the epoch: raise --spikes or lower --steps/--warmup")
+
+    from deepspike.models import MLPNet, count_parameters
+    from deepspike.module import SpikeAutoencoder, SpikeDataModule
+    from deepspike.pretext import Pretext
+    from deepspike.spec import WindowSpec
+
     with tempfile.TemporaryDirectory() as tmp:
-        corpus, waves = make_corpus(Path(tmp) / "corpus", n_spikes)
-        fw_run = Runner(framework_batches(corpus, args.batch, device), args.hidden, device)
-        bl_run = Runner(baseline_batches(waves, args.batch, device), args.hidden, device)
-        for i in range(args.warmup + args.steps):  # alternate, so load from other processes hits both alike
-            fw_run.run_step(measure=i >= args.warmup)
-            bl_run.run_step(measure=i >= args.warmup)
-        out = {"framework": fw_run.figures(), "baseline": bl_run.figures()}
-    fw, bl = out["framework"], out["baseline"]
-    res = {
-        "samples_per_s": round(fw["samples_per_s"], 1),
-        "baseline_samples_per_s": round(bl["samples_per_s"], 1),
-        "speedup": round(fw["samples_per_s"] / bl["samples_per_s"], 3),
-        "input_overhead_fraction": round(fw["input_s_per_step"] / fw["step_s"], 4),
-        "baseline_input_overhead_fraction": round(bl["input_s_per_step"] / bl["step_s"], 4),
-        "step_s": round(fw["step_s"], 4),
-        "baseline_step_s": round(bl["step_s"], 4),
+        t0 = time.perf_counter()
+        corpus = build_corpus(Path(tmp) / "corpus", args.spikes, args.shards)
+        build_s = time.perf_counter() - t0
+        pl.seed_everything(0, workers=True)
+        model = SpikeAutoencoder(
+            MLPNet(hidden=args.hidden), functools.partial(torch.optim.AdamW, lr=1e-3), pretext=Pretext(["shuffle"]),
+            window=WindowSpec().to_dict(), warmup_steps=10, cluster_metric=False,
+        )  # fmt: skip
+        data = SpikeDataModule(str(corpus), batch_size=args.batch, num_workers=args.workers, shuffle_buffer=args.pool)
+        timer, profiler = StepTimer(), FetchSpans()
+        gpu = args.device == "cuda"
+        trainer = pl.Trainer(
+            accelerator="gpu" if gpu else "cpu", devices=1, precision="bf16-mixed" if gpu else "32-true",
+            max_steps=args.warmup + args.steps + 1, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+            gradient_clip_val=1.0, callbacks=[timer], profiler=profiler,
+        )  # fmt: skip
+        trainer.fit(model, datamodule=data)
+    first, last = args.warmup, args.warmup + args.steps  # step k runs from starts[k] to starts[k + 1]
+    a, b = timer.starts[first], timer.starts[last]
+    wall = b - a
+    waits = sum(e - s for s, e in profiler.spans if a <= s < b)  # Lightning fetches one batch ahead: count by time
+    gaps = sum(timer.gaps[first:last])  # gaps[k] lies between the end of step k and the start of step k + 1
+    figures = {
+        "samples_per_s": round(args.steps * args.batch / wall, 1),
+        "input_wait_fraction": round(waits / wall, 4),
+        "outside_step_fraction": round(gaps / wall, 4),
+        "step_s": round(wall / args.steps, 4),
+        "input_wait_s_per_step": round(waits / args.steps, 4),
         "batch_size": args.batch,
-        "num_parameters": count_parameters(MLPNet(hidden=args.hidden)),
-        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "torch_threads": torch.get_num_threads(),
         "steps_measured": args.steps,
+        "warmup_steps": args.warmup,
+        "corpus_spikes": args.spikes,
+        "corpus_shards": args.shards,
+        "shuffle_pool_rows": args.pool,
+        "rows_read_when_measured": (last + 1) * args.batch + args.pool,
+        "num_workers": args.workers,
+        "num_parameters": count_parameters(MLPNet(hidden=args.hidden)),
+        "device": args.device if not gpu else torch.cuda.get_device_name(0),
+        "precision": "bf16-mixed" if gpu else "32-true",
+        "torch_threads": torch.get_num_threads(),
+        "corpus_build_s": round(build_s, 2),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(res, indent=2) + "\n")
-    width = max(len(k) for k in res)
-    print(f"{'figure':<{width}}  value")
-    for k, v in res.items():
-        print(f"{k:<{width}}  {v}")
-    print(f"-> {RESULTS}")
+    write_results("train_step", figures)
 
 
 if __name__ == "__main__":

@@ -36,11 +36,12 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 
+from deepspike.defaults import conf_field
 from deepspike.errors import DeepSpikeError
 
 log = logging.getLogger(__name__)
@@ -49,32 +50,36 @@ METHODS = ("gmm", "dpgmm", "hdbscan", "kmeans")
 NOISE = -1
 
 
+COMMON = "cluster/common.yaml"  # options of every method; a method's own are in cluster/<method>.yaml
+
+
 @dataclass
 class ClusterParams:
-    """Clustering options; the user-facing declaration with comments is ``conf/cluster/*.yaml``."""
+    """Clustering options. Their defaults, meanings and ranges are declared once, in ``conf/cluster/*.yaml``
+    (shared options in ``common.yaml``, a method's own in its file); the fields read them from there."""
 
-    method: str = "gmm"
-    max_units: int = 10
-    max_fit_spikes: int = 30000
-    min_spikes: int = 15
-    min_snr: float = 3.0
-    max_residual: float = 6.0
-    outlier_quantile: float = 0.9999
-    broad_factor: float = 25.0
-    merge_similarity: float = 0.95
-    merge_amplitude_ratio: float = 1.25
-    merge_max_dprime: float = 3.0  # 3.0 vs templates alone: mean accuracy 0.60 -> 0.84 on 8 generated recordings
-    merge_valley: float = 0.6
-    covariance_type: str = "full"
-    n_init: int = 1
-    dpgmm_concentration: float = 0.01
-    hdbscan_min_cluster_size: int = 30
-    hdbscan_min_samples: int | None = None
-    kmeans_criterion: str = "silhouette"
-    kmeans_min_silhouette: float = 0.25
-    iterative: bool = False
-    iterative_thresholds: list[float] = field(default_factory=lambda: [12.0, 9.0, 7.0])
-    seed: int = 0
+    method: str = conf_field(COMMON, "method")
+    max_units: int = conf_field(COMMON, "max_units")
+    max_fit_spikes: int = conf_field(COMMON, "max_fit_spikes")
+    min_spikes: int = conf_field(COMMON, "min_spikes")
+    min_snr: float = conf_field(COMMON, "min_snr")
+    max_residual: float = conf_field(COMMON, "max_residual")
+    outlier_quantile: float = conf_field(COMMON, "outlier_quantile")
+    broad_factor: float = conf_field(COMMON, "broad_factor")
+    merge_similarity: float = conf_field(COMMON, "merge_similarity")
+    merge_amplitude_ratio: float = conf_field(COMMON, "merge_amplitude_ratio")
+    merge_max_dprime: float = conf_field(COMMON, "merge_max_dprime")
+    merge_valley: float = conf_field(COMMON, "merge_valley")
+    covariance_type: str = conf_field(COMMON, "covariance_type")
+    n_init: int = conf_field(COMMON, "n_init")
+    dpgmm_concentration: float = conf_field("cluster/dpgmm.yaml", "dpgmm_concentration")
+    hdbscan_min_cluster_size: int = conf_field("cluster/hdbscan.yaml", "hdbscan_min_cluster_size")
+    hdbscan_min_samples: int | None = conf_field("cluster/hdbscan.yaml", "hdbscan_min_samples")
+    kmeans_criterion: str = conf_field("cluster/kmeans.yaml", "kmeans_criterion")
+    kmeans_min_silhouette: float = conf_field("cluster/kmeans.yaml", "kmeans_min_silhouette")
+    iterative: bool = conf_field(COMMON, "iterative")
+    iterative_thresholds: list[float] = conf_field(COMMON, "iterative_thresholds")
+    seed: int = conf_field("sort.yaml", "seed")  # the run's seed (top-level `seed`), not a cluster.* key
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> DeepSpikeError:
@@ -507,17 +512,23 @@ def _drop_incoherent(labels: np.ndarray, waves: np.ndarray, max_residual: float)
 def merge_similar_units(
     labels: np.ndarray,
     waves: np.ndarray,
-    similarity: float = 0.95,
-    amplitude_ratio: float = 1.25,
+    similarity: float | None = None,
+    amplitude_ratio: float | None = None,
     features: np.ndarray | None = None,
-    max_dprime: float = float("inf"),
+    max_dprime: float | None = None,
 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """Merge unit pairs whose templates have cosine >= ``similarity`` and peak-to-peak ratio <= ``amplitude_ratio``
     and, given ``features``, whose clusters overlap there (d' along the line between their means < ``max_dprime``):
     similar templates alone also merge distinct units of near-equal size, which the embedding still separates.
+    None takes the ``ClusterParams`` default (``cluster.merge_similarity``, ``merge_amplitude_ratio``,
+    ``merge_max_dprime``).
 
     Greedy, most similar pair first, templates recomputed after each merge; returns (labels, merged pairs).
     """
+    d = ClusterParams()
+    similarity = d.merge_similarity if similarity is None else similarity
+    amplitude_ratio = d.merge_amplitude_ratio if amplitude_ratio is None else amplitude_ratio
+    max_dprime = d.merge_max_dprime if max_dprime is None else max_dprime
     labels = labels.copy()
     merged: list[tuple[int, int]] = []
     if similarity >= 1.0:
@@ -540,10 +551,14 @@ def merge_similar_units(
 
 
 def merge_unimodal_units(
-    labels: np.ndarray, features: np.ndarray, max_ratio: float = 0.6, seed: int = 0
+    labels: np.ndarray, features: np.ndarray, max_ratio: float | None = None, seed: int | None = None
 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """Merge unit pairs with no density dip between them (``valley_ratio`` above ``max_ratio``), the flattest
-    pair first, ratios recomputed after each merge; returns (labels, merged pairs). ``max_ratio >= 1``: never."""
+    pair first, ratios recomputed after each merge; returns (labels, merged pairs). ``max_ratio >= 1``: never.
+    None takes the ``ClusterParams`` default (``cluster.merge_valley``, ``seed``)."""
+    d = ClusterParams()
+    max_ratio = d.merge_valley if max_ratio is None else max_ratio
+    seed = d.seed if seed is None else seed
     labels = labels.copy()
     merged: list[tuple[int, int]] = []
     if max_ratio >= 1.0:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import closing, contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ import numpy as np
 from filelock import FileLock
 
 from deepspike import __version__
+from deepspike.defaults import conf_field
 from deepspike.errors import DeepSpikeError, OutputExistsError, cli_errors
 from deepspike.objective import manifest_sha256
 from deepspike.paths import CONF_DIR
@@ -45,32 +46,35 @@ DONE_DIR = ".done"
 SHARD_DIR = "shards"
 
 
+CORPUS_CONF = "corpus.yaml"
+
+
 class SettingsMismatchError(DeepSpikeError):
     """A resumed build asks for other extraction / window / block settings than its finished recordings used."""
 
 
 @dataclass
 class CorpusConfig:
-    """Validated corpus-build options; defaults and documentation live in ``conf/corpus.yaml``."""
+    """Validated corpus-build options; defaults and documentation live in ``conf/corpus.yaml`` (read from there)."""
 
-    recordings: list[str]
-    out: str
-    overwrite: bool = False
-    workers: int = 1
-    block_size: int = 4096
-    shard_spikes: int = 1_000_000
-    val_fraction: float = 0.1
-    seed: int = 0
-    gt_tolerance_ms: float = 0.4
-    part: int = 0
-    num_parts: int = 1
-    merge_only: bool = False
-    on_error: str = "raise"
-    progress: bool = True
-    recording_options: dict[str, Any] = field(default_factory=dict)
-    synthetic: dict[str, Any] = field(default_factory=dict)
-    window: dict[str, Any] = field(default_factory=dict)
-    extract: dict[str, Any] = field(default_factory=dict)
+    recordings: list[str] = conf_field(CORPUS_CONF, "recordings")
+    out: str = conf_field(CORPUS_CONF, "out")
+    overwrite: bool = conf_field(CORPUS_CONF, "overwrite")
+    workers: int = conf_field(CORPUS_CONF, "workers")
+    block_size: int = conf_field(CORPUS_CONF, "block_size")
+    shard_spikes: int = conf_field(CORPUS_CONF, "shard_spikes")
+    val_fraction: float = conf_field(CORPUS_CONF, "val_fraction")
+    seed: int = conf_field(CORPUS_CONF, "seed")
+    gt_tolerance_ms: float = conf_field(CORPUS_CONF, "gt_tolerance_ms")
+    part: int = conf_field(CORPUS_CONF, "part")
+    num_parts: int = conf_field(CORPUS_CONF, "num_parts")
+    merge_only: bool = conf_field(CORPUS_CONF, "merge_only")
+    on_error: str = conf_field(CORPUS_CONF, "on_error")
+    progress: bool = conf_field(CORPUS_CONF, "progress")
+    recording_options: dict[str, Any] = conf_field(CORPUS_CONF, "recording_options")
+    synthetic: dict[str, Any] = conf_field(CORPUS_CONF, "synthetic")
+    window: dict[str, Any] = conf_field(CORPUS_CONF, "window")
+    extract: dict[str, Any] = conf_field("extract/default.yaml")  # the `extract` group (conf/extract/)
 
     def validate(self) -> None:
         checks = [

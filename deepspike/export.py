@@ -134,11 +134,78 @@ def _net_state(obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[
         if info is None:
             raise DeepSpikeError(f"{obj}: not a DeepSpike training checkpoint (no 'deepspike' entry)")
         sd = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        check_finite(sd, str(obj))
         return sd, dict(info["arch"]), dict(info["window"])
     net = getattr(obj, "net", obj)
     spec = getattr(obj, "spec", None)
     window = spec.to_dict() if isinstance(spec, WindowSpec) else WindowSpec().to_dict()
-    return {k: v.detach().cpu() for k, v in net.state_dict().items()}, dict(net.arch), window
+    sd = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    check_finite(sd, "the model being exported")
+    return sd, dict(net.arch), window
+
+
+def check_finite(sd: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse NaN/Inf weights where they are loaded, naming the file: later they only show up as NaN embeddings."""
+    bad = {k: v for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())}
+    if not bad:
+        return
+    kinds = sorted({"NaN" if bool(torch.isnan(v).any()) else "Inf" for v in bad.values()})
+    names = ", ".join(list(bad)[:3]) + (", ..." if len(bad) > 3 else "")
+    raise DeepSpikeError(
+        f"{where}: weights contain {'/'.join(kinds)} ({len(bad)} of {len(sd)} tensors: {names}), so training "
+        "diverged. Use an earlier checkpoint (RUN_DIR/checkpoints/step*.ckpt, re-export with `python train.py "
+        "train=false ckpt_path=...`) or retrain with a lower model.optimizer.lr=..."
+    )
+
+
+def _load_weights(net: nn.Module, sd: dict[str, torch.Tensor], path: Path, arch: dict[str, Any]) -> None:
+    """``load_state_dict(strict=True)`` with a message naming the file and the tensors that do not fit."""
+    want = net.state_dict()
+    problems = [f"{k}: missing" for k in want if k not in sd] + [
+        f"{k}: not in the architecture" for k in sd if k not in want
+    ]
+    problems += [
+        f"{k}: architecture needs {list(want[k].shape)}, file holds {list(sd[k].shape)}"
+        for k in want
+        if k in sd and want[k].shape != sd[k].shape
+    ]
+    if problems:
+        shown = "; ".join(problems[:4]) + (f"; ... ({len(problems)} in all)" if len(problems) > 4 else "")
+        raise DeepSpikeError(
+            f"{path}: the weights do not fit the architecture in the file's header ({shown}; header arch: "
+            f"{json.dumps(arch, sort_keys=True)}). The file was edited or damaged: re-export it from its "
+            "checkpoint (`python train.py train=false ckpt_path=RUN_DIR/checkpoints/last.ckpt`)"
+        )
+    net.load_state_dict(sd, strict=True)
+
+
+SIDECAR_KEYS = ("format", "format_version", "arch", "window")  # what an edited sidecar could wrongly seem to change
+
+
+def _check_sidecar(path: Path, header: dict[str, Any]) -> None:
+    """The ``.json`` beside an artifact must agree with the weights file's header, which is what gets used."""
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        return
+    try:
+        doc = json.loads(sidecar.read_text())
+    except (OSError, ValueError) as e:
+        raise DeepSpikeError(f"{sidecar}: unreadable sidecar of {path} ({e}); restore it or remove it") from e
+    diff = []
+    for key in SIDECAR_KEYS:
+        a, b = header.get(key), doc.get(key) if isinstance(doc, dict) else None
+        if isinstance(a, dict) and isinstance(b, dict):
+            diff += [
+                f"{key}.{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+            ]
+        elif a != b:
+            diff.append(f"{key}: {a!r} vs {b!r}")
+    if diff:
+        raise SpecMismatchError(
+            f"{sidecar} disagrees with the header of {path} ({'; '.join(diff)}; weights file vs sidecar). The "
+            "encoder is defined by the weights file, so editing the sidecar does not change it: restore the sidecar "
+            "(re-export) or undo the edit; for another window, fine-tune or train a model on windows cut that way."
+        )
 
 
 def export_encoder(
@@ -200,8 +267,11 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encode
     if not p.exists():
         raise DeepSpikeError(f"no encoder artifact at {path}; train one with `python train.py` (writes encoder.*)")
     header = read_header(p)
+    _check_sidecar(p, header)
     net = build_net(header["arch"])
-    net.load_state_dict(load_file(str(p), device="cpu"), strict=True)
+    sd = load_file(str(p), device="cpu")
+    check_finite(sd, str(p))
+    _load_weights(net, sd, p, header["arch"])
     net.to(device).eval()
     for q in net.parameters():
         q.requires_grad_(False)
@@ -236,7 +306,7 @@ def load_parent(path: str | os.PathLike) -> Encoder:
         return load_encoder(p)
     sd, arch, window = _net_state(str(p))
     net = build_net(arch)
-    net.load_state_dict(sd, strict=True)
+    _load_weights(net, sd, p, arch)
     net.eval()
     for q in net.parameters():
         q.requires_grad_(False)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field, fields
-from functools import cache
 from typing import Any
 
 import numpy as np
 
+from deepspike.defaults import conf_field, conf_value
 from deepspike.detect import PEAK_DTYPE, POLARITIES, as_peak_dtype, check_detect_params, event_index, plan_detection
 from deepspike.errors import DeepSpikeError, RecordingError
 from deepspike.paths import CONF_DIR
@@ -28,19 +28,8 @@ log = logging.getLogger(__name__)
 DEFAULTS_FILE = CONF_DIR / "extract" / "default.yaml"
 
 
-@cache
-def _defaults() -> dict[str, Any]:
-    """The declared defaults (``conf/extract/default.yaml``)."""
-    import yaml
-
-    if not DEFAULTS_FILE.is_file():
-        raise DeepSpikeError(f"extraction defaults not found at {DEFAULTS_FILE}; reinstall deepspike with its conf/")
-    with open(DEFAULTS_FILE) as fh:
-        return dict(yaml.safe_load(fh))
-
-
 def _default(name: str) -> Any:
-    return field(default=_defaults()[name])
+    return conf_field(DEFAULTS_FILE.relative_to(CONF_DIR).as_posix(), name)
 
 
 @dataclass
@@ -242,16 +231,18 @@ def extract_spikes(
     params: ExtractParams | None = None,
     spec: WindowSpec | None = None,
     gt: Any = None,
-    tolerance_ms: float = 0.4,
+    tolerance_ms: float | None = None,
     progress: bool = False,
 ) -> SpikeSet:
     """Detect the spikes of ``recording`` and cut them on the canonical window (see the module docstring).
 
     Multi-segment recordings are filtered per segment and then concatenated: ``sample_index`` counts from the
-    start of the first segment. ``gt`` (a SpikeInterface sorting) labels spikes; others get -1.
+    start of the first segment. ``gt`` (a SpikeInterface sorting) labels spikes within ``tolerance_ms`` (None:
+    ``gt_tolerance_ms`` of ``conf/corpus.yaml``); others get -1.
     """
     params = (params or ExtractParams()).validate()
     spec = spec or WindowSpec()
+    tolerance_ms = conf_value("corpus.yaml", "gt_tolerance_ms") if tolerance_ms is None else tolerance_ms
     if not (_is_number(tolerance_ms) and tolerance_ms >= 0):
         raise DeepSpikeError(f"tolerance_ms must be >= 0 ms (e.g. 0.4), got {tolerance_ms!r}")
     fs = check_recording(recording, spec)

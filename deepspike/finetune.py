@@ -10,7 +10,7 @@ Two paths share this module:
   continues training the parent's net; ``CollapseGuard`` watches the embedding on the validation split.
 
 Both run the same training step (``objective.autoencoder_loss``) with the same defaults
-(``conf/finetune/default.yaml``). The pieces live with their stage: parents and derived encoders in ``export``,
+(``conf/finetuning/default.yaml``). The pieces live with their stage: parents and derived encoders in ``export``,
 freezing in ``models``, the guard's score in ``evaluate.CollapseMetric``, the lab corpus in ``corpus``. This module
 holds only the in-memory loop of the sort path.
 
@@ -55,12 +55,12 @@ log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------- in-memory fine-tuning
-CONF = "finetune/default.yaml"  # the one declaration of the fine-tuning recipe, shared with experiment=finetune
+CONF = "finetuning/default.yaml"  # the one declaration of the fine-tuning recipe, shared with experiment=finetune
 
 
 @dataclass
 class FinetuneParams:
-    """Options of ``finetune_on_windows``; declared once, with comments, in ``conf/finetune/default.yaml``."""
+    """Options of ``finetune_on_windows``; declared once, with comments, in ``conf/finetuning/default.yaml``."""
 
     steps: int = conf_field(CONF, "steps")
     lr: float = conf_field(CONF, "lr")
@@ -99,7 +99,7 @@ class FinetuneParams:
             if not ok:
                 raise DeepSpikeError(
                     f"finetune option: {msg} (finetune_options.* for sort.py, finetune.* for train.py; "
-                    "declared in conf/finetune/default.yaml)"
+                    "declared in conf/finetuning/default.yaml)"
                 )
 
     @classmethod

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import inspect
 import logging
+import warnings
 from typing import Any
 
 import numpy as np
 
+from deepspike.defaults import conf_value
 from deepspike.errors import DeepSpikeError, RecordingError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FREQ_MIN = 300.0
-DEFAULT_FREQ_MAX = 5000.0
-NYQUIST_CLIP = 0.95  # the default freq_max is clipped to this fraction of Nyquist on low-rate recordings
+EXTRACT_CONF = "extract/default.yaml"  # declares freq_min, freq_max and filtered (ExtractParams reads it too)
+NYQUIST_CLIP = 0.95  # a freq_max at or above Nyquist is clipped to this fraction of it (Butterworth needs < Nyquist)
 
 
 def sampling_frequency_of(recording: Any) -> float:
@@ -55,41 +56,47 @@ def recording_name(recording: Any) -> str:
 
 
 def _check_band(freq_min: float, freq_max: float, fs: float) -> float:
-    """Validate the pass band for rate ``fs``; return the (possibly clipped) freq_max."""
+    """Validate the pass band for rate ``fs``; return freq_max, clipped (with a warning) below Nyquist."""
     nyquist = fs / 2.0
-    if not (np.isfinite(freq_min) and freq_min > 0):
-        raise DeepSpikeError(f"freq_min must be a positive number of Hz, got {freq_min!r} (the default is 300.0)")
-    if not np.isfinite(freq_max) or freq_max <= 0:
-        raise DeepSpikeError(f"freq_max must be a positive number of Hz, got {freq_max!r} (the default is 5000.0)")
-    if freq_max >= nyquist:
-        if freq_max != DEFAULT_FREQ_MAX:
+    for key, value in (("freq_min", freq_min), ("freq_max", freq_max)):
+        if not (np.isfinite(value) and value > 0):
             raise DeepSpikeError(
-                f"freq_max={freq_max} Hz is at or above the Nyquist frequency ({nyquist:g} Hz) of this {fs:g} Hz "
-                f"recording; set freq_max below {nyquist:g} (e.g. extract.freq_max={0.9 * nyquist:g})"
+                f"extract.{key} must be a positive number of Hz, got {value!r} "
+                f"(declared default: {conf_value(EXTRACT_CONF, key)})"
             )
+    if freq_max >= nyquist:
         clipped = NYQUIST_CLIP * nyquist
-        log.info("freq_max %.0f Hz >= Nyquist of a %g Hz recording: using %.1f Hz", freq_max, fs, clipped)
+        warnings.warn(
+            f"extract.freq_max={freq_max:g} Hz is at or above the Nyquist frequency ({nyquist:g} Hz) of this "
+            f"{fs:g} Hz recording: using {clipped:g} Hz (set extract.freq_max below {nyquist:g} to silence this)",
+            stacklevel=3,
+        )
         freq_max = clipped
     if freq_min >= freq_max:
         raise DeepSpikeError(
-            f"freq_min={freq_min} Hz must be below freq_max={freq_max:g} Hz; lower freq_min or raise freq_max"
+            f"extract.freq_min={freq_min:g} Hz must be below extract.freq_max={freq_max:g} Hz (after clipping to "
+            f"{NYQUIST_CLIP:g} x Nyquist on a {fs:g} Hz recording); lower extract.freq_min"
         )
     return float(freq_max)
 
 
 def bandpass(
     recording: Any,
-    freq_min: float = DEFAULT_FREQ_MIN,
-    freq_max: float = DEFAULT_FREQ_MAX,
-    filtered: bool = False,
+    freq_min: float | None = None,
+    freq_max: float | None = None,
+    filtered: bool | None = None,
 ) -> Any:
     """Lazy float32 band-pass (zero-phase Butterworth, SpikeInterface) of ``recording``.
 
-    ``filtered=True`` marks data that is already band-passed (it is only cast to float32). The default
-    ``freq_max`` is clipped to 0.95 x Nyquist on low-rate recordings; an explicit one above Nyquist is an error.
+    None takes the default declared in ``conf/extract/default.yaml``. ``filtered=True`` marks data that is already
+    band-passed (it is only cast to float32). A ``freq_max`` at or above Nyquist is clipped to 0.95 x Nyquist with
+    a warning, so one configuration serves recordings of every rate.
     """
     import spikeinterface.preprocessing as spre
 
+    freq_min = conf_value(EXTRACT_CONF, "freq_min") if freq_min is None else freq_min
+    freq_max = conf_value(EXTRACT_CONF, "freq_max") if freq_max is None else freq_max
+    filtered = conf_value(EXTRACT_CONF, "filtered") if filtered is None else filtered
     fs = sampling_frequency_of(recording)
     if filtered:
         if np.dtype(recording.get_dtype()) == np.float32:

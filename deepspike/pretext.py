@@ -27,16 +27,11 @@ from typing import Any
 
 import torch
 
-DEFAULTS: dict[str, dict[str, float]] = {
-    "shuffle": {"p": 1.0, "frac": 0.3},
-    "mask": {"p": 0.5, "frac": 0.2},
-    "jigsaw": {"p": 0.5, "pieces": 4},
-    "flip": {"p": 0.5},
-    "roll": {"p": 0.5, "max_shift": 3},
-    "noise": {"p": 1.0, "sigma": 0.5},
-    "amplitude": {"p": 1.0, "sigma": 0.1},
-    "time_shift": {"p": 1.0, "max_shift": 0.5},
-}
+from deepspike.defaults import conf_value
+from deepspike.errors import DeepSpikeError
+
+PRETEXT_CONF = "model/vae_mlp.yaml"  # every model config starts from this one; its `pretext` node declares the defaults
+DEFAULTS: dict[str, dict[str, float]] = conf_value(PRETEXT_CONF, "pretext.params")  # per task: its keyword arguments
 
 
 def _rows(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
@@ -44,7 +39,7 @@ def _rows(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
     return (torch.rand(x.shape[0], 1, device=x.device, generator=g) < p) if p < 1 else torch.ones_like(x[:, :1]).bool()
 
 
-def shuffle(x: torch.Tensor, g: torch.Generator, p: float = 1.0, frac: float = 0.3) -> torch.Tensor:
+def shuffle(x: torch.Tensor, g: torch.Generator, *, p: float, frac: float) -> torch.Tensor:
     b, n = x.shape
     k = max(2, round(frac * n)) if frac > 0 else 0
     if k == 0:
@@ -55,12 +50,12 @@ def shuffle(x: torch.Tensor, g: torch.Generator, p: float = 1.0, frac: float = 0
     return torch.where(_rows(x, p, g), out, x)
 
 
-def mask(x: torch.Tensor, g: torch.Generator, p: float = 0.5, frac: float = 0.2) -> torch.Tensor:
+def mask(x: torch.Tensor, g: torch.Generator, *, p: float, frac: float) -> torch.Tensor:
     drop = torch.rand(x.shape, device=x.device, generator=g) < frac
     return torch.where(_rows(x, p, g) & drop, torch.zeros_like(x), x)
 
 
-def jigsaw(x: torch.Tensor, g: torch.Generator, p: float = 0.5, pieces: int = 4) -> torch.Tensor:
+def jigsaw(x: torch.Tensor, g: torch.Generator, *, p: float, pieces: int) -> torch.Tensor:
     b, n = x.shape
     pieces = int(min(max(pieces, 1), n))
     piece_of = torch.arange(n, device=x.device) * pieces // n  # contiguous pieces, sizes differ by <= 1
@@ -70,28 +65,28 @@ def jigsaw(x: torch.Tensor, g: torch.Generator, p: float = 0.5, pieces: int = 4)
     return torch.where(_rows(x, p, g), out, x)
 
 
-def flip(x: torch.Tensor, g: torch.Generator, p: float = 0.5) -> torch.Tensor:
+def flip(x: torch.Tensor, g: torch.Generator, *, p: float) -> torch.Tensor:
     return torch.where(_rows(x, p, g), x.flip(1), x)
 
 
-def roll(x: torch.Tensor, g: torch.Generator, p: float = 0.5, max_shift: int = 3) -> torch.Tensor:
+def roll(x: torch.Tensor, g: torch.Generator, *, p: float, max_shift: int) -> torch.Tensor:
     b, n = x.shape
     s = torch.randint(-int(max_shift), int(max_shift) + 1, (b, 1), device=x.device, generator=g)
     idx = (torch.arange(n, device=x.device) - s) % n
     return torch.where(_rows(x, p, g), x.gather(1, idx), x)
 
 
-def noise(x: torch.Tensor, g: torch.Generator, p: float = 1.0, sigma: float = 0.5) -> torch.Tensor:
+def noise(x: torch.Tensor, g: torch.Generator, *, p: float, sigma: float) -> torch.Tensor:
     eps = torch.randn(x.shape, device=x.device, generator=g, dtype=x.dtype)
     return torch.where(_rows(x, p, g), x + sigma * eps, x)
 
 
-def amplitude(x: torch.Tensor, g: torch.Generator, p: float = 1.0, sigma: float = 0.1) -> torch.Tensor:
+def amplitude(x: torch.Tensor, g: torch.Generator, *, p: float, sigma: float) -> torch.Tensor:
     scale = (1 + sigma * torch.randn(x.shape[0], 1, device=x.device, generator=g, dtype=x.dtype)).clamp_min(0.1)
     return torch.where(_rows(x, p, g), x * scale, x)
 
 
-def time_shift(x: torch.Tensor, g: torch.Generator, p: float = 1.0, max_shift: float = 0.5) -> torch.Tensor:
+def time_shift(x: torch.Tensor, g: torch.Generator, *, p: float, max_shift: float) -> torch.Tensor:
     b, n = x.shape
     d = (torch.rand(b, 1, device=x.device, generator=g, dtype=x.dtype) * 2 - 1) * max_shift
     t = (torch.arange(n, device=x.device, dtype=x.dtype) - d).clamp(0, n - 1)
@@ -111,18 +106,33 @@ TRANSFORMS: dict[str, Callable[..., torch.Tensor]] = {
 class Pretext:
     """A seeded, ordered composition of batched transforms.
 
-    ``tasks`` names the transforms in application order (empty = plain autoencoder); ``params`` maps a name to
-    its keyword arguments, defaulting to ``DEFAULTS``. ``seed`` seeds a generator per device; the module adds
+    ``tasks`` names the transforms in application order (None: ``model.pretext.tasks`` of ``conf/model/vae_mlp
+    .yaml``; empty = plain autoencoder); ``params`` maps a name to its keyword arguments, missing ones taken from
+    ``DEFAULTS`` (that file's ``model.pretext.params``). ``seed`` seeds a generator per device; the module adds
     the global rank so ranks corrupt differently. The generator state is saved in checkpoints (exact resume).
     """
 
     def __init__(
-        self, tasks: Sequence[str] = ("shuffle",), params: Mapping[str, Mapping[str, Any]] | None = None, seed: int = 0
+        self,
+        tasks: Sequence[str] | None = None,
+        params: Mapping[str, Mapping[str, Any]] | None = None,
+        seed: int = 0,
     ) -> None:
+        tasks = conf_value(PRETEXT_CONF, "pretext.tasks") if tasks is None else tasks
         unknown = [t for t in tasks if t not in TRANSFORMS]
         if unknown:
-            raise ValueError(f"unknown pretext task(s) {unknown}; choose from {sorted(TRANSFORMS)}")
+            raise DeepSpikeError(
+                f"unknown pretext task(s) {unknown} in model.pretext.tasks; choose from {sorted(TRANSFORMS)}"
+            )
         params = {k: dict(v) for k, v in (params or {}).items() if v is not None}
+        for task, options in params.items():
+            bad = sorted(set(options) - set(DEFAULTS.get(task, {})))
+            if task not in TRANSFORMS or bad:
+                raise DeepSpikeError(
+                    f"model.pretext.params.{task}: unknown "
+                    + (f"option(s) {bad}; known: {sorted(DEFAULTS[task])}" if task in TRANSFORMS else "task")
+                    + f" (declared in conf/{PRETEXT_CONF})"
+                )
         self.tasks = list(tasks)
         self.params = {t: {**DEFAULTS[t], **params.get(t, {})} for t in self.tasks}
         self.seed = int(seed)

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from deepspike.cluster import NOISE, ClusterParams, cluster_spikes, secondary_peaks, templates
+from deepspike.defaults import conf_field
 from deepspike.errors import DeepSpikeError, OutputExistsError, RecordingError, SpecMismatchError, cli_errors
 from deepspike.paths import CHECKPOINT_DIR, CONF_DIR, DATA_DIR
 from deepspike.paths import REPO_ROOT as REPO
@@ -42,6 +43,7 @@ DEVICES = ("auto", "cpu", "cuda")
 SPIKE_COLUMNS = ["sample_index", "time_s", "unit", "channel", "amplitude"]
 UNIT_COLUMNS = ["unit", "spike_count", "rate_hz", "snr", "peak_channel"]
 RESULT_MARKER = ".deepspike-result"
+CONF = "sort.yaml"  # every option's default and comment; the dataclasses below read them from there
 FINETUNED_NAME = "encoder_finetuned.safetensors"  # the adapted encoder in `out` (+ .json sidecar), finetune=true
 
 
@@ -49,18 +51,18 @@ FINETUNED_NAME = "encoder_finetuned.safetensors"  # the adapted encoder in `out`
 class SortParams:
     """Pipeline options of ``sort()``; documented once, with comments, in ``conf/sort.yaml``."""
 
-    features: str = "encoder"
-    pca_components: int = 8
-    device: str = "auto"
-    batch_size: int = 16384
-    seed: int = 0
-    noise_unit: bool = False
-    echo_ms: float = 1.0
-    echo_ratio: float = 2.0
-    progress: bool = False
-    finetune: bool = False
-    finetune_options: dict[str, Any] = field(default_factory=dict)
-    extract: dict[str, Any] = field(default_factory=dict)
+    features: str = conf_field(CONF, "features")
+    pca_components: int = conf_field(CONF, "pca_components")
+    device: str = conf_field(CONF, "device")
+    batch_size: int = conf_field(CONF, "batch_size")
+    seed: int = conf_field(CONF, "seed")
+    noise_unit: bool = conf_field(CONF, "noise_unit")
+    echo_ms: float = conf_field(CONF, "echo_ms")
+    echo_ratio: float = conf_field(CONF, "echo_ratio")
+    progress: bool = conf_field(CONF, "progress")
+    finetune: bool = conf_field(CONF, "finetune")
+    finetune_options: dict[str, Any] = conf_field("finetuning/default.yaml")
+    extract: dict[str, Any] = conf_field("extract/default.yaml")
     cluster: ClusterParams = field(default_factory=ClusterParams)
 
     def __post_init__(self) -> None:
@@ -626,17 +628,17 @@ def _band(extract: dict[str, Any]) -> dict[str, Any]:
 class SortConfig:
     """Validated ``conf/sort.yaml`` (each key is documented there)."""
 
-    recording: str | None = None
-    checkpoint: str | None = None
-    out: str | None = None
-    gt: str | None = None
-    overwrite: bool = False
-    delta_time_ms: float = 0.4
-    export_phy: bool = False
-    plots: bool = True
-    quiet: bool = False
-    debug: bool = False
-    recording_options: dict[str, Any] = field(default_factory=dict)
+    recording: str | None = conf_field(CONF, "recording")
+    checkpoint: str | None = conf_field(CONF, "checkpoint")
+    out: str | None = conf_field(CONF, "out")
+    gt: str | None = conf_field(CONF, "gt")
+    overwrite: bool = conf_field(CONF, "overwrite")
+    delta_time_ms: float = conf_field(CONF, "delta_time_ms")
+    export_phy: bool = conf_field(CONF, "export_phy")
+    plots: bool = conf_field(CONF, "plots")
+    quiet: bool = conf_field(CONF, "quiet")
+    debug: bool = conf_field(CONF, "debug")
+    recording_options: dict[str, Any] = conf_field(CONF, "recording_options")
     params: SortParams = field(default_factory=SortParams)
 
     @classmethod

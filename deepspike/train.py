@@ -11,6 +11,8 @@ import csv
 import glob
 import json
 import os
+import pickle
+import signal
 import sys
 import time
 import warnings
@@ -21,14 +23,16 @@ import hydra
 import lightning.pytorch as pl
 import torch
 from hydra.experimental.callback import Callback as HydraCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from deepspike.errors import DeepSpikeError
+from deepspike.errors import DeepSpikeError, SpecMismatchError, cli_errors
 from deepspike.objective import git_commit, manifest_sha256
 from deepspike.paths import CONF_DIR
 from deepspike.spec import WindowSpec
 
 MODEL_ALIASES = ("hidden", "latent")  # model.hidden / model.latent: sweep shorthands interpolated into model.net
+INTERRUPTED_CKPT = "interrupted.ckpt"  # written into the checkpoint directory when SIGTERM stops training
 
 
 # ---- provenance -------------------------------------------------------------------------------------------
@@ -62,7 +66,10 @@ def build_model(cfg: DictConfig, window: WindowSpec) -> pl.LightningModule:
     freeze = mcfg.pop("freeze", None)
     in_dim = mcfg["net"].get("in_dim", window.length)
     if in_dim != window.length:
-        raise DeepSpikeError(f"model.net.in_dim={in_dim} but the corpus windows have {window.length} samples")
+        raise DeepSpikeError(
+            f"model.net.in_dim={in_dim} but the corpus windows have {window.length} samples; drop the override "
+            f"(in_dim follows the corpus) or set model.net.in_dim={window.length}"
+        )
     if init_from:  # fine-tuning: the architecture comes from the parent (artifact or Lightning checkpoint)
         from deepspike.export import load_parent
 
@@ -99,6 +106,116 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
     return [hydra.utils.instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
+def _check_batches(datamodule: Any, world_size: int) -> None:
+    """Refuse a train split that gives a rank no full batch (Lightning would skip training and exit 0)."""
+    n = datamodule.split_size("train")
+    slots = max(1, world_size) * max(1, int(getattr(datamodule, "num_workers", 0)))
+    per_slot = -(-n // slots)  # the stream gives every rank x worker slot the same share (+1 row at most)
+    if per_slot >= datamodule.batch_size:
+        return
+    raise DeepSpikeError(
+        f"corpus {datamodule.shards}: the train split has {n} spikes, less than one batch of data.batch_size="
+        f"{datamodule.batch_size} per rank and worker ({world_size} rank(s) x {max(1, datamodule.num_workers)} "
+        f"worker(s)), so there would be no training batch. Use a smaller batch (data.batch_size={max(1, per_slot)}"
+        f" or less), fewer data.num_workers / trainer.devices, or a corpus with more spikes."
+    )
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def _check_resume(ckpt_path: str, objs: dict[str, Any]) -> None:
+    """Refuse a ``ckpt_path`` Lightning would load unsafely, or whose weights do not fit this corpus and model."""
+    if _is_remote(ckpt_path):
+        raise DeepSpikeError(
+            f"ckpt_path={ckpt_path}: remote checkpoints are refused (Lightning loads them with weights_only=False, "
+            "and unpickling a file from elsewhere can run code). Download it yourself, check where it comes from, "
+            "then pass the local file: ckpt_path=PATH/TO/last.ckpt"
+        )
+    path = Path(ckpt_path.removeprefix("file://"))
+    if not path.is_file():
+        raise DeepSpikeError(
+            f"ckpt_path={ckpt_path}: no such checkpoint file; pass a .ckpt written by train.py "
+            "(e.g. ckpt_path=RUN_DIR/checkpoints/last.ckpt)"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DeepSpikeError(
+            f"ckpt_path={ckpt_path}: refused, it holds objects other than tensors and plain data, and loading them "
+            f"could run code ({first}). Resume only from checkpoints train.py wrote (RUN_DIR/checkpoints/*.ckpt)."
+        ) from e
+    except (RuntimeError, EOFError, ValueError) as e:
+        raise DeepSpikeError(f"ckpt_path={ckpt_path}: not a readable checkpoint ({e}); is the file complete?") from e
+    info = ckpt.get("deepspike") if isinstance(ckpt, dict) else None
+    if not isinstance(info, dict):
+        raise DeepSpikeError(
+            f"ckpt_path={ckpt_path}: not a DeepSpike training checkpoint (no 'deepspike' entry); resume from a "
+            ".ckpt written by train.py, or start from an exported encoder with model.init_from=ARTIFACT"
+        )
+    _check_resume_spec(ckpt_path, info, objs)
+
+
+def _check_resume_spec(ckpt_path: str, info: dict[str, Any], objs: dict[str, Any]) -> None:
+    """The checkpoint's window spec and architecture must be this run's (else old weights get a new label)."""
+    dm = objs["datamodule"]
+    ck, data = WindowSpec.from_dict(info.get("window", {})), objs["window"]
+    try:
+        ck.check_compatible(data, what="corpus")
+    except SpecMismatchError:
+        src = str(dm.shards)
+        manifest = src if src.endswith(".json") else f"{src.rstrip('/')}/manifest.json"
+        raise SpecMismatchError(
+            f"ckpt_path={ckpt_path} was trained on windows {ck.to_dict()}, but the corpus {manifest} has windows "
+            f"{data.to_dict()}: resuming would export the old weights labelled with the new spec. Resume on a "
+            "corpus cut with the checkpoint's spec (data.shards=...), rebuild the corpus with that spec, or train "
+            "afresh on this corpus (drop ckpt_path=)."
+        ) from None
+    arch, mine = dict(info.get("arch", {})), dict(objs["model"].net.arch)
+    diff = {k: (arch.get(k), mine.get(k)) for k in sorted(set(arch) | set(mine)) if arch.get(k) != mine.get(k)}
+    if diff:
+        detail = ", ".join(f"{k}: checkpoint {a!r} vs model.net {b!r}" for k, (a, b) in diff.items())
+        raise DeepSpikeError(
+            f"ckpt_path={ckpt_path} holds another architecture ({detail}); set the same model (e.g. "
+            f"model.net.{next(iter(diff))}=...) or drop ckpt_path= to train this one afresh"
+        )
+
+
+class SaveOnSigterm(pl.Callback):
+    """On SIGTERM (a scheduler's stop, ``kill``), save a resumable checkpoint before Lightning unwinds.
+
+    Lightning raises ``SIGTERMException`` (a ``SystemExit`` with status 0) after the step in progress, so the
+    loops are at a step boundary: resuming from the file continues exactly like from ``last.ckpt``.
+    """
+
+    def __init__(self, dirpath: Path) -> None:
+        self.dirpath = Path(dirpath)
+        self.saved: Path | None = None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: Any, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            self.saved = self.dirpath / INTERRUPTED_CKPT
+            trainer.save_checkpoint(self.saved)  # every rank calls it (collective); rank 0 writes
+
+
+class TrainingInterrupted(SystemExit):
+    """SIGTERM stopped training: a checkpoint was saved, nothing exported; exit status 128 + SIGTERM."""
+
+
+def _interrupted(trainer: pl.Trainer, callbacks: list[Any]) -> TrainingInterrupted:
+    saved = next((c.saved for c in callbacks if isinstance(c, SaveOnSigterm) and c.saved), None)
+    if trainer.is_global_zero:
+        where = (
+            f"checkpoint saved: {saved}; resume with `python train.py ckpt_path={saved}` (and the same overrides)"
+            if saved and saved.exists() else "no checkpoint could be saved"
+        )  # fmt: skip
+        print(f"train.py: stopped by SIGTERM at step {trainer.global_step}, no encoder exported; {where}",
+              file=sys.stderr, flush=True)  # fmt: skip
+    return TrainingInterrupted(128 + int(signal.SIGTERM))
+
+
 def build(cfg: DictConfig) -> dict[str, Any]:
     """All run objects: datamodule, model, callbacks, loggers, trainer, plus manifest facts."""
     if cfg.data.get("shards") or not cfg.data.get("recordings"):  # fine-tuning builds its corpus from recordings
@@ -108,7 +225,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     window = WindowSpec.from_dict(manifest.get("window", {}))
     model = build_model(cfg, window)
     has_val = datamodule.split_size("val") > 0
-    callbacks = _instantiate_group(cfg.get("callbacks"))
+    callbacks = [*_instantiate_group(cfg.get("callbacks")), SaveOnSigterm(Path(cfg.paths.output_dir) / "checkpoints")]
     if not has_val:
         warnings.warn("the corpus has no validation split: checkpoints keep the last step only", stacklevel=2)
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.EarlyStopping)]
@@ -124,6 +241,11 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=resolve_precision(cfg.trainer)
     )
+    if cfg.get("train", True):
+        _check_batches(datamodule, trainer.num_devices * trainer.num_nodes)
+    for c in callbacks:
+        if isinstance(c, SaveOnSigterm) and trainer.checkpoint_callback is not None:
+            c.dirpath = Path(trainer.checkpoint_callback.dirpath or c.dirpath)
     return {
         "datamodule": datamodule, "model": model, "callbacks": callbacks, "loggers": loggers, "trainer": trainer,
         "manifest": manifest, "window": window, "has_val": has_val,
@@ -267,8 +389,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         lg.log_hyperparams({**info, "cfg": OmegaConf.to_container(cfg, resolve=True)})
     if trainer.is_global_zero:
         (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:
+        _check_resume(str(ckpt_path), objs)
     if cfg.get("train", True):
-        trainer.fit(objs["model"], datamodule=objs["datamodule"], ckpt_path=cfg.get("ckpt_path"))
+        try:  # weights_only: a checkpoint is data, never code (Lightning's default depends on torch and env)
+            trainer.fit(objs["model"], datamodule=objs["datamodule"], ckpt_path=ckpt_path, weights_only=True)
+        except SIGTERMException:
+            raise _interrupted(trainer, objs["callbacks"]) from None
+        logged = trainer.callback_metrics.get("trainer/global_step")  # ddp_spawn: the step lives in the workers
+        if max(trainer.global_step, int(logged) if logged is not None else 0) == 0:
+            raise DeepSpikeError(
+                f"corpus {objs['datamodule'].shards}: training ran no step (no full batch of data.batch_size="
+                f"{objs['datamodule'].batch_size} reached this rank); use a smaller data.batch_size=... or more data"
+            )
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
     metric_name = cfg.get("optimized_metric")
     metric = metrics.get(metric_name) if metric_name else None
@@ -294,8 +428,12 @@ def _finish_wandb() -> None:
 # ---- Hydra app --------------------------------------------------------------------------------------------
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Entry point of ``python train.py`` / ``deepspike-train``; returns the optimized metric (for sweepers)."""
-    return run(cfg).get("metric")
+    """Entry point of ``python train.py`` / ``deepspike-train``; returns the optimized metric (for sweepers).
+
+    Bad input ends with one line naming the file and the fix (``debug=true`` shows the traceback).
+    """
+    with cli_errors("train.py", bool(cfg.get("debug", False))):
+        return run(cfg).get("metric")
 
 
 class SweepSummary(HydraCallback):

@@ -197,3 +197,18 @@ def test_unimodal_merge_undoes_bic_oversplitting() -> None:
     assert off.n_units >= 3  # the arc alone takes several Gaussian components
     assert on.n_units == 2 and on.info["channels"][0]["merged_unimodal"]
     assert adjusted_rand_score(truth, on.labels) > 0.95
+
+
+def test_merge_defaults_follow_the_config() -> None:
+    """Called with its defaults, ``merge_similar_units`` uses conf/cluster/common.yaml's merge_max_dprime (3.0),
+    so it keeps two units its features separate (it used to default to d' = inf and merged them)."""
+    rng = np.random.default_rng(0)
+    shape = np.sin(np.linspace(0, np.pi, 20))
+    labels = np.repeat([0, 1], 300)
+    waves = np.where(labels[:, None] == 0, 10.0, 11.0) * shape + rng.normal(0, 0.3, (600, 20))
+    feats = np.c_[np.where(labels == 0, 0.0, 8.0), np.zeros(600)] + rng.normal(0, 1, (600, 2))
+    kept, pairs = merge_similar_units(labels, waves, features=feats)
+    assert pairs == [] and np.array_equal(kept, labels)
+    p = ClusterParams()
+    explicit = merge_similar_units(labels, waves, p.merge_similarity, p.merge_amplitude_ratio, feats, 1e9)
+    assert explicit[1] == [(0, 1)]  # the same call with the d' gate off merges: the default is what keeps them

@@ -146,15 +146,29 @@ def test_bandpass_float32_and_nyquist() -> None:
     rec = NumpyRecording(
         (np.random.default_rng(0).normal(0, 100, (20000, 1))).astype(np.int16), sampling_frequency=10000.0
     )
-    filt = bandpass(rec)  # default freq_max 5000 = Nyquist of 10 kHz: clipped, not an error
+    with pytest.warns(UserWarning, match="Nyquist"):
+        filt = bandpass(rec)  # default freq_max 5000 = Nyquist of 10 kHz: clipped, not an error
     assert filt.get_dtype() == np.float32
     assert filt.get_traces(start_frame=0, end_frame=100).dtype == np.float32
-    with pytest.raises(DeepSpikeError, match=r"freq_max=6000.*Nyquist"):
-        bandpass(rec, freq_max=6000.0)
-    with pytest.raises(DeepSpikeError, match="freq_min"):
+    with pytest.raises(DeepSpikeError, match=r"extract\.freq_min"):
         bandpass(rec, freq_min=3000.0, freq_max=2000.0)
     same = bandpass(rec, filtered=True)
     assert same.get_dtype() == np.float32
     np.testing.assert_array_equal(same.get_traces(end_frame=50), rec.get_traces(end_frame=50).astype(np.float32))
     f32 = _white()
     assert bandpass(f32, filtered=True) is f32
+
+
+@pytest.mark.parametrize("freq_max", [5000.0, 6000.0])
+def test_bandpass_clips_any_freq_max_above_nyquist(freq_max: float) -> None:
+    """A 10 kHz recording: freq_max at (5000) or above (6000) Nyquist is clipped to just below it with a warning,
+    whatever its value (it used to be clipped only when it equalled the hard-coded default, else an error)."""
+    rec = NumpyRecording(
+        (np.random.default_rng(0).normal(0, 100, (20000, 1))).astype(np.int16), sampling_frequency=10000.0
+    )
+    with pytest.warns(UserWarning, match=r"extract\.freq_max.*Nyquist"):
+        filt = bandpass(rec, freq_max=freq_max)
+    used = filt._kwargs["freq_max"]
+    assert 0.9 * 5000.0 < used < 5000.0
+    below = bandpass(rec, freq_max=used)  # the clipped value itself is valid: same filter, no warning
+    np.testing.assert_array_equal(filt.get_traces(end_frame=2000), below.get_traces(end_frame=2000))

@@ -68,3 +68,62 @@ def test_not_an_artifact(tmp_path: Path) -> None:
         load_encoder(tmp_path / "x.safetensors")
     with pytest.raises(DeepSpikeError, match=r"train\.py"):
         load_encoder(tmp_path / "missing.safetensors")
+
+
+def _rewrite(path: Path, tensors: dict[str, torch.Tensor] | None = None, header: dict | None = None) -> None:
+    """Re-save an artifact with other tensors and/or header (what a damaged or hand-edited file looks like)."""
+    from safetensors.torch import load_file, save_file
+
+    sd = tensors if tensors is not None else load_file(str(path))
+    doc = header if header is not None else read_header(path)
+    save_file(sd, str(path), metadata={"deepspike": json.dumps(doc)})
+
+
+def test_nan_weights_are_named_at_load(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    path = export_encoder(_module(MLPNet(hidden=32)), tmp_path / "e.safetensors")
+    sd = load_file(str(path))
+    name = sorted(sd)[0]
+    sd[name] = sd[name].clone()
+    sd[name].view(-1)[0] = float("nan")
+    _rewrite(path, tensors=sd)
+    with pytest.raises(DeepSpikeError, match=r"NaN") as e:
+        load_encoder(path)
+    assert str(path) in str(e.value) and name in str(e.value)
+
+
+def test_nan_checkpoint_is_named_when_exported(tmp_path: Path) -> None:
+    m = _module(MLPNet(hidden=32))
+    with torch.no_grad():
+        next(m.net.parameters()).fill_(float("inf"))
+    ckpt = {"state_dict": m.state_dict(), "global_step": 3}
+    m.on_save_checkpoint(ckpt)
+    torch.save(ckpt, tmp_path / "diverged.ckpt")
+    with pytest.raises(DeepSpikeError, match=r"(?s)diverged\.ckpt.*Inf"):
+        export_encoder(str(tmp_path / "diverged.ckpt"), tmp_path / "e.safetensors")
+    assert not (tmp_path / "e.safetensors").exists()
+
+
+def test_architecture_mismatch_names_file_and_tensors(tmp_path: Path) -> None:
+    path = export_encoder(_module(MLPNet(hidden=32)), tmp_path / "e.safetensors")
+    header = read_header(path)
+    header["arch"]["widths"][0] = 48  # the header now describes another net than the stored tensors
+    _rewrite(path, header=header)
+    (tmp_path / "e.json").unlink()  # the weights file alone: its header and tensors disagree
+    with pytest.raises(DeepSpikeError, match=r"(?s)architecture.*encoder\.0\.weight.*\[48, 20\].*\[32, 20\]") as e:
+        load_encoder(path)
+    assert str(path) in str(e.value) and "size mismatch" not in str(e.value)
+
+
+def test_edited_sidecar_is_named(tmp_path: Path) -> None:
+    path = export_encoder(_module(MLPNet(hidden=32)), tmp_path / "e.safetensors")
+    sidecar = tmp_path / "e.json"
+    doc = json.loads(sidecar.read_text())
+    doc["window"]["n_before"], doc["window"]["n_after"] = 10, 10
+    sidecar.write_text(json.dumps(doc))
+    with pytest.raises(SpecMismatchError, match=r"(?s)e\.json.*n_before.*8.*10") as e:
+        load_encoder(path)
+    assert str(path) in str(e.value)
+    sidecar.unlink()  # no sidecar: the weights file's own header is enough
+    assert load_encoder(path).window_spec == WindowSpec()

@@ -40,7 +40,9 @@ def _templates(rng: np.random.Generator, k: int) -> np.ndarray:
                      zip(amps, widths, rebound, strict=True)])  # fmt: skip
 
 
-def make_corpus(root: Path, train_sizes: tuple[int, ...] = (700, 300, 1100), val_size: int = 600) -> Path:
+def make_corpus(
+    root: Path, train_sizes: tuple[int, ...] = (700, 300, 1100), val_size: int = 600, window: WindowSpec | None = None
+) -> Path:
     """A corpus of uneven shards (one recording each) in the manifest format of docs/ARCHITECTURE.md."""
     rng = np.random.default_rng(0)
     (root / "shards").mkdir(parents=True)
@@ -59,7 +61,7 @@ def make_corpus(root: Path, train_sizes: tuple[int, ...] = (700, 300, 1100), val
                   "num_shards": sum(x["split"] == s for x in shards)} for s in ("train", "val")}  # fmt: skip
     manifest = {
         "format": "deepspike-corpus", "format_version": 1, "tool_version": "test",
-        "num_spikes": sum(x["num_spikes"] for x in shards), "window": WindowSpec().to_dict(), "extract": {},
+        "num_spikes": sum(x["num_spikes"] for x in shards), "window": (window or WindowSpec()).to_dict(), "extract": {},
         "shards": shards, "recordings": recs, "splits": splits,
     }  # fmt: skip
     (root / "manifest.json").write_text(json.dumps(manifest))
@@ -245,3 +247,139 @@ def test_init_from_artifact_fine_tunes_its_weights(tmp_path: Path) -> None:
     x = np.random.default_rng(0).standard_normal((8, 20)).astype(np.float32)
     np.testing.assert_array_equal(model.embed(x), load_encoder(art).embed(x))
     assert model.net.arch["latent"] == 3 and all(p.requires_grad for p in model.parameters())
+
+
+# ---- refusals, interruptions and messages -----------------------------------------------------------------
+def _checkpoint(path: Path, window: WindowSpec, hidden: int = 32, latent: int = 4) -> Path:
+    """A DeepSpike training checkpoint as ModelCheckpoint writes one (state dict, step, the ``deepspike`` entry)."""
+    from deepspike.models import MLPNet
+    from deepspike.module import SpikeAutoencoder
+
+    m = SpikeAutoencoder(MLPNet(hidden=hidden, latent=latent), torch.optim.AdamW, window=window.to_dict())
+    ckpt = {"state_dict": m.state_dict(), "global_step": 7}
+    m.on_save_checkpoint(ckpt)
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/last.ckpt", "s3://bucket/run/last.ckpt"])
+def test_remote_ckpt_path_is_refused(url: str, corpus: Path, tmp_path: Path) -> None:
+    from deepspike.train import run
+
+    cfg = cfg_for(tmp_path, [*TINY, f"data.shards={corpus}", "trainer.max_steps=2", f"ckpt_path={url}"])
+    with pytest.raises(DeepSpikeError, match=r"(?is)download.*ckpt_path=") as e:
+        run(cfg)
+    assert url in str(e.value)
+
+
+class _Payload:
+    """Unpickling this creates a file: a checkpoint must never run it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return open, (str(self.marker), "w")
+
+
+def test_local_resume_never_unpickles_code(corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepspike.train import run
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch's opt-out of safe loading when not explicit
+    marker = tmp_path / "code_ran"
+    ckpt = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "global_step": 1, "payload": _Payload(marker)}, ckpt)
+    out = tmp_path / "run"
+    cfg = cfg_for(out, [*TINY, f"data.shards={corpus}", "trainer.max_steps=2", f"ckpt_path={ckpt}"])
+    with pytest.raises(DeepSpikeError, match=r"evil\.ckpt"):
+        run(cfg)
+    assert not marker.exists()
+    assert not (out / "encoder.safetensors").exists()
+
+
+def test_resume_onto_corpus_with_another_window_is_refused(tmp_path: Path) -> None:
+    from deepspike.train import run
+
+    ckpt = _checkpoint(tmp_path / "old.ckpt", WindowSpec())
+    other = make_corpus(tmp_path / "corpus30k", window=WindowSpec(sampling_frequency=30000.0))
+    out = tmp_path / "run"
+    cfg = cfg_for(out, [*TINY, f"data.shards={other}", "trainer.max_steps=2", f"ckpt_path={ckpt}"])
+    with pytest.raises(DeepSpikeError) as e:
+        run(cfg)
+    msg = str(e.value)
+    assert "old.ckpt" in msg and "manifest.json" in msg and "24000" in msg and "30000" in msg
+    assert "ckpt_path=" in msg and "data.shards=" in msg
+    assert not (out / "encoder.safetensors").exists()
+
+
+def test_train_split_smaller_than_a_batch_is_an_error(tmp_path: Path) -> None:
+    from deepspike.train import run
+
+    small = make_corpus(tmp_path / "small", train_sizes=(40,), val_size=100)
+    out = tmp_path / "run"
+    cfg = cfg_for(out, [*TINY, f"data.shards={small}", "trainer.max_steps=5"])  # batch 64 > 40 train spikes
+    with pytest.raises(DeepSpikeError, match=r"(?s)40 .*data\.batch_size=") as e:
+        run(cfg)
+    assert str(small) in str(e.value)
+    assert not (out / "encoder.safetensors").exists()
+
+
+def _train_cmd(*overrides: str) -> list[str]:
+    return [sys.executable, str(REPO / "train.py"), *TINY, "hydra.run.dir=.", *overrides]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return {**env, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+
+
+def test_cli_error_is_one_line_naming_file_and_key(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    proc = subprocess.run(_train_cmd(f"data.shards={missing}"), cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env=_env())  # fmt: skip
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    err = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+    assert len(err) == 1 and str(missing) in err[0] and "data.shards=" in err[0]
+
+
+@pytest.mark.slow
+def test_cli_debug_true_keeps_the_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(_train_cmd(f"data.shards={tmp_path / 'nope'}", "debug=true"), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env=_env())  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "DeepSpikeError" in proc.stderr
+
+
+def test_sigterm_saves_a_resumable_checkpoint_and_exits_nonzero(corpus: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from deepspike.train import run
+
+    cmd = _train_cmd(f"data.shards={corpus}", "trainer.max_steps=100000", "trainer.val_check_interval=100000")
+    env = {**_env(), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:  # the model summary is printed once fit has started (signal handlers are in place)
+        seen.append(line)
+        if "Trainable params" in line:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    out = "".join(seen) + out
+    assert proc.returncode not in (0, None), out[-3000:]
+    ckpt = tmp_path / "checkpoints" / "interrupted.ckpt"
+    assert ckpt.exists() and "interrupted.ckpt" in out and "ckpt_path=" in out
+    assert not (tmp_path / "encoder.safetensors").exists()
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["global_step"] > 0 and saved["optimizer_states"] and "deepspike" in saved
+    # resumable: a run from it continues at the saved step and finishes
+    out_b = tmp_path / "resumed"
+    cfg = _with_probe(cfg_for(out_b, [*TINY, f"data.shards={corpus}", f"trainer.max_steps={saved['global_step'] + 3}",
+                                      "trainer.val_check_interval=1000", f"ckpt_path={ckpt}"]), out_b)  # fmt: skip
+    out_b.mkdir()
+    run(cfg)
+    assert torch.load(out_b / "start_rank0.pt", weights_only=True)["step"] == saved["global_step"]
+    assert (out_b / "encoder.safetensors").exists()
