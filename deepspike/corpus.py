@@ -71,6 +71,7 @@ class CorpusConfig:
     merge_only: bool = conf_field(CORPUS_CONF, "merge_only")
     on_error: str = conf_field(CORPUS_CONF, "on_error")
     progress: bool = conf_field(CORPUS_CONF, "progress")
+    debug: bool = conf_field(CORPUS_CONF, "debug")  # read by main (cli_errors) before the config is validated
     recording_options: dict[str, Any] = conf_field(CORPUS_CONF, "recording_options")
     synthetic: dict[str, Any] = conf_field(CORPUS_CONF, "synthetic")
     window: dict[str, Any] = conf_field(CORPUS_CONF, "window")
