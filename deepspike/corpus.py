@@ -2,8 +2,11 @@
 
 Each recording is processed independently (in a process pool) into its own shards, then a per-recording
 record is written to ``out/.done/<id>.json``. That record is the unit of resumption: a killed build restarts
-and skips every recording whose record exists and whose source is unchanged. Slices of the recording list
-(``part``/``num_parts``) build the same way on cluster nodes; the manifest is written once all are done.
+and skips every recording whose record exists, whose shards still have the size and sha256 it records (a damaged
+shard is rebuilt) and whose source is unchanged. The record also stores the settings the recording was cut with
+(``build_settings``): a resume asking for other settings stops with an error instead of mixing the two. Slices of
+the recording list (``part``/``num_parts``) build the same way on cluster nodes; the manifest is written once all
+are done. Pool workers end with the build (SIGTERM, Ctrl-C, or a killed parent).
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import suppress
+from contextlib import closing, contextmanager, suppress
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -30,10 +33,10 @@ from filelock import FileLock
 
 from deepspike import __version__
 from deepspike.defaults import conf_field
-from deepspike.errors import DeepSpikeError, OutputExistsError
+from deepspike.errors import DeepSpikeError, OutputExistsError, cli_errors
 from deepspike.objective import manifest_sha256
 from deepspike.paths import CONF_DIR
-from deepspike.shards import Block, slug, write_shard
+from deepspike.shards import Block, file_digest, slug, write_shard
 from deepspike.spec import WindowSpec
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,10 @@ SHARD_DIR = "shards"
 
 
 CORPUS_CONF = "corpus.yaml"
+
+
+class SettingsMismatchError(DeepSpikeError):
+    """A resumed build asks for other extraction / window / block settings than its finished recordings used."""
 
 
 @dataclass
@@ -64,6 +71,7 @@ class CorpusConfig:
     merge_only: bool = conf_field(CORPUS_CONF, "merge_only")
     on_error: str = conf_field(CORPUS_CONF, "on_error")
     progress: bool = conf_field(CORPUS_CONF, "progress")
+    debug: bool = conf_field(CORPUS_CONF, "debug")  # read by main (cli_errors) before the config is validated
     recording_options: dict[str, Any] = conf_field(CORPUS_CONF, "recording_options")
     synthetic: dict[str, Any] = conf_field("synthetic/default.yaml")  # the `synthetic` group (conf/synthetic/)
     window: dict[str, Any] = conf_field(CORPUS_CONF, "window")
@@ -183,6 +191,20 @@ def _blocks(spikes: Any, rec_id: str, block_size: int) -> Iterator[Block]:
         )
 
 
+def build_settings(cfg: CorpusConfig) -> dict[str, Any]:
+    """Every option that decides what a recording's shards hold; stored per recording, compared on resume."""
+    from deepspike.extract import ExtractParams
+
+    return {
+        "extract": asdict(ExtractParams.from_config(cfg.extract)),
+        "window": WindowSpec.from_dict(cfg.window).to_dict(),
+        "block_size": cfg.block_size,
+        "shard_spikes": cfg.shard_spikes,
+        "gt_tolerance_ms": cfg.gt_tolerance_ms,
+        "recording_options": {k: v for k, v in cfg.recording_options.items() if v is not None},
+    }
+
+
 def build_recording(path: Path, out: Path, cfg: CorpusConfig) -> dict[str, Any]:
     """Extract one recording into its shards and write its done-record; return the record."""
     from deepspike.extract import ExtractParams, extract_spikes
@@ -213,6 +235,7 @@ def build_recording(path: Path, out: Path, cfg: CorpusConfig) -> dict[str, Any]:
         "num_spikes": len(spikes),
         "has_labels": gt is not None,
         "row_order": "shuffled",  # spikes stored in row_order(rec_id) order
+        "settings": build_settings(cfg),  # what the shards were cut with (a resume must use the same)
         "noise_levels": [float(x) for x in np.atleast_1d(spikes.noise_levels)],
         "seconds": round(time.perf_counter() - t0, 3),
         "shards": shards,
@@ -228,42 +251,76 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _done_record(out: Path, path: Path) -> dict[str, Any] | None:
-    """The finished record of ``path`` if it exists, its shards exist and the source is unchanged."""
+def _done_record(out: Path, path: Path, settings: dict[str, Any], verify: bool = True) -> dict[str, Any] | None:
+    """The finished record of ``path`` if it exists, was cut with ``settings``, and its shards and source are intact.
+
+    A record cut with other settings stops the build (``SettingsMismatchError``): finishing it would give a corpus
+    whose manifest claims settings some of its recordings were not cut with. ``verify``: check the size and
+    sha256 of each shard (a damaged or truncated shard is rebuilt); else only the size.
+    """
     f = out / DONE_DIR / f"{recording_id(path)}.json"
     if not f.exists():
         return None
     rec = json.loads(f.read_text())
-    if not all((out / s["path"]).exists() for s in rec["shards"]):
+    if "settings" not in rec or any("sha256" not in s for s in rec["shards"]):
+        log.warning("%s was built by an older DeepSpike (no settings or shard hashes); rebuilding it", path)
         return None
+    _check_settings(out, f, rec["settings"], settings)
+    for s in rec["shards"]:
+        shard = out / s["path"]
+        if not shard.exists() or shard.stat().st_size != s["size"] or (verify and file_digest(shard) != {
+            "size": s["size"], "sha256": s["sha256"]}):  # fmt: skip
+            log.warning("%s is missing or damaged (size or sha256 differ from its record); rebuilding %s", shard, path)
+            return None
     if source_fingerprint(path)["sha256"] != rec["sha256"]:
         log.warning("%s changed since it was built; rebuilding it", path)
         return None
     return rec
 
 
+def _check_settings(out: Path, record: Path, saved: dict[str, Any], asked: dict[str, Any]) -> None:
+    """Refuse to mix recordings cut with other settings into this corpus, naming the keys and the fix."""
+    diff = []
+    for key in sorted(set(saved) | set(asked)):
+        a, b = saved.get(key), asked.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diff += [
+                f"{key}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+            ]
+        elif a != b:
+            diff.append(f"{key}: {a!r} -> {b!r}")
+    if diff:
+        raise SettingsMismatchError(
+            f"the corpus being built in {out} was started with other settings ({record} records them); this run "
+            f"changes {'; '.join(diff)}. Fix: rerun with the same settings to resume, choose another `out=`, or "
+            "pass `overwrite=true` to delete it and rebuild with the new settings."
+        )
+
+
 # ------------------------------------------------------------------------------------------- build
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
-    if (out / MANIFEST).exists():
-        if not overwrite:
-            raise OutputExistsError(
-                f"{out / MANIFEST} exists: a corpus is already built in {out}. Use another `out=` or pass "
-                "`overwrite=true` to delete and rebuild it."
-            )
+    if (out / MANIFEST).exists() and not overwrite:
+        raise OutputExistsError(
+            f"{out / MANIFEST} exists: a corpus is already built in {out}. Use another `out=` or pass "
+            "`overwrite=true` to delete and rebuild it."
+        )
+    if overwrite and ((out / MANIFEST).exists() or (out / DONE_DIR).is_dir()):  # a corpus, or a started build
         log.warning("overwrite=true: deleting the corpus in %s", out)
         for name in (SHARD_DIR, DONE_DIR):
             shutil.rmtree(out / name, ignore_errors=True)
-        (out / MANIFEST).unlink()
+        (out / MANIFEST).unlink(missing_ok=True)
     (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     (out / DONE_DIR).mkdir(parents=True, exist_ok=True)
 
 
-def _run(todo: list[Path], out: Path, cfg: CorpusConfig) -> Iterable[tuple[Path, dict[str, Any] | Exception]]:
+def _run(todo: list[Path], out: Path, cfg: CorpusConfig) -> Iterator[tuple[Path, dict[str, Any] | Exception]]:
     """Build ``todo`` recordings, in a spawn-based pool when workers > 1 (fork + torch/BLAS threads hang).
 
-    Yields ``(path, record)`` or, for a recording that failed, ``(path, exception)``.
+    Yields ``(path, record)`` or, for a recording that failed, ``(path, exception)``. The workers end with the
+    build: on SIGTERM / Ctrl-C / an error the pool's processes are terminated (finished recordings are kept and
+    a rerun resumes), and each worker also exits on its own once its parent is gone (SIGKILL cannot be caught).
     """
     if cfg.workers == 1 or len(todo) <= 1:
         for p in todo:
@@ -272,13 +329,66 @@ def _run(todo: list[Path], out: Path, cfg: CorpusConfig) -> Iterable[tuple[Path,
             except DeepSpikeError as e:
                 yield p, e
         return
-    with ProcessPoolExecutor(min(cfg.workers, len(todo)), mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(build_recording, p, out, cfg): p for p in todo}
-        for fut in as_completed(futures):
-            try:
-                yield futures[fut], fut.result()
-            except DeepSpikeError as e:
-                yield futures[fut], e
+    pool = ProcessPoolExecutor(
+        min(cfg.workers, len(todo)), mp_context=get_context("spawn"), initializer=_watch_parent,
+        initargs=(os.getpid(),),
+    )  # fmt: skip
+    try:
+        with _sigterm_raises():
+            futures = {pool.submit(build_recording, p, out, cfg): p for p in todo}
+            for fut in as_completed(futures):
+                try:
+                    yield futures[fut], fut.result()
+                except DeepSpikeError as e:
+                    yield futures[fut], e
+    except BaseException:  # a signal, Ctrl-C, on_error=raise, the consumer stopped: do not wait for running builds
+        _terminate(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's worker processes (``ProcessPoolExecutor.shutdown`` would wait for running tasks)."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        if proc.is_alive():
+            proc.terminate()
+
+
+def _watch_parent(parent: int, interval_s: float = 0.5) -> None:
+    """Pool initializer: a daemon thread that ends this worker once ``parent`` is gone (killed with SIGKILL)."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="deepspike-watch-parent", daemon=True).start()
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While building, SIGTERM (kill, SLURM preemption) unwinds like Ctrl-C, so the pool is shut down."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(
+            f"deepspike-corpus: stopped by {signal.Signals(signum).name}; finished recordings are kept, "
+            "rerun the same command to resume"
+        )
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _failure(out: Path, path: Path, error: Exception, cfg: CorpusConfig) -> None:
@@ -305,21 +415,23 @@ def build_corpus(cfg: CorpusConfig) -> Path | None:
     paths = expand_recordings(cfg.recordings) + synthetic_recordings(cfg.synthetic, cfg.progress, cfg.workers)
     if not paths:
         raise DeepSpikeError("no recordings given: pass `recordings='[PATH_OR_GLOB,...]'` or `synthetic.n=N`")
+    settings = build_settings(cfg)
     if not cfg.merge_only:
         _prepare_out(out, cfg.overwrite)
         mine = paths[cfg.part :: cfg.num_parts]
-        todo = [p for p in mine if _done_record(out, p) is None]
+        todo = [p for p in mine if _done_record(out, p, settings) is None]
         log.info("%d recordings in this part, %d already built", len(mine), len(mine) - len(todo))
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="corpus", unit="rec", disable=not cfg.progress)
-        for path, rec in _run(todo, out, cfg):
-            bar.update()
-            if isinstance(rec, Exception):
-                _failure(out, path, rec, cfg)
-            else:
-                (out / DONE_DIR / f"{rec['id']}.failed.json").unlink(missing_ok=True)
-                bar.set_postfix(spikes=rec["num_spikes"])
+        with closing(_run(todo, out, cfg)) as built:  # closing: an error here also stops the workers
+            for path, rec in built:
+                bar.update()
+                if isinstance(rec, Exception):
+                    _failure(out, path, rec, cfg)
+                else:
+                    (out / DONE_DIR / f"{rec['id']}.failed.json").unlink(missing_ok=True)
+                    bar.set_postfix(spikes=rec["num_spikes"])
         bar.close()
-    records = [_done_record(out, p) for p in paths]
+    records = [_done_record(out, p, settings, verify=cfg.merge_only) for p in paths]  # todo checked them
     failed = [f for p, r in zip(paths, records, strict=True) if r is None and (f := _failed_record(out, p))]
     missing = sum(r is None for r in records) - len(failed)
     if missing:
@@ -342,9 +454,10 @@ def split_recordings(ids: Sequence[str], val_fraction: float, seed: int) -> dict
 def write_manifest(
     out: Path, records: list[dict[str, Any]], cfg: CorpusConfig, failed: Sequence[dict[str, Any]] = ()
 ) -> Path:
-    """Write ``manifest.json`` atomically from finished recording records (``failed``: recordings left out)."""
-    from deepspike.extract import ExtractParams
+    """Write ``manifest.json`` atomically from finished recording records (``failed``: recordings left out).
 
+    The settings it states are those every record was cut with (``_done_record`` refused any other)."""
+    settings = build_settings(cfg)
     split = split_recordings([r["id"] for r in records], cfg.val_fraction, cfg.seed)
     shards, recordings = [], []
     for r in records:
@@ -364,9 +477,10 @@ def write_manifest(
         "tool_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "num_spikes": sum(s["num_spikes"] for s in shards),
-        "window": WindowSpec.from_dict(cfg.window).to_dict(),
-        "extract": asdict(ExtractParams.from_config(cfg.extract)),
+        "window": settings["window"],
+        "extract": settings["extract"],
         "block_size": cfg.block_size,
+        "settings": settings,  # every option that decided the shards' content (resumes must match it)
         # each recording's rows in a seeded random order (row_order); records built before that are in time order
         "row_order": "shuffled" if all(r.get("row_order") == "shuffled" for r in records) else "stored",
         "val_fraction": cfg.val_fraction,
@@ -515,10 +629,8 @@ def main() -> None:
 
     @hydra.main(config_path=str(CONF_DIR), config_name="corpus", version_base="1.3")
     def _app(cfg: Any) -> None:
-        try:
+        with cli_errors("deepspike-corpus", bool(cfg.get("debug", False))):  # one line naming the file and the fix
             manifest = build_corpus(CorpusConfig.from_cfg(cfg))
-        except DeepSpikeError as e:  # a one-line error naming the file and the fix, not a traceback
-            raise SystemExit(f"error: {e}") from None
         if manifest is not None:
             m = json.loads(manifest.read_text())
             print(f"corpus: {m['num_spikes']} spikes, {len(m['shards'])} shards, {len(m['recordings'])} recordings")

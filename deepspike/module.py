@@ -224,17 +224,45 @@ class SpikeAutoencoder(pl.LightningModule):
             "window": self.spec.to_dict(),
             "pretext": self.pretext.state_dict(),
             "augment": self.objective.augment.state_dict(),
+            "rng_per_rank": self._rng_states(),  # exact resume: every rank's pretext, augment and torch generators
         }
 
+    def _rng_states(self) -> list[dict[str, Any]]:
+        """The pretext generator and torch's global generators (VAE sampling, dropout) of every rank, by rank."""
+        mine = {
+            "pretext": self.pretext.state_dict(),
+            "augment": self.objective.augment.state_dict(),
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            mine["cuda"] = torch.cuda.get_rng_state(self.device)
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return [mine]
+        out: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, mine)  # every rank saves (Lightning's dump_checkpoint runs on all ranks)
+        return out
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        info = checkpoint.get("deepspike", {})
+        saved = checkpoint.get("deepspike", {})
+        per_rank = saved.get("rng_per_rank")
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if per_rank and len(per_rank) == world:
+            mine = per_rank[self.global_rank]
+            self.pretext.load_state_dict(mine["pretext"], device=self.device)
+            if "augment" in mine:
+                self.objective.augment.load_state_dict(mine["augment"], device=self.device)
+            torch.set_rng_state(mine["torch"])
+            if "cuda" in mine and self.device.type == "cuda":
+                torch.cuda.set_rng_state(mine["cuda"], self.device)
+            return
         for name, pretext, offset in (("pretext", self.pretext, 0), ("augment", self.objective.augment, 2000003)):
-            state = info.get(name)
+            state = saved.get(name)
             if state is None:
                 continue
             if self.global_rank == 0:
                 pretext.load_state_dict(state, device=self.device)
-            else:  # only rank 0's generator is saved; other ranks continue on a fresh, rank- and step-specific seed
+            else:  # saved with another number of ranks: continue on a fresh, rank- and step-specific seed
                 step = checkpoint.get("global_step", 0)
                 pretext.reseed(self.hparams.seed + offset + 1000003 * self.global_rank + step)
 
@@ -258,9 +286,11 @@ class SpikeDataModule(pl.LightningDataModule):
         persistent_workers: bool = False,
         pin_memory: bool | None = None,
         seed: int = 0,
+        allow_pipe: bool = False,
     ) -> None:
         super().__init__()
         self.shards = str(shards)
+        self.allow_pipe = bool(allow_pipe)  # pipe:CMD shard URLs run CMD (conf/data/demo.yaml)
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
         self.num_workers, self.shuffle_buffer = int(num_workers), int(shuffle_buffer)
         self.resample, self.persistent_workers = bool(resample), bool(persistent_workers)
@@ -273,7 +303,7 @@ class SpikeDataModule(pl.LightningDataModule):
         if self._manifest is None:
             from deepspike.stream import load_manifest
 
-            self._manifest = load_manifest(self.shards)[0]
+            self._manifest = load_manifest(self.shards, self.allow_pipe)[0]
         return self._manifest
 
     def split_size(self, split: str) -> int:
@@ -289,6 +319,7 @@ class SpikeDataModule(pl.LightningDataModule):
             self.shards, split="train", batch_size=self.batch_size, shuffle=True, seed=self.seed,
             num_workers=self.num_workers, buffer_rows=self.shuffle_buffer, resample=self.resample,
             persistent_workers=self.persistent_workers, pin_memory=self.pin_memory, drop_last=True,
+            allow_pipe=self.allow_pipe,
         )  # fmt: skip
 
     def val_dataloader(self) -> Any:
@@ -298,7 +329,7 @@ class SpikeDataModule(pl.LightningDataModule):
             return []
         return make_loader(
             self.shards, split="val", batch_size=self.val_batch_size, shuffle=False, seed=self.seed,
-            num_workers=0, return_labels=True, drop_last=False, pin_memory=self.pin_memory,
+            num_workers=0, return_labels=True, drop_last=False, pin_memory=self.pin_memory, allow_pipe=self.allow_pipe,
         )  # fmt: skip
 
 

@@ -27,6 +27,7 @@ dropped on pipes / HTTP), so object stores need no seeks.
 from __future__ import annotations
 
 import ast
+import hashlib
 import io
 import json
 import math
@@ -79,8 +80,20 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def file_digest(path: str | Path) -> dict[str, Any]:
+    """``{size, sha256}`` of a file: recorded per shard so a resumed build and the stream can spot damage."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return {"size": os.path.getsize(path), "sha256": h.hexdigest()}
+
+
 def write_shard(path: str | Path, blocks: Iterable[Block], key_prefix: str) -> dict[str, Any]:
-    """Write ``blocks`` to a tar shard at ``path`` atomically; return ``{num_spikes, num_blocks, block_sizes}``."""
+    """Write ``blocks`` to a tar shard at ``path`` atomically.
+
+    Returns ``{num_spikes, num_blocks, block_sizes, size, sha256}`` (size and hash of the file as written).
+    """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     sizes: list[int] = []
@@ -98,11 +111,12 @@ def write_shard(path: str | Path, blocks: Iterable[Block], key_prefix: str) -> d
                 sizes.append(len(b))
             fh.flush()
             os.fsync(fh.fileno())
+        digest = file_digest(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return {"num_spikes": int(sum(sizes)), "num_blocks": len(sizes), "block_sizes": sizes}
+    return {"num_spikes": int(sum(sizes)), "num_blocks": len(sizes), "block_sizes": sizes, **digest}
 
 
 # ----------------------------------------------------------------------------------------------------- reading
@@ -118,6 +132,21 @@ def is_local(url: str) -> bool:
 
 def local_path(url: str) -> str:
     return url[len("file:") :] if url.startswith("file:") else url
+
+
+def check_url(url: str, allow_pipe: bool = False, what: str = "shard") -> None:
+    """Refuse a ``pipe:CMD`` URL (webdataset.gopen runs CMD in a shell) unless the user opted in.
+
+    Shard and manifest URLs come from files someone else may have written: data must not run code. Local paths,
+    ``file:``, http(s) and the object-store schemes webdataset opens (gs, s3 through a URL rewrite, ais, hf)
+    run no command named by the data.
+    """
+    if not allow_pipe and url.strip().lower().startswith("pipe:"):
+        raise ShardError(
+            f"{what} {url!r} is a `pipe:` URL: reading it would run the shell command after 'pipe:'. DeepSpike does "
+            "not run commands named by data. Use a local path or an http(s)/gs/s3 URL, or, only for a corpus you "
+            "built and trust, pass `data.allow_pipe=true` (ShardStream(allow_pipe=True))"
+        )
 
 
 def _npy_header(url: str, header: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
@@ -262,7 +291,8 @@ class _Mapped:
         self.close()
 
 
-def _open(url: str) -> BinaryIO | _Mapped:
+def _open(url: str, allow_pipe: bool = False) -> BinaryIO | _Mapped:
+    check_url(url, allow_pipe)
     try:
         if is_local(url):
             return _Mapped(local_path(url))
@@ -274,13 +304,13 @@ def _open(url: str) -> BinaryIO | _Mapped:
 
 
 def _samples(
-    url: str, skip: int, limit: int | None, want: frozenset[str]
+    url: str, skip: int, limit: int | None, want: frozenset[str], allow_pipe: bool = False
 ) -> Iterator[tuple[str, dict[str, memoryview | None]]]:
     """``(key, {member: data or None})`` per block: data for members in ``want``, None for the others.
 
     Blocks before ``skip`` are passed over without reading their data; at most ``limit`` blocks are yielded.
     """
-    fh = _open(url)
+    fh = _open(url, allow_pipe)
     index, done = -1, 0
     current: str | None = None
     found: dict[str, memoryview | None] = {}
@@ -316,14 +346,15 @@ def _missing(url: str, key: str, found: dict[str, Any]) -> None:
         raise ShardError(f"{url}: block {key!r} lacks {missing}; the shard is corrupt, rebuild it")
 
 
-def iter_blocks(url: str, skip: int = 0, limit: int | None = None) -> Iterator[Block]:
+def iter_blocks(url: str, skip: int = 0, limit: int | None = None, allow_pipe: bool = False) -> Iterator[Block]:
     """Stream blocks from a shard at ``url`` (a path, a ``file:`` URL or any URL ``webdataset.gopen`` opens).
 
     ``skip`` blocks are passed over without decoding and at most ``limit`` are yielded, so a reader can take
     a contiguous slice of a shard while reading it sequentially (object stores need no seeks).
-    Raises ``ShardError`` naming the shard for truncated or corrupt files.
+    Raises ``ShardError`` naming the shard for truncated or corrupt files, and for ``pipe:`` URLs unless
+    ``allow_pipe`` (see ``check_url``).
     """
-    for key, found in _samples(url, skip, limit, frozenset(MEMBERS)):
+    for key, found in _samples(url, skip, limit, frozenset(MEMBERS), allow_pipe):
         _missing(url, key, found)
         try:
             # copies: writable arrays, as np.load gave (the stream's read_blocks keeps read-only views)
@@ -347,13 +378,15 @@ class RawBlock(NamedTuple):
     labels: np.ndarray | None  # int64 [n]
 
 
-def read_blocks(url: str, skip: int = 0, limit: int | None = None, labels: bool = True) -> Iterator[RawBlock]:
+def read_blocks(
+    url: str, skip: int = 0, limit: int | None = None, labels: bool = True, allow_pipe: bool = False
+) -> Iterator[RawBlock]:
     """Stream blocks like ``iter_blocks(url, skip, limit)``, decoding only waves (and labels): the stream's reader.
 
     Unused members are seeked over (or read and dropped), never decoded. Raises ShardError naming ``url``.
     """
     want = frozenset({"wave.npy", "label.npy"} if labels else {"wave.npy"})
-    for key, found in _samples(url, skip, limit, want):
+    for key, found in _samples(url, skip, limit, want, allow_pipe):
         _missing(url, key, found)
         w, lab = (None if (b := found.get(m)) is None else _npy(url, b, len(b)) for m in ("wave.npy", "label.npy"))
         yield _raw(url, key, w, lab)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,9 @@ def _blocks(n_blocks: int, size: int, seed: int = 0) -> list[Block]:
 def test_round_trip_is_exact(tmp_path: Path) -> None:
     blocks = _blocks(4, 100)
     info = write_shard(tmp_path / "s.tar", blocks, key_prefix="rec.a")
-    assert info == {"num_spikes": 406, "num_blocks": 4, "block_sizes": [100, 101, 102, 103]}
+    data = (tmp_path / "s.tar").read_bytes()
+    assert info == {"num_spikes": 406, "num_blocks": 4, "block_sizes": [100, 101, 102, 103], "size": len(data),
+                    "sha256": hashlib.sha256(data).hexdigest()}  # fmt: skip
     back = list(iter_blocks(str(tmp_path / "s.tar")))
     assert len(back) == 4
     for a, b in zip(blocks, back, strict=True):

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -20,6 +21,7 @@ from deepspike.stream import ShardStream, load_manifest, make_loader, read_block
 SIZES = [300, 3000, 1234, 777, 2048, 513, 1999, 900, 640]  # the last shard is the val split
 BLOCK = 256
 WINDOW = 20
+REPO = Path(__file__).resolve().parents[1]
 
 
 class Corpus:
@@ -215,7 +217,9 @@ def damaged(corpus: Corpus, tmp_path: Path) -> tuple[Path, list[str]]:
     )
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
     junk.write_bytes(b"\x00garbage" * 999)
-    return root, [cut.name, junk.name]
+    pad = root / corpus.shard_path(6).relative_to(corpus.root)  # only end-of-archive padding lost: size check
+    pad.write_bytes(pad.read_bytes()[:-512])
+    return root, [cut.name, junk.name, pad.name]
 
 
 @pytest.mark.parametrize("world", [1, 2])
@@ -273,3 +277,250 @@ def test_fast_reader_matches_iter_blocks(corpus: Corpus) -> None:
 def test_batch_dtypes(corpus: Corpus) -> None:
     b = next(iter(_stream(corpus, return_labels=True)))
     assert b["wave"].dtype == torch.float32 and b["id"].dtype == b["label"].dtype == b["rec"].dtype == torch.int64
+
+
+# ---- exact resume through the real train app ------------------------------------------------------------------
+def _train_corpus(root: Path, train: tuple[int, ...] = (300, 170, 410), val: int = 200) -> Path:
+    """A tiny labelled corpus with uneven train shards and one validation recording, built from real shards."""
+    from deepspike.spec import WindowSpec
+
+    rng = np.random.default_rng(1)
+    (root / "shards").mkdir(parents=True)
+    shards, recs = [], []
+    for i, n in enumerate([*train, val]):
+        split, rec = ("val" if i == len(train) else "train"), f"rec{i}"
+        tpl = rng.normal(scale=8, size=(3, WINDOW))
+        lab = rng.integers(0, 3, n)
+        w = (tpl[lab] + rng.standard_normal((n, WINDOW))).astype(np.float16)
+        blocks = [Block(w[a : a + 64], np.arange(a, min(n, a + 64)), np.zeros(min(64, n - a), np.int16),
+                        lab[a : a + 64], {"recording": rec}) for a in range(0, n, 64)]  # fmt: skip
+        info = write_shard(root / f"shards/{rec}.tar", blocks, key_prefix=rec)
+        shards.append({"path": f"shards/{rec}.tar", **info, "recording": rec, "split": split})
+        recs.append({"id": rec, "split": split, "num_spikes": n, "has_labels": True})
+    m = {"format": "deepspike-corpus", "num_spikes": sum(s["num_spikes"] for s in shards), "shards": shards,
+         "recordings": recs, "window": WindowSpec().to_dict()}  # fmt: skip
+    (root / "manifest.json").write_text(json.dumps(m))
+    return root
+
+
+class StopAt(pl.Callback):
+    """Test callback: stop training after ``step`` steps (a killed run; the schedule still spans max_steps)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+class SaveWeights(pl.Callback):
+    """Test callback: write the final weights and the number of batches each rank trained on."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.batches = path, 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.batches += 1
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        torch.save({"state": state, "batches": self.batches}, f"{self.path}.rank{trainer.global_rank}.pt")
+
+
+def _train_cfg(out: Path, corpus: Path, extra: list[str]) -> Any:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    tiny = ["logger=none", "model.hidden=32", "model.latent=4", "data.batch_size=64", "data.val_batch_size=1024",
+            "data.shuffle_buffer=256", "trainer.enable_progress_bar=false", "model.warmup_steps=5",
+            "model.pretext.tasks=[shuffle,noise,amplitude]", f"data.shards={corpus}", "trainer=cpu"]  # fmt: skip
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[*tiny, *extra, f"paths.output_dir={out}"])
+    with open_dict(cfg):
+        cfg.export.enabled = False
+        cfg.callbacks["weights"] = {"_target_": "test_stream.SaveWeights", "path": str(out / "final")}
+    return cfg
+
+
+@pytest.fixture
+def one_thread() -> Any:
+    """One torch thread: on a shared 2-core machine tiny nets run several times faster without thread contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize(
+    ("workers", "k"),
+    [(0, 10), pytest.param(2, 10, marks=pytest.mark.slow), pytest.param(0, 13, marks=pytest.mark.slow)],
+    ids=["workers0-mid-epoch", "workers2-mid-epoch", "workers0-epoch-end"],
+)
+def test_resume_mid_epoch_is_bit_identical(tmp_path: Path, workers: int, k: int, one_thread: None) -> None:
+    """Train N steps straight vs stop at k (mid-epoch, last.ckpt) and resume to N: the same weights, bit for bit.
+
+    The killed run stops through a callback, not ``max_steps=k``: the LR schedule spans max_steps, so a run with
+    another max_steps would not be the same run.
+    """
+    from omegaconf import open_dict
+
+    from deepspike.train import run
+
+    corpus = _train_corpus(tmp_path / "corpus")
+    n = 30  # epochs of 12 (2 workers) or 13 batches: k=10 is mid-epoch, 13 an epoch end; n crosses two boundaries
+    common = [f"trainer.max_steps={n}", f"trainer.val_check_interval={k}", f"data.num_workers={workers}"]
+    run(_train_cfg(tmp_path / "a", corpus, common))
+    killed = _train_cfg(tmp_path / "b", corpus, common)
+    with open_dict(killed):
+        killed.callbacks["stop"] = {"_target_": "test_stream.StopAt", "step": k}
+    run(killed)
+    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == k
+    run(_train_cfg(tmp_path / "c", corpus, [*common, f"ckpt_path={last}"]))
+    a = torch.load(tmp_path / "a" / "final.rank0.pt", weights_only=True)
+    c = torch.load(tmp_path / "c" / "final.rank0.pt", weights_only=True)
+    assert a["batches"] == n and c["batches"] == n - k
+    assert a["state"].keys() == c["state"].keys()
+    diff = {key: float((a["state"][key].float() - c["state"][key].float()).abs().max()) for key in a["state"]}
+    assert all(torch.equal(a["state"][key], c["state"][key]) for key in a["state"]), diff
+
+
+class RowLog(pl.Callback):
+    """Test callback: the waves of every training batch, by epoch, one file per rank (rows identify themselves)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.rows: dict[int, list[torch.Tensor]] = {}
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.rows.setdefault(trainer.current_epoch, []).append(batch["wave"].detach().cpu().clone())
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        rows = {e: torch.cat(v) for e, v in self.rows.items()}
+        sizes = {e: [len(b) for b in v] for e, v in self.rows.items()}
+        torch.save({"rows": rows, "sizes": sizes}, f"{self.path}.rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.timeout(300)  # a rank short of batches would hang DDP: fail instead
+def test_ddp_two_ranks_two_workers_uneven_shards_three_epochs(
+    tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real Lightning DDP (2 CPU ranks, gloo) x 2 workers per rank over uneven shards and two epoch boundaries.
+
+    Equal batches on both ranks every epoch (else DDP would hang: the run would not finish), and per epoch every
+    row is trained on once, except what the design allows: at most one padding row per slot (ranks x workers) and,
+    with ``drop_last``, fewer than one batch of rows per slot.
+    """
+    from omegaconf import open_dict
+
+    from deepspike.stream import ShardStream
+    from deepspike.train import run
+
+    corpus = _train_corpus(tmp_path / "corpus")
+    stream = ShardStream(corpus, batch_size=64, num_workers=2, rank=0, world_size=2, drop_last=True)
+    per_epoch = len(stream)  # batches per rank per epoch
+    epochs = 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the spawned ranks: one thread each on a 2-core machine
+    steps = epochs * per_epoch
+    cfg = _train_cfg(tmp_path / "run", corpus, ["trainer=ddp_cpu", f"trainer.max_steps={steps}", "callbacks=none",
+                                                 f"trainer.val_check_interval={steps}", "model.cluster_metric=false",
+                                                 "data.num_workers=2"])  # fmt: skip
+    with open_dict(cfg):
+        cfg.callbacks["rows"] = {"_target_": "test_stream.RowLog", "path": str(tmp_path / "rows")}
+    run(cfg)
+
+    m = json.loads((corpus / "manifest.json").read_text())
+    waves = [blk.waves for s in m["shards"] if s["split"] == "train" for blk in iter_blocks(str(corpus / s["path"]))]
+    ids = {row.tobytes(): i for i, row in enumerate(np.concatenate(waves))}
+    assert len(ids) == stream.num_rows  # every row is distinct, so a batch row names its id
+    logs = [torch.load(tmp_path / f"rows.rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert sorted(logs[0]["sizes"]) == sorted(logs[1]["sizes"]) == list(range(epochs))
+    orders = []
+    for e in range(epochs):
+        assert len(logs[0]["sizes"][e]) == len(logs[1]["sizes"][e]) == per_epoch  # equal batches, every epoch
+        assert set(logs[0]["sizes"][e]) == set(logs[1]["sizes"][e]) == {64}  # drop_last: full batches only
+        seen = [ids[row.numpy().astype(np.float16).tobytes()] for lg in logs for row in lg["rows"][e]]
+        counts = Counter(seen)
+        slots = 2 * 2
+        assert sum(c - 1 for c in counts.values()) <= slots  # repeats: padding only, <= 1 row per slot
+        assert stream.num_rows - len(counts) < slots * 64  # rows left out: the drop_last remainder of each slot
+        r0 = {ids[row.numpy().astype(np.float16).tobytes()] for row in logs[0]["rows"][e]}
+        r1 = {ids[row.numpy().astype(np.float16).tobytes()] for row in logs[1]["rows"][e]}
+        assert len(r0 & r1) <= slots  # the ranks split the rows
+        orders.append(seen)
+    assert orders[0] != orders[1] != orders[2]  # set_epoch reaches the workers: each epoch is shuffled anew
+
+
+def test_pipe_url_in_a_manifest_runs_nothing(corpus: Corpus, tmp_path: Path) -> None:
+    """A manifest naming a shard ``pipe:CMD`` (someone else's corpus) must not run CMD unless the user opts in."""
+    root = tmp_path / "evil"
+    shutil.copytree(corpus.root, root)
+    witness = tmp_path / "SOMEFILE"
+    m = json.loads((root / "manifest.json").read_text())
+    m["shards"][0]["path"] = f"pipe:touch {witness}"
+    (root / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ShardError, match=r"pipe:.*data\.allow_pipe=true"):
+        loader = make_loader(root, batch_size=256, num_workers=0, rank=0, world_size=1, shuffle=False)
+        next(iter(loader))
+    with pytest.raises(ShardError, match="allow_pipe"):
+        list(read_blocks(f"pipe:touch {witness}"))
+    with pytest.raises(ShardError, match="allow_pipe"):
+        load_manifest(f"pipe:touch {witness}")
+    assert not witness.exists()
+    # opted in, the command runs (here: `cat` of a real shard), so trusted pipelines keep working
+    m["shards"][0]["path"] = f"pipe:cat {corpus.shard_path(0)}"
+    (root / "manifest.json").write_text(json.dumps(m))
+    ds = ShardStream(root, batch_size=256, shuffle=False, rank=0, world_size=1, return_ids=True, allow_pipe=True)
+    assert np.array_equal(_ids(_collect(ds)), corpus.train_ids)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_state_dict_resumes_at_the_same_batch(corpus: Corpus, workers: int) -> None:
+    """A loader restored from ``state_dict()`` taken after j batches yields exactly the rest of that epoch."""
+    opts = {"batch_size": 256, "buffer_rows": 1024, "return_ids": True, "rank": 0, "world_size": 1}
+    first = make_loader(corpus.root, num_workers=workers, transfer_batches=3, **opts)
+    first.dataset.set_epoch(2)
+    full, state = [], None
+    for i, b in enumerate(first):
+        full.append(b["id"].numpy().copy())
+        if i == 6:
+            state = first.state_dict()
+    assert state is not None and state["epoch"] == 2 and state["batches"] == 7
+    again = make_loader(corpus.root, num_workers=workers, transfer_batches=3, **opts)
+    again.load_state_dict(state)
+    rest = [b["id"].numpy() for b in again]
+    assert len(rest) == len(full) - 7 and all(np.array_equal(a, b) for a, b in zip(rest, full[7:], strict=True))
+    assert again.dataset.epoch == 2 and len([b for b in again]) == len(full)  # the next epoch starts clean
+    other = make_loader(corpus.root, num_workers=workers, **(opts | {"batch_size": 128}))
+    with pytest.warns(RuntimeWarning, match="not identical"):
+        other.load_state_dict(state)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ddp_resume_is_bit_identical(tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """2 CPU ranks x 2 workers: stop mid-epoch, resume from last.ckpt: both ranks end on the uninterrupted weights."""
+    from omegaconf import open_dict
+
+    from deepspike.train import run
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    corpus = _train_corpus(tmp_path / "corpus")
+    n, k = 16, 5  # 6 batches per rank per epoch
+    common = ["trainer=ddp_cpu", f"trainer.max_steps={n}", f"trainer.val_check_interval={k}", "data.num_workers=2",
+              "model.cluster_metric=false"]  # fmt: skip
+    run(_train_cfg(tmp_path / "a", corpus, common))
+    killed = _train_cfg(tmp_path / "b", corpus, common)
+    with open_dict(killed):
+        killed.callbacks["stop"] = {"_target_": "test_stream.StopAt", "step": k}
+    run(killed)
+    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    assert len(torch.load(last, weights_only=True)["deepspike"]["rng_per_rank"]) == 2
+    run(_train_cfg(tmp_path / "c", corpus, [*common, f"ckpt_path={last}"]))
+    for rank in (0, 1):
+        a = torch.load(tmp_path / "a" / f"final.rank{rank}.pt", weights_only=True)["state"]
+        c = torch.load(tmp_path / "c" / f"final.rank{rank}.pt", weights_only=True)["state"]
+        assert all(torch.equal(a[key], c[key]) for key in a), rank
