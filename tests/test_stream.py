@@ -355,11 +355,15 @@ def one_thread() -> Any:
 
 
 @pytest.mark.parametrize(
-    ("workers", "k"),
-    [(0, 10), pytest.param(2, 10, marks=pytest.mark.slow), pytest.param(0, 13, marks=pytest.mark.slow)],
-    ids=["workers0-mid-epoch", "workers2-mid-epoch", "workers0-epoch-end"],
-)
-def test_resume_mid_epoch_is_bit_identical(tmp_path: Path, workers: int, k: int, one_thread: None) -> None:
+    ("workers", "k", "objective"),
+    [(0, 10, "reconstruction"), pytest.param(2, 10, "reconstruction", marks=pytest.mark.slow),
+     pytest.param(0, 13, "reconstruction", marks=pytest.mark.slow),
+     pytest.param(0, 10, "both", marks=pytest.mark.slow)],
+    ids=["workers0-mid-epoch", "workers2-mid-epoch", "workers0-epoch-end", "contrastive+recon-mid-epoch"],
+)  # fmt: skip
+def test_resume_mid_epoch_is_bit_identical(
+    tmp_path: Path, workers: int, k: int, objective: str, one_thread: None
+) -> None:
     """Train N steps straight vs stop at k (mid-epoch, last.ckpt) and resume to N: the same weights, bit for bit.
 
     The killed run stops through a callback, not ``max_steps=k``: the LR schedule spans max_steps, so a run with
@@ -371,7 +375,8 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path: Path, workers: int, k: int,
 
     corpus = _train_corpus(tmp_path / "corpus")
     n = 30  # epochs of 12 (2 workers) or 13 batches: k=10 is mid-epoch, 13 an epoch end; n crosses two boundaries
-    common = [f"trainer.max_steps={n}", f"trainer.val_check_interval={k}", f"data.num_workers={workers}"]
+    common = [f"trainer.max_steps={n}", f"trainer.val_check_interval={k}", f"data.num_workers={workers}",
+              f"model.objective={objective}"]  # fmt: skip
     run(_train_cfg(tmp_path / "a", corpus, common))
     killed = _train_cfg(tmp_path / "b", corpus, common)
     with open_dict(killed):
