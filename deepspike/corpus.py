@@ -33,7 +33,7 @@ from filelock import FileLock
 
 from deepspike import __version__
 from deepspike.defaults import conf_field
-from deepspike.errors import DeepSpikeError, OutputExistsError, cli_errors
+from deepspike.errors import DeepSpikeError, OutputExistsError, cli_errors, differences
 from deepspike.objective import manifest_sha256
 from deepspike.paths import CONF_DIR
 from deepspike.shards import Block, file_digest, slug, write_shard
@@ -280,15 +280,7 @@ def _done_record(out: Path, path: Path, settings: dict[str, Any], verify: bool =
 
 def _check_settings(out: Path, record: Path, saved: dict[str, Any], asked: dict[str, Any]) -> None:
     """Refuse to mix recordings cut with other settings into this corpus, naming the keys and the fix."""
-    diff = []
-    for key in sorted(set(saved) | set(asked)):
-        a, b = saved.get(key), asked.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diff += [
-                f"{key}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
-            ]
-        elif a != b:
-            diff.append(f"{key}: {a!r} -> {b!r}")
+    diff = differences(saved, asked)
     if diff:
         raise SettingsMismatchError(
             f"the corpus being built in {out} was started with other settings ({record} records them); this run "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 class DeepSpikeError(ValueError):
@@ -24,6 +25,20 @@ class SpecMismatchError(DeepSpikeError):
 
 class OutputExistsError(DeepSpikeError, FileExistsError):
     """Refusing to overwrite an existing result or corpus."""
+
+
+def differences(old: dict[str, Any], new: dict[str, Any], keys: Any = None, arrow: str = "->") -> list[str]:
+    """``key: old -> new`` for each differing key (one level into nested mappings), for mismatch messages."""
+    out = []
+    for key in sorted(set(old) | set(new)) if keys is None else keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [
+                f"{key}.{k}: {a.get(k)!r} {arrow} {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+            ]
+        elif a != b:
+            out.append(f"{key}: {a!r} {arrow} {b!r}")
+    return out
 
 
 @contextmanager

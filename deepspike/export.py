@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepspike.errors import DeepSpikeError, SpecMismatchError
+from deepspike.errors import DeepSpikeError, SpecMismatchError, differences
 from deepspike.models import build_net
 from deepspike.objective import git_commit
 from deepspike.paths import REPO_ROOT
@@ -191,15 +191,7 @@ def _check_sidecar(path: Path, header: dict[str, Any]) -> None:
         doc = json.loads(sidecar.read_text())
     except (OSError, ValueError) as e:
         raise DeepSpikeError(f"{sidecar}: unreadable sidecar of {path} ({e}); restore it or remove it") from e
-    diff = []
-    for key in SIDECAR_KEYS:
-        a, b = header.get(key), doc.get(key) if isinstance(doc, dict) else None
-        if isinstance(a, dict) and isinstance(b, dict):
-            diff += [
-                f"{key}.{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
-            ]
-        elif a != b:
-            diff.append(f"{key}: {a!r} vs {b!r}")
+    diff = differences(header, doc if isinstance(doc, dict) else {}, SIDECAR_KEYS, arrow="vs")
     if diff:
         raise SpecMismatchError(
             f"{sidecar} disagrees with the header of {path} ({'; '.join(diff)}; weights file vs sidecar). The "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,3 +34,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} not found (third-party data lives beside the repo)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_thread() -> Any:
+    """One torch thread: on a shared 2-core machine tiny nets run several times faster without thread contention."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -85,15 +85,6 @@ def _toy_windows(n: int = 512, seed: int = 0) -> torch.Tensor:
     return torch.as_tensor(tpl[rng.integers(0, 4, n)] + rng.standard_normal((n, 20)), dtype=torch.float32)
 
 
-@pytest.fixture
-def one_thread() -> object:
-    """Tiny nets run several times faster on one thread than with threads fighting over shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_contrastive_steps_pull_positives_together(one_thread: object) -> None:
     """A few CPU steps: NT-Xent on fixed views falls and the positive pairs' cosine (before the head) rises."""
     torch.manual_seed(0)

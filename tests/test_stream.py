@@ -345,13 +345,18 @@ def _train_cfg(out: Path, corpus: Path, extra: list[str]) -> Any:
     return cfg
 
 
-@pytest.fixture
-def one_thread() -> Any:
-    """One torch thread: on a shared 2-core machine tiny nets run several times faster without thread contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _straight_and_stopped(tmp_path: Path, corpus: Path, common: list[str], k: int) -> Path:
+    """Run ``common`` straight into ``a/``, and again into ``b/`` stopped after step ``k``; return b's last.ckpt."""
+    from omegaconf import open_dict
+
+    from deepspike.train import run
+
+    run(_train_cfg(tmp_path / "a", corpus, common))
+    killed = _train_cfg(tmp_path / "b", corpus, common)
+    with open_dict(killed):
+        killed.callbacks["stop"] = {"_target_": "test_stream.StopAt", "step": k}
+    run(killed)
+    return tmp_path / "b" / "checkpoints" / "last.ckpt"
 
 
 @pytest.mark.parametrize(
@@ -369,7 +374,6 @@ def test_resume_mid_epoch_is_bit_identical(
     The killed run stops through a callback, not ``max_steps=k``: the LR schedule spans max_steps, so a run with
     another max_steps would not be the same run.
     """
-    from omegaconf import open_dict
 
     from deepspike.train import run
 
@@ -377,12 +381,7 @@ def test_resume_mid_epoch_is_bit_identical(
     n = 30  # epochs of 12 (2 workers) or 13 batches: k=10 is mid-epoch, 13 an epoch end; n crosses two boundaries
     common = [f"trainer.max_steps={n}", f"trainer.val_check_interval={k}", f"data.num_workers={workers}",
               f"model.objective={objective}"]  # fmt: skip
-    run(_train_cfg(tmp_path / "a", corpus, common))
-    killed = _train_cfg(tmp_path / "b", corpus, common)
-    with open_dict(killed):
-        killed.callbacks["stop"] = {"_target_": "test_stream.StopAt", "step": k}
-    run(killed)
-    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    last = _straight_and_stopped(tmp_path, corpus, common, k)
     assert torch.load(last, weights_only=True)["global_step"] == k
     run(_train_cfg(tmp_path / "c", corpus, [*common, f"ckpt_path={last}"]))
     a = torch.load(tmp_path / "a" / "final.rank0.pt", weights_only=True)
@@ -508,7 +507,6 @@ def test_loader_state_dict_resumes_at_the_same_batch(corpus: Corpus, workers: in
 @pytest.mark.timeout(600)
 def test_ddp_resume_is_bit_identical(tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """2 CPU ranks x 2 workers: stop mid-epoch, resume from last.ckpt: both ranks end on the uninterrupted weights."""
-    from omegaconf import open_dict
 
     from deepspike.train import run
 
@@ -517,12 +515,7 @@ def test_ddp_resume_is_bit_identical(tmp_path: Path, one_thread: None, monkeypat
     n, k = 16, 5  # 6 batches per rank per epoch
     common = ["trainer=ddp_cpu", f"trainer.max_steps={n}", f"trainer.val_check_interval={k}", "data.num_workers=2",
               "model.cluster_metric=false"]  # fmt: skip
-    run(_train_cfg(tmp_path / "a", corpus, common))
-    killed = _train_cfg(tmp_path / "b", corpus, common)
-    with open_dict(killed):
-        killed.callbacks["stop"] = {"_target_": "test_stream.StopAt", "step": k}
-    run(killed)
-    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    last = _straight_and_stopped(tmp_path, corpus, common, k)
     assert len(torch.load(last, weights_only=True)["deepspike"]["rng_per_rank"]) == 2
     run(_train_cfg(tmp_path / "c", corpus, [*common, f"ckpt_path={last}"]))
     for rank in (0, 1):
