@@ -105,10 +105,10 @@ def main() -> None:
         rows.append(row)
         print(f"{folder.name:<16} {frozen:7.3f} {sort_ft:8.3f} "
               + " ".join(f"{row[f'corpus_{r}']:16.3f}" for r in RECIPES), flush=True)  # fmt: skip
-    keys = ["frozen", "sort_path", *(f"corpus_{r}" for r in RECIPES)]
-    means = {f"mean_{k}": round(float(np.mean([r[k] for r in rows])), 4) for k in keys}
-    write_results(args.name, {"cluster": args.cluster, "seed_base": args.seed_base, "recipes": RECIPES, **means,
-                              "per_recording": rows})  # fmt: skip
+        keys = ["frozen", "sort_path", *(f"corpus_{r}" for r in RECIPES)]  # written after each recording
+        means = {f"mean_{k}": round(float(np.mean([r[k] for r in rows])), 4) for k in keys}
+        write_results(args.name, {"cluster": args.cluster, "seed_base": args.seed_base, "recipes": RECIPES,
+                                  **means, "per_recording": rows})  # fmt: skip
 
 
 if __name__ == "__main__":
