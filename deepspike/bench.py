@@ -169,7 +169,8 @@ def _sort_spikeinterface(job: dict[str, Any], spec: SorterSpec) -> Any:
 
         probe = generate_linear_probe(num_elec=recording.get_num_channels(), ypitch=20)
         probe.set_device_channel_indices(np.arange(recording.get_num_channels()))
-        recording = recording.set_probe(probe)  # sorters need channel positions; a file without them gets a line
+        attached = recording.set_probe(probe)  # sorters need channel positions: a file without any gets a line
+        recording = recording if attached is None else attached  # in place since SpikeInterface 0.105
     return run_sorter(
         spec.name, recording, folder=job["workdir"], remove_existing_folder=True, verbose=False, **dict(spec.params)
     )
