@@ -38,31 +38,32 @@ def _bench(*args: str) -> subprocess.CompletedProcess:
 def test_cli_scores_deepspike_and_reports_a_failing_sorter_as_a_row(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench"
     pattern = str(tiny.parent / "*")  # the glob also matches tiny.gt/: it must not be taken for a recording
-    run = _bench(f"recordings=['{pattern}']", "sorters=[deepspike,nosuchsorter]", f"out={out}")
+    run = _bench(f"recordings=['{pattern}']", "sorters=[deepspike,nosuchsorter,herdingspikes]", f"out={out}")
     assert run.returncode == 0, run.stderr[-3000:]
     metrics = pd.read_csv(out / "metrics.csv", keep_default_na=False, na_values=[""])
     assert list(metrics.columns) == COLUMNS
-    assert list(metrics["sorter_name"]) == ["deepspike", "nosuchsorter"]
+    assert list(metrics["sorter_name"]) == ["deepspike", "nosuchsorter", "herdingspikes"]
     assert set(metrics["data_file"]) == {"tiny"}
     ds = metrics.set_index("sorter_name").loc["deepspike"]
     assert ds["accuracy"] > DEEPSPIKE_FLOOR and ds["num_units_gt"] == 3 and ds["num_units_found"] >= 1
     assert pd.isna(ds["error"]) and ds["wall_s"] > ds["sort_s"] > 0  # the process's time includes the sort
     bad = metrics.set_index("sorter_name").loc["nosuchsorter"]
     assert "unknown sorter 'nosuchsorter'" in bad["error"] and pd.isna(bad["accuracy"])
+    absent = metrics.set_index("sorter_name").loc["herdingspikes"]  # a SpikeInterface sorter not installed here
+    assert "sorter herdingspikes is not installed: pip install herdingspikes" in absent["error"]
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary.columns) == SUMMARY_COLUMNS
-    assert list(summary["sorter_name"]) == ["deepspike", "nosuchsorter"]
-    assert list(summary["recordings_ok"]) == [1, 0] and list(summary["recordings_failed"]) == [0, 1]
+    assert list(summary["sorter_name"]) == ["deepspike", "nosuchsorter", "herdingspikes"]
+    assert list(summary["recordings_ok"]) == [1, 0, 0] and list(summary["recordings_failed"]) == [0, 1, 1]
     units = pd.read_csv(out / "metrics_units.csv")
-    assert list(units.columns) == UNIT_COLUMNS and len(units) == 2 * 3
+    assert list(units.columns) == UNIT_COLUMNS and len(units) == 3 * 3
     ds_units = units[units["sorter_name"] == "deepspike"]
     assert np.all(ds_units["snr"] > 5) and np.all(ds_units["num_spikes"] > 0)
     assert np.isclose(ds_units["accuracy"].mean(), ds["accuracy"])  # the row is the mean over GT units
     for png in ("accuracy_by_recording.png", "accuracy_vs_snr.png"):
         assert (out / "plots" / png).stat().st_size > 1000
 
-    again = _bench(f"recordings=['{pattern}']", "sorters=[deepspike]", f"out={out}")  # resume: reuses the run
-    assert again.returncode == 0, again.stderr[-3000:]
+    run_bench(BenchConfig(recordings=[pattern], sorters=["deepspike"], out=str(out), plots=False))  # resume
     rerun = pd.read_csv(out / "metrics.csv").set_index("sorter_name").loc["deepspike"]
     assert rerun["wall_s"] == pytest.approx(ds["wall_s"], rel=1e-5)
 
