@@ -313,6 +313,7 @@ def run_pair(rec: Recording, spec: SorterSpec, conf: BenchConfig, runs: Path) ->
     result = runs / f"{key}.npz"
     job = {
         "recording": str(Path(rec.path).resolve()),
+        "stamp": _stamp(rec.path),
         "recording_options": conf.recording_options,
         "sorter": asdict(spec),
         "checkpoint": conf.checkpoint,
@@ -550,11 +551,12 @@ def make_set(conf: BenchConfig) -> Path:
             seed = int(np.random.default_rng([int(s["seed"]), zlib.crc32(tier.encode()), i]).integers(0, 2**31 - 1))
             kwargs = _tier_kwargs(t, seed, s.get("broad_overrides") or {})
             folder, gt_folder = out / name, out / f"{name}.gt"
-            if not (_complete(folder) and _complete(gt_folder) and name in index["recordings"]):
+            made = {"tier": tier, "seed": seed, "duration_s": float(s["duration_s"]), **_jsonable(kwargs)}
+            if not _kept(folder, index["recordings"].get(name), made):
                 rec, gt = generate_recording(seed, float(s["duration_s"]), "random", **kwargs)
                 save_pair(rec, gt, folder, gt_folder, progress=False)
                 info = {"fs": rec.get_sampling_frequency(), "num_units": len(gt.unit_ids)}
-                index["recordings"][name] = {"tier": tier, "seed": seed, **info, **_jsonable(kwargs)}
+                index["recordings"][name] = {**made, **info}
                 _write_json(index_file, index)
                 print(f"{name}: {info['num_units']} units at {info['fs']:g} Hz", flush=True)
     for item in s.get("include") or []:
@@ -587,19 +589,29 @@ def _include(item: dict[str, Any], out: Path, index: dict[str, Any]) -> None:
     tier = str(item.get("tier") or "included")
     name = f"{tier}_{path.name.split('.')[0]}"
     folder, gt_folder = out / name, out / f"{name}.gt"
-    if _complete(folder) and _complete(gt_folder) and name in index["recordings"]:
+    made = {"tier": tier, "source": str(path.resolve()), "sampling_frequency": fs}
+    if _kept(folder, index["recordings"].get(name), made):
         return
     rec = open_recording(path, **({"sampling_frequency": float(fs)} if fs else {}))
     gt = load_ground_truth(path, recording=rec)
     if gt is None:
         raise RecordingError(f"{path}: no ground truth to include in the set; give a recording that carries it")
     save_pair(rec, gt, folder, gt_folder, progress=False)
-    index["recordings"][name] = {"tier": tier, "source": path.name, "fs": rec.get_sampling_frequency(),
-                                 "num_units": len(gt.unit_ids)}  # fmt: skip
+    index["recordings"][name] = {**made, "fs": rec.get_sampling_frequency(), "num_units": len(gt.unit_ids)}
 
 
-def _complete(folder: Path) -> bool:
-    return (folder / "si_folder.json").is_file()
+def _kept(folder: Path, stored: dict[str, Any] | None, made: dict[str, Any]) -> bool:
+    """A recording of the set is kept when both folders are complete and it was made the same way."""
+    complete = all((f / "si_folder.json").is_file() for f in (folder, folder.with_name(folder.name + ".gt")))
+    return complete and stored is not None and {k: stored.get(k) for k in made} == made
+
+
+def _stamp(path: str) -> list[int]:
+    """Size and modification time of a recording file, or of a folder's files: a remade recording is a new job."""
+    p = Path(path)
+    files = sorted(p.rglob("*")) if p.is_dir() else [p]
+    stats = [f.stat() for f in files if f.is_file()]
+    return [sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)]
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

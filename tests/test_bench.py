@@ -126,8 +126,13 @@ def test_make_set_is_seeded_resumable_and_converts_quiroga(tmp_path: Path, share
     stamp = {p: (out / p / "si_folder.json").stat().st_mtime_ns for p in index}
     make_set(BenchConfig(out=str(out), make_set=True, set=spec))  # a rerun keeps what is complete
     assert stamp == {p: (out / p / "si_folder.json").stat().st_mtime_ns for p in index}
+    changed = {**spec, "tiers": {**tiers, "easy": {**tiers["easy"], "snr_range": [20.0, 30.0]}}}
+    make_set(BenchConfig(out=str(out), make_set=True, set=changed))  # a changed tier is made again, the rest kept
+    after = {p: (out / p / "si_folder.json").stat().st_mtime_ns for p in index}
+    assert [p for p in index if after[p] != stamp[p]] == ["easy_00", "easy_01"]
+    assert json.loads((out / "bench_set.json").read_text())["recordings"]["easy_00"]["snr_range"] == [20.0, 30.0]
     other = tmp_path / "same_seed"
-    make_set(BenchConfig(out=str(other), make_set=True, set={**spec, "include": []}))
+    make_set(BenchConfig(out=str(other), make_set=True, set={**changed, "include": []}))
     for name in ("easy_00", "mix_00"):  # seeded: the same recordings again
         a, b = (np.fromfile(next((d / name).glob("traces*.raw")), dtype=np.float32) for d in (out, other))
         assert np.array_equal(a, b)
