@@ -484,6 +484,7 @@ def _write_json(path: Path, data: Any) -> None:
 def plot(metrics: pd.DataFrame, units: pd.DataFrame, folder: Path) -> None:
     """accuracy_by_recording.png (one marker per sorter and recording) and accuracy_vs_snr.png (per GT unit)."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -510,6 +511,8 @@ def plot(metrics: pd.DataFrame, units: pd.DataFrame, folder: Path) -> None:
         u = units[(units["sorter_name"] == name) & units["accuracy"].notna()]
         ax.scatter(u["snr"], u["accuracy"], s=14, alpha=0.7, label=name)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set(xlabel="GT unit SNR (template peak / noise sigma)", ylabel="accuracy", ylim=(-0.02, 1.02),
            title="accuracy against unit SNR")  # fmt: skip
     ax.legend(fontsize=7)
