@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -190,6 +191,14 @@ def _sort_spikeinterface(job: dict[str, Any], spec: SorterSpec) -> Any:
     )
 
 
+def error_line(e: BaseException, limit: int = 500) -> str:
+    """One line for the error column: a wrapped traceback (SpikeInterface's sorter errors) gives its root cause."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    causes = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b.*:", line)]
+    text = causes[-1] if causes else (lines[0] if lines else "")
+    return f"{type(e).__name__}: {text}"[:limit]
+
+
 def run_one(job_file: str) -> int:
     """Worker: sort one recording with one sorter, write ``result`` (.npz spike trains + .json); exit status 0."""
     job = json.loads(Path(job_file).read_text())
@@ -215,7 +224,7 @@ def run_one(job_file: str) -> int:
         meta = {"job": job, "error": "", "sort_s": time.perf_counter() - t0, "num_units": len(sorting.unit_ids)}
     except Exception as e:  # any failure of a sorter is a result row, with its message
         traceback.print_exc()
-        meta = {"job": job, "error": f"{type(e).__name__}: {e}".strip(), "sort_s": time.perf_counter() - t0}
+        meta = {"job": job, "error": error_line(e), "sort_s": time.perf_counter() - t0}
     _write_json(result.with_suffix(".json"), meta)
     return 0
 

@@ -169,3 +169,14 @@ def test_peer_sorter_on_a_recording_without_probe(tmp_path: Path) -> None:
     run_bench(conf)
     row = pd.read_csv(tmp_path / "b" / "metrics.csv", keep_default_na=False, na_values=[""]).iloc[0]
     assert pd.isna(row["error"]) and row["num_units_found"] >= 1
+
+
+def test_a_wrapped_sorter_traceback_becomes_its_root_cause_on_one_line() -> None:
+    from deepspike.bench import error_line
+
+    wrapped = RuntimeError(
+        'Spike sorting error trace:\nTraceback (most recent call last):\n  File "x.py", line 1, in f\n'
+        "torch._C._LinAlgError: linalg.svd: input contained non-finite values.\n\nSpike sorting failed. See log.json."
+    )
+    assert error_line(wrapped) == "RuntimeError: torch._C._LinAlgError: linalg.svd: input contained non-finite values."
+    assert error_line(ValueError("bad value\nmore")) == "ValueError: bad value"
