@@ -1,0 +1,182 @@
+"""deepspike-bench: real sorters in their own processes, scored by SpikeInterface against generated ground truth."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deepspike.bench import COLUMNS, SUMMARY_COLUMNS, UNIT_COLUMNS, BenchConfig, make_set, parse_sorter, run_bench
+from deepspike.errors import DeepSpikeError, OutputExistsError, RecordingError
+
+REPO = Path(__file__).resolve().parents[1]
+# Measured on the tiny recording below (3 units, SNR 10-30, 10 s at 24 kHz): deepspike 0.976, mountainsort5 0.987
+DEEPSPIKE_FLOOR = 0.85
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 10 s generator recording with 3 units, saved as NAME/ + NAME.gt/ (what the benchmark set holds)."""
+    from deepspike.synthetic import generate_recording, save_pair
+
+    folder = tmp_path_factory.mktemp("bench_data")
+    rec, gt = generate_recording(3, duration_s=10.0, sampling_frequency=24000.0, num_units=3, snr_range=(10, 30))
+    save_pair(rec, gt, folder / "tiny", folder / "tiny.gt", progress=False)
+    return folder / "tiny"
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "deepspike.bench", *args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_cli_scores_deepspike_and_reports_a_failing_sorter_as_a_row(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    pattern = str(tiny.parent / "*")  # the glob also matches tiny.gt/: it must not be taken for a recording
+    run = _bench(f"recordings=['{pattern}']", "sorters=[deepspike,nosuchsorter,herdingspikes]", f"out={out}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = pd.read_csv(out / "metrics.csv", keep_default_na=False, na_values=[""])
+    assert list(metrics.columns) == COLUMNS
+    assert list(metrics["sorter_name"]) == ["deepspike", "nosuchsorter", "herdingspikes"]
+    assert set(metrics["data_file"]) == {"tiny"}
+    ds = metrics.set_index("sorter_name").loc["deepspike"]
+    assert ds["accuracy"] > DEEPSPIKE_FLOOR and ds["num_units_gt"] == 3 and ds["num_units_found"] >= 1
+    assert pd.isna(ds["error"]) and ds["wall_s"] > ds["sort_s"] > 0  # the process's time includes the sort
+    bad = metrics.set_index("sorter_name").loc["nosuchsorter"]
+    assert "unknown sorter 'nosuchsorter'" in bad["error"] and pd.isna(bad["accuracy"])
+    absent = metrics.set_index("sorter_name").loc["herdingspikes"]  # a SpikeInterface sorter not installed here
+    assert "sorter herdingspikes is not installed: pip install herdingspikes" in absent["error"]
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    assert list(summary["sorter_name"]) == ["deepspike", "nosuchsorter", "herdingspikes"]
+    assert list(summary["recordings_ok"]) == [1, 0, 0] and list(summary["recordings_failed"]) == [0, 1, 1]
+    units = pd.read_csv(out / "metrics_units.csv")
+    assert list(units.columns) == UNIT_COLUMNS and len(units) == 3 * 3
+    ds_units = units[units["sorter_name"] == "deepspike"]
+    assert np.all(ds_units["snr"] > 5) and np.all(ds_units["num_spikes"] > 0)
+    assert np.isclose(ds_units["accuracy"].mean(), ds["accuracy"])  # the row is the mean over GT units
+    for png in ("accuracy_by_recording.png", "accuracy_vs_snr.png"):
+        assert (out / "plots" / png).stat().st_size > 1000
+
+    run_bench(BenchConfig(recordings=[pattern], sorters=["deepspike"], out=str(out), plots=False))  # resume
+    rerun = pd.read_csv(out / "metrics.csv").set_index("sorter_name").loc["deepspike"]
+    assert rerun["wall_s"] == pytest.approx(ds["wall_s"], rel=1e-5)
+
+
+def test_a_sorter_that_runs_too_long_is_a_row_not_a_crash(tiny: Path, tmp_path: Path) -> None:
+    conf = BenchConfig(
+        recordings=[str(tiny)], sorters=["deepspike"], out=str(tmp_path / "b"), timeout_s=0.5, plots=False
+    )
+    run_bench(conf)
+    row = pd.read_csv(tmp_path / "b" / "metrics.csv").iloc[0]
+    assert "timed out after 0.5 s" in row["error"] and pd.isna(row["accuracy"]) and row["wall_s"] >= 0.5
+
+
+def test_inputs_are_checked_before_any_run(tiny: Path, tmp_path: Path) -> None:
+    no_gt = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(tiny, no_gt)
+    with pytest.raises(RecordingError, match=r"copy: no ground truth found.*copy\.gt/"):
+        run_bench(BenchConfig(recordings=[str(no_gt)], sorters=["deepspike"], out=str(tmp_path / "b")))
+    assert not (tmp_path / "b").exists()
+    foreign = tmp_path / "theirs"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputExistsError, match="not written by deepspike-bench"):
+        run_bench(BenchConfig(recordings=[str(tiny)], sorters=["deepspike"], out=str(foreign)))
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    with pytest.raises(DeepSpikeError, match="no recordings"):
+        BenchConfig(recordings=[], out="x").validate()
+
+
+def test_sorter_names() -> None:
+    assert parse_sorter("deepspike").method == "gmm" and not parse_sorter("deepspike").finetune
+    ft = parse_sorter("deepspike-dpgmm-ft")
+    assert (ft.kind, ft.method, ft.finetune) == ("deepspike", "dpgmm", True)
+    assert parse_sorter("deepspike-pca").features == "pca"
+    ks = parse_sorter("kilosort4", {"kilosort4": {"do_CAR": False}})
+    assert ks.kind == "spikeinterface" and dict(ks.params) == {"do_CAR": False}
+    for bad in ("deepspike-gmmm", "nosuchsorter", "deepspike-ft-kmeans"):
+        with pytest.raises(DeepSpikeError, match="unknown sorter"):
+            parse_sorter(bad)
+
+
+def test_make_set_is_seeded_resumable_and_converts_quiroga(tmp_path: Path, shared_data: Path) -> None:
+    quiroga = shared_data / "quiroga" / "C_Easy1_noise015_5sec.mat"
+    tiers = {"easy": {"n": 2, "num_units": [2, 4], "snr_range": [15.0, 50.0]}, "mix": {"n": 1, "recipe": "broad"}}
+    spec = {"seed": 1, "duration_s": 2.0, "tiers": tiers, "broad_overrides": {"num_units": [2, 3]},
+            "include": [{"path": str(quiroga), "sampling_frequency": 24000, "tier": "quiroga"}]}  # fmt: skip
+    out = tmp_path / "set"
+    make_set(BenchConfig(out=str(out), make_set=True, set=spec))
+    index = json.loads((out / "bench_set.json").read_text())["recordings"]
+    assert {k: v["tier"] for k, v in index.items()} == {
+        "easy_00": "easy", "easy_01": "easy", "mix_00": "mix", "quiroga_C_Easy1_noise015_5sec": "quiroga",
+    }  # fmt: skip
+    assert index["easy_00"]["seed"] != index["easy_01"]["seed"] and 2 <= index["mix_00"]["num_units"] <= 3
+    assert (
+        index["quiroga_C_Easy1_noise015_5sec"]["fs"] == 24000
+        and index["quiroga_C_Easy1_noise015_5sec"]["num_units"] == 3
+    )
+    stamp = {p: (out / p / "si_folder.json").stat().st_mtime_ns for p in index}
+    make_set(BenchConfig(out=str(out), make_set=True, set=spec))  # a rerun keeps what is complete
+    assert stamp == {p: (out / p / "si_folder.json").stat().st_mtime_ns for p in index}
+    changed = {**spec, "tiers": {**tiers, "easy": {**tiers["easy"], "snr_range": [20.0, 30.0]}}}
+    make_set(BenchConfig(out=str(out), make_set=True, set=changed))  # a changed tier is made again, the rest kept
+    after = {p: (out / p / "si_folder.json").stat().st_mtime_ns for p in index}
+    assert [p for p in index if after[p] != stamp[p]] == ["easy_00", "easy_01"]
+    assert json.loads((out / "bench_set.json").read_text())["recordings"]["easy_00"]["snr_range"] == [20.0, 30.0]
+    other = tmp_path / "same_seed"
+    make_set(BenchConfig(out=str(other), make_set=True, set={**changed, "include": []}))
+    for name in ("easy_00", "mix_00"):  # seeded: the same recordings again
+        a, b = (np.fromfile(next((d / name).glob("traces*.raw")), dtype=np.float32) for d in (out, other))
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sorter,floor", [("mountainsort5", 0.9), ("kilosort4", None)])
+def test_peer_sorter(tiny: Path, tmp_path: Path, sorter: str, floor: float | None) -> None:
+    """Peers run in < 30 s on 10 s here (2-core box): mountainsort5 6 s, accuracy 0.987; kilosort4 19 s (one unit)."""
+    from spikeinterface.sorters import sorter_dict
+
+    if not sorter_dict[sorter].is_installed():
+        pytest.skip(f"{sorter} not installed (pip install -e '.[bench]')")
+    run_bench(BenchConfig(recordings=[str(tiny)], sorters=[sorter], out=str(tmp_path / "b"), plots=False))
+    row = pd.read_csv(tmp_path / "b" / "metrics.csv", keep_default_na=False, na_values=[""]).iloc[0]
+    assert pd.isna(row["error"]) and row["num_units_found"] >= 1
+    if floor is not None:
+        assert row["accuracy"] > floor
+
+
+@pytest.mark.slow
+def test_peer_sorter_on_a_recording_without_probe(tmp_path: Path) -> None:
+    """Recipe recordings (and .mat files) carry no probe: peers get a one-channel line instead of a ValueError."""
+    from spikeinterface.sorters import sorter_dict
+
+    from deepspike.synthetic import generate_recording, save_pair
+
+    if not sorter_dict["mountainsort5"].is_installed():
+        pytest.skip("mountainsort5 not installed (pip install -e '.[bench]')")
+    rec, gt = generate_recording(5, duration_s=10.0, recipe="broad", num_units=3)
+    assert not rec.has_probe()
+    save_pair(rec, gt, tmp_path / "noprobe", tmp_path / "noprobe.gt", progress=False)
+    conf = BenchConfig(recordings=[str(tmp_path / "noprobe")], sorters=["mountainsort5"], out=str(tmp_path / "b"))
+    run_bench(conf)
+    row = pd.read_csv(tmp_path / "b" / "metrics.csv", keep_default_na=False, na_values=[""]).iloc[0]
+    assert pd.isna(row["error"]) and row["num_units_found"] >= 1
+
+
+def test_a_wrapped_sorter_traceback_becomes_its_root_cause_on_one_line() -> None:
+    from deepspike.bench import error_line
+
+    wrapped = RuntimeError(
+        'Spike sorting error trace:\nTraceback (most recent call last):\n  File "x.py", line 1, in f\n'
+        "torch._C._LinAlgError: linalg.svd: input contained non-finite values.\n\nSpike sorting failed. See log.json."
+    )
+    assert error_line(wrapped) == "RuntimeError: torch._C._LinAlgError: linalg.svd: input contained non-finite values."
+    assert error_line(ValueError("bad value\nmore")) == "ValueError: bad value"
