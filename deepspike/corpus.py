@@ -34,7 +34,6 @@ from filelock import FileLock
 from deepspike import __version__
 from deepspike.defaults import conf_field
 from deepspike.errors import DeepSpikeError, OutputExistsError, cli_errors, differences
-from deepspike.objective import manifest_sha256
 from deepspike.paths import CONF_DIR
 from deepspike.shards import Block, file_digest, slug, write_shard
 from deepspike.spec import WindowSpec
@@ -242,6 +241,11 @@ def build_recording(path: Path, out: Path, cfg: CorpusConfig) -> dict[str, Any]:
     }
     write_json_atomic(out / DONE_DIR / f"{rec_id}.json", record)
     return record
+
+
+def manifest_sha256(manifest: dict[str, Any]) -> str:
+    """Hash of the manifest's content (key order independent), naming the exact corpus a model saw."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -1,7 +1,7 @@
 """The training objective, shared by the Lightning module and the in-memory fine-tuning loop.
 
 Torch only (no Lightning, which costs seconds to import in ``sort.py finetune=true``). The loss reduction is
-explained in the ``deepspike.module`` docstring; the provenance helper sits here for the same reason.
+explained in the ``deepspike.module`` docstring; the provenance helper ``git_commit`` sits here for the same reason.
 
 Objectives (``model.objective``): ``reconstruction`` (AE/VAE with pretext tasks), ``contrastive`` (SimCLR's
 NT-Xent on two augmented views of each window, as CEED does for spikes) or ``both`` (the weighted sum). The
@@ -17,8 +17,6 @@ decoder so it loads like any other.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import subprocess
 from collections.abc import Callable
@@ -207,8 +205,3 @@ def git_commit() -> str:
         return sha + ("+dirty" if dirty else "")
     except Exception:
         return "unknown"
-
-
-def manifest_sha256(manifest: dict[str, Any]) -> str:
-    """Hash of the manifest's content (key order independent), naming the exact corpus a model saw."""
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()

@@ -26,8 +26,9 @@ from hydra.experimental.callback import Callback as HydraCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from deepspike.corpus import manifest_sha256
 from deepspike.errors import DeepSpikeError, SpecMismatchError, cli_errors
-from deepspike.objective import git_commit, manifest_sha256
+from deepspike.objective import git_commit
 from deepspike.paths import CONF_DIR
 from deepspike.spec import WindowSpec
 

@@ -255,7 +255,7 @@ def test_killed_parallel_build_leaves_no_workers(tmp_path: Path, sig: str) -> No
 
     from deepspike.synthetic import write_synthetic_recordings
 
-    recs = list(write_synthetic_recordings(tmp_path / "rec", 6, seed=5, duration_s=20.0))
+    recs = list(write_synthetic_recordings(tmp_path / "rec", 6, seed=5, duration_s=40.0))
     cmd = [sys.executable, "-m", "deepspike.corpus", f"recordings=[{','.join(map(str, recs))}]",
            f"out={tmp_path / 'out'}", "workers=2", "progress=false"]  # fmt: skip
     log = (tmp_path / "log.txt").open("w")  # not a pipe: orphaned workers would hold it open
@@ -265,14 +265,15 @@ def test_killed_parallel_build_leaves_no_workers(tmp_path: Path, sig: str) -> No
         deadline = time.monotonic() + 120
         while len(_children(proc.pid)) < 2 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        time.sleep(3)  # the workers are importing or building recordings
+        time.sleep(0.5)  # the workers are importing or building recordings (the whole build takes ~5 s idle)
         kids = _children(proc.pid)
         assert proc.poll() is None and len(kids) >= 2, "the build ended before it could be killed"
         proc.send_signal(getattr(signal, sig))
         proc.wait(timeout=30)
         # SIGTERM: the parent terminates its pool at once. SIGKILL: each worker notices its parent is gone within
         # 0.5 s once its watcher runs, which is only after the spawned worker has imported the package (seconds,
-        # up to ~20 s on a loaded 2-core box); before the fix they never ended.
+        # up to ~20 s under load while the corpus imported torch, which it no longer does); before the fix they
+        # never ended.
         wait_s = 10 if sig == "SIGTERM" else 60
         deadline = time.monotonic() + wait_s
         while any(_alive(k) for k in kids) and time.monotonic() < deadline:

@@ -109,3 +109,14 @@ def test_docs_module_table_matches_the_code() -> None:
         loaded = [importlib.import_module(f"deepspike.{m}") for m in mods]
         for name in re.findall(r"`(\w+)\(", api):
             assert any(hasattr(mod, name) for mod in loaded), f"docs name {name}() in {mods}, which do not define it"
+
+
+def test_corpus_builder_does_not_import_torch() -> None:
+    """Corpus workers are spawned processes: importing torch there costs seconds each (and delayed their watcher
+    of a killed parent by up to ~20 s under load), and building shards needs none of it."""
+    import subprocess
+    import sys
+
+    code = "import sys, deepspike.corpus; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PKG.parent)
+    assert out.stdout.strip() == "False"
