@@ -128,14 +128,15 @@ def recording_id(path: Path) -> str:
 
 
 def source_fingerprint(path: Path) -> dict[str, Any]:
-    """Size and sha256 of a file or of every file in a folder (sorted), to record provenance and detect edits."""
+    """Size and sha256 of a file (``shards.file_digest``) or of every file in a folder (sorted, with their relative
+    names), to record provenance and detect edits."""
+    if path.is_file():
+        return file_digest(path)
     h = hashlib.sha256()
     size = 0
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
         size += f.stat().st_size
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode())
+        h.update(str(f.relative_to(path)).encode())
         with open(f, "rb") as fh:
             for chunk in iter(lambda fh=fh: fh.read(1 << 22), b""):
                 h.update(chunk)

@@ -14,7 +14,6 @@ net from ``arch`` (``deepspike.models.build_net``) and never unpickles anything.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -30,6 +29,7 @@ from deepspike.errors import DeepSpikeError, SpecMismatchError, differences
 from deepspike.models import build_net
 from deepspike.objective import git_commit
 from deepspike.paths import REPO_ROOT
+from deepspike.shards import file_digest
 from deepspike.spec import WindowSpec, normalize
 
 FORMAT = "deepspike-encoder"
@@ -41,14 +41,6 @@ def tool_version() -> str:
     from deepspike import __version__
 
     return __version__
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class EncoderSpec(dict):
@@ -313,7 +305,7 @@ def parent_record(encoder: Encoder) -> dict[str, Any]:
     path = getattr(encoder, "path", None)
     return {
         "path": None if path is None else str(path),
-        "sha256": None if path is None else file_sha256(path),
+        "sha256": None if path is None else file_digest(path)["sha256"],
         "provenance": dict(encoder.spec.get("provenance", {})),
     }
 

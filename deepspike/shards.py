@@ -81,7 +81,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def file_digest(path: str | Path) -> dict[str, Any]:
-    """``{size, sha256}`` of a file: recorded per shard so a resumed build and the stream can spot damage."""
+    """``{size, sha256}`` of a file: the one file hasher (shards, recordings, parent encoders in provenance)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 22), b""):

@@ -20,9 +20,10 @@ import torch
 
 from deepspike.errors import DeepSpikeError, SpecMismatchError
 from deepspike.evaluate import CollapseMetric, compare_to_ground_truth, gmm_scores, split_purity
-from deepspike.export import export_encoder, file_sha256, load_encoder, load_parent, parent_objective, save_encoder
+from deepspike.export import export_encoder, load_encoder, load_parent, parent_objective, save_encoder
 from deepspike.finetune import FinetuneParams, finetune_on_windows
 from deepspike.models import encoder_layers, freeze_encoder
+from deepspike.shards import file_digest
 from deepspike.sorting import DEFAULT_CHECKPOINT, FINETUNED_NAME, SortParams, run_sort
 from deepspike.spec import WindowSpec, normalize
 
@@ -111,14 +112,17 @@ def test_provenance_names_parent_and_data(sorted_pair: tuple[Any, Any, Any], par
     path = save_encoder(after.finetuned, tmp_path / "ft.safetensors")
     enc = load_encoder(path)
     prov = enc.spec.provenance
-    assert prov["parent"]["path"] == str(parent) and prov["parent"]["sha256"] == file_sha256(parent)
+    assert prov["parent"]["path"] == str(parent) and prov["parent"]["sha256"] == file_digest(parent)["sha256"]
     assert prov["parent"]["provenance"] == load_encoder(parent).spec.provenance
     rec = prov["finetune"]["data"]["recordings"][0]
     assert rec["path"].endswith("three_units") and len(rec["sha256"]) == 64 and rec["num_spikes"] == len(after.waves)
     assert prov["finetune"]["history"][0]["step"] == 0 and prov["steps"] == prov["finetune"]["steps"]
     x = after.waves[:50]
     np.testing.assert_array_equal(enc.embed(x), after.finetuned.embed(x))
-    assert json.loads(path.with_suffix(".json").read_text())["provenance"]["parent"]["sha256"] == file_sha256(parent)
+    assert (
+        json.loads(path.with_suffix(".json").read_text())["provenance"]["parent"]["sha256"]
+        == file_digest(parent)["sha256"]
+    )
 
 
 def test_python_api_finetune(parent: Path) -> None:
@@ -147,7 +151,7 @@ def test_sort_py_finetune_writes_outputs_and_artifact(parent: Path, recording_fo
         assert (out / name).exists(), name
     enc = load_encoder(out / FINETUNED_NAME)
     assert (out / FINETUNED_NAME).with_suffix(".json").exists()
-    assert enc.spec.provenance["parent"]["sha256"] == file_sha256(parent)
+    assert enc.spec.provenance["parent"]["sha256"] == file_digest(parent)["sha256"]
     emb = np.load(out / "embeddings.npy")
     assert emb.shape[0] == len(pd.read_csv(out / "spikes.csv")) and emb.shape[1] == enc.latent_dim
 
@@ -316,7 +320,10 @@ def test_train_experiment_finetune_builds_corpus_and_records_provenance(
     res = run(cfg_for(tmp_path / "a", args))
     enc = load_encoder(res["encoder"])
     prov = enc.spec.provenance
-    assert prov["parent"]["sha256"] == file_sha256(parent) and enc.spec["arch"] == load_encoder(parent).spec["arch"]
+    assert (
+        prov["parent"]["sha256"] == file_digest(parent)["sha256"]
+        and enc.spec["arch"] == load_encoder(parent).spec["arch"]
+    )
     data = prov["finetune"]["data"]
     assert data["recordings"][0]["path"] == str(recording_folder) and len(data["recordings"][0]["sha256"]) == 64
     assert data["splits"]["val"]["num_spikes"] > 0 and len(data["corpus_manifest_sha256"]) == 64
