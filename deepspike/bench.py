@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from deepspike.corpus import write_json_atomic
 from deepspike.defaults import conf_field, conf_values
 from deepspike.errors import DeepSpikeError, OutputExistsError, RecordingError, cli_errors
 from deepspike.evaluate import METRIC_COLUMNS, compare_to_ground_truth
@@ -225,7 +226,7 @@ def run_one(job_file: str) -> int:
     except Exception as e:  # any failure of a sorter is a result row, with its message
         traceback.print_exc()
         meta = {"job": job, "error": error_line(e), "sort_s": time.perf_counter() - t0}
-    _write_json(result.with_suffix(".json"), meta)
+    write_json_atomic(result.with_suffix(".json"), meta, default=str)
     return 0
 
 
@@ -290,11 +291,11 @@ def unit_snrs(
     recording: Any, gt: Any, band: list[float], max_s: float = 600.0
 ) -> tuple[dict[str, float], dict[str, int]]:
     """Per GT unit: peak of its mean band-passed waveform / the channel's MAD noise sigma (best channel), and count."""
-    from spikeinterface.preprocessing import bandpass_filter
+    from deepspike.preprocess import bandpass
 
     fs = float(recording.get_sampling_frequency())
     n = min(recording.get_num_samples(segment_index=0), int(max_s * fs))
-    filt = bandpass_filter(recording, freq_min=float(band[0]), freq_max=min(float(band[1]), 0.45 * fs))
+    filt = bandpass(recording, float(band[0]), float(band[1]))  # freq_max >= Nyquist: clipped, with a warning
     x = np.asarray(filt.get_traces(segment_index=0, start_frame=0, end_frame=n), dtype=np.float64)
     sigma = np.median(np.abs(x - np.median(x, axis=0)), axis=0) / 0.6745
     before, after = int(1e-3 * fs), int(2e-3 * fs)
@@ -338,7 +339,7 @@ def run_pair(rec: Recording, spec: SorterSpec, conf: BenchConfig, runs: Path) ->
     for stale in (result, meta_file):
         stale.unlink(missing_ok=True)
     job_file = runs / f"{key}.job.json"
-    _write_json(job_file, job)
+    write_json_atomic(job_file, job, default=str)
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -354,7 +355,7 @@ def run_pair(rec: Recording, spec: SorterSpec, conf: BenchConfig, runs: Path) ->
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {"job": job, "error": crash, "sort_s": None}
     meta["error"] = meta.get("error") or crash
     meta["wall_s"] = wall
-    _write_json(meta_file, meta)
+    write_json_atomic(meta_file, meta, default=str)
     if meta["error"]:
         return None, wall, meta.get("sort_s") or float("nan"), meta["error"]
     return _load_sorting(result), wall, meta["sort_s"], ""
@@ -484,12 +485,6 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def plot(metrics: pd.DataFrame, units: pd.DataFrame, folder: Path) -> None:
     """accuracy_by_recording.png (one marker per sorter and recording) and accuracy_vs_snr.png (per GT unit)."""
     import matplotlib
@@ -569,12 +564,12 @@ def make_set(conf: BenchConfig) -> Path:
                 save_pair(rec, gt, folder, gt_folder, progress=False)
                 info = {"fs": rec.get_sampling_frequency(), "num_units": len(gt.unit_ids)}
                 index["recordings"][name] = {**made, **info}
-                _write_json(index_file, index)
+                write_json_atomic(index_file, index, default=str)
                 print(f"{name}: {info['num_units']} units at {info['fs']:g} Hz", flush=True)
     for item in s.get("include") or []:
         _include(item, out, index)
-        _write_json(index_file, index)
-    _write_json(index_file, index)
+        write_json_atomic(index_file, index, default=str)
+    write_json_atomic(index_file, index, default=str)
     print(f"benchmark set: {len(index['recordings'])} recordings in {out} (index {index_file})")
     return out
 

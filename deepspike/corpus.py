@@ -249,10 +249,14 @@ def manifest_sha256(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
+def write_json_atomic(path: Path, obj: Any, default: Any = None) -> None:
+    """Write ``obj`` as JSON under a temporary name, then rename: a reader never sees half a file.
+
+    ``default`` converts what JSON cannot hold (``str`` for free-form run records); None refuses it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.write_text(json.dumps(obj, indent=1, default=default))
     os.replace(tmp, path)
 
 
