@@ -562,10 +562,8 @@ def _sniff_h5(p: Path) -> _Neo:
 
 def __getattr__(name: str) -> Any:
     """``NpyRecording`` is built on first use, so importing deepspike.io does not import SpikeInterface."""
-    if name == "NpyRecording":
-        if name in globals():
-            return globals()[name]
-        cls = _npy_recording_classes()[0]
+    if name == "NpyRecording":  # then cached in globals(): this hook only runs for names not found there
+        cls = _npy_recording_class()
         cls.__module__, cls.__qualname__, cls.__name__ = __name__, name, name
         globals()[name] = cls
         return cls
@@ -611,7 +609,7 @@ def _open_npy(p: Path, fs: float | None, num_channels: int | None) -> Any:
     )
 
 
-def _npy_recording_classes() -> tuple[type, type]:
+def _npy_recording_class() -> type:
     """A recording over a memory-mapped 2-D .npy whose channels are contiguous (channels x samples in C order,
     samples x channels in Fortran order).
 
@@ -646,7 +644,7 @@ def _npy_recording_classes() -> tuple[type, type]:
                 "channels_first": bool(channels_first),
             }
 
-    return Recording, _Segment
+    return Recording
 
 
 def _channels_first(p: Path, shape: tuple[int, ...], num_channels: int | None) -> bool:
