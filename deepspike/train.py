@@ -33,6 +33,7 @@ from deepspike.paths import CONF_DIR
 from deepspike.spec import WindowSpec
 
 MODEL_ALIASES = ("hidden", "latent")  # model.hidden / model.latent: sweep shorthands interpolated into model.net
+INPUT_NORM_KEYS = ("normalization", "norm_scale", "norm_clip")  # what model.input_norm may set
 INTERRUPTED_CKPT = "interrupted.ckpt"  # written into the checkpoint directory when SIGTERM stops training
 
 
@@ -65,6 +66,7 @@ def build_model(cfg: DictConfig, window: WindowSpec) -> pl.LightningModule:
         mcfg.pop(k, None)
     init_from = mcfg.pop("init_from", None)
     freeze = mcfg.pop("freeze", None)
+    mcfg.pop("input_norm", None)  # already in ``window`` (model_window)
     in_dim = mcfg["net"].get("in_dim", window.length)
     if in_dim != window.length:
         raise DeepSpikeError(
@@ -88,6 +90,32 @@ def build_model(cfg: DictConfig, window: WindowSpec) -> pl.LightningModule:
 
         freeze_encoder(module.net, freeze)  # requires_grad=False: out of the optimizer, ignored by DDP
     return module
+
+
+def model_window(cfg: DictConfig, corpus: WindowSpec) -> WindowSpec:
+    """The model's window spec: the corpus grid with the model's input normalization (``model.input_norm``).
+
+    Corpus windows are stored in noise units, so the normalization is the model's choice (swept in issue 12); it is
+    stored in every checkpoint and artifact like the grid, and a resume with another one is refused. A fine-tuned
+    model keeps its parent's normalization.
+    """
+    given = OmegaConf.to_container(cfg.model.get("input_norm") or {}, resolve=True)
+    over = {k: v for k, v in dict(given).items() if v is not None}
+    bad = sorted(set(over) - set(INPUT_NORM_KEYS))
+    if bad:
+        raise DeepSpikeError(
+            f"model.input_norm: unknown key(s) {bad}; it may set only {list(INPUT_NORM_KEYS)} "
+            "(e.g. model.input_norm.norm_clip=12); the window grid comes from the corpus"
+        )
+    if cfg.model.get("init_from"):
+        from deepspike.export import load_parent
+
+        parent = load_parent(str(cfg.model.init_from)).window_spec.to_dict()
+        over = {k: parent[k] for k in INPUT_NORM_KEYS}
+    try:
+        return WindowSpec.from_dict({**corpus.to_dict(), **over})
+    except SpecMismatchError as e:
+        raise DeepSpikeError(f"model.input_norm={over}: {e}") from None
 
 
 def _continue_parent_objective(mcfg: dict[str, Any], parent: Any) -> None:
@@ -223,7 +251,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         _check_corpus(str(cfg.data.get("shards")))
     datamodule = hydra.utils.instantiate(cfg.data)
     manifest = datamodule.manifest
-    window = WindowSpec.from_dict(manifest.get("window", {}))
+    window = model_window(cfg, WindowSpec.from_dict(manifest.get("window", {})))
     model = build_model(cfg, window)
     has_val = datamodule.split_size("val") > 0
     callbacks = [*_instantiate_group(cfg.get("callbacks")), SaveOnSigterm(Path(cfg.paths.output_dir) / "checkpoints")]

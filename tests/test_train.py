@@ -383,3 +383,28 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_nonzero(corpus: Path, tm
     run(cfg)
     assert torch.load(out_b / "start_rank0.pt", weights_only=True)["step"] == saved["global_step"]
     assert (out_b / "encoder.safetensors").exists()
+
+
+# ---- the model's input normalization (issue 12: swept; stored; a resume with another one is refused) ------------
+def test_input_norm_goes_into_the_artifact_and_a_resume_with_another_is_refused(corpus: Path, tmp_path: Path) -> None:
+    from deepspike.export import load_encoder
+    from deepspike.train import run
+
+    out = tmp_path / "run"
+    over = [*TINY, f"data.shards={corpus}", "trainer.max_steps=3", "model.input_norm.norm_clip=12"]
+    run(cfg_for(out, over))
+    enc = load_encoder(out / "encoder.safetensors")
+    assert enc.window_spec.norm_clip == 12.0 and enc.window_spec.n_before == WindowSpec().n_before
+    x = np.random.default_rng(0).normal(0, 30, (64, 20)).astype(np.float32)  # large spikes: clip 4 vs 12 differ
+    assert np.isfinite(enc.embed(x)).all()
+    ckpt = out / "checkpoints" / "last.ckpt"
+    with pytest.raises(DeepSpikeError, match=r"(?s)norm_clip.*ckpt_path="):
+        run(cfg_for(tmp_path / "run2", [*TINY, f"data.shards={corpus}", "trainer.max_steps=4", f"ckpt_path={ckpt}"]))
+
+
+def test_input_norm_unknown_key_is_a_clear_error(corpus: Path, tmp_path: Path) -> None:
+    from deepspike.train import run
+
+    cfg = cfg_for(tmp_path, [*TINY, f"data.shards={corpus}", "+model.input_norm.n_before=4"])
+    with pytest.raises(DeepSpikeError, match=r"model\.input_norm.*n_before"):
+        run(cfg)
