@@ -35,8 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from deepspike.errors import DeepSpikeError
 from deepspike.evaluate import gmm_scores
-from deepspike.objective import RECON, Objective, autoencoder_loss, warmup_cosine
+from deepspike.objective import RECON, Objective, autoencoder_loss, unit_groups, warmup_cosine
 from deepspike.pretext import Pretext
 from deepspike.spec import WindowSpec, normalize
 
@@ -122,15 +123,26 @@ class SpikeAutoencoder(pl.LightningModule):
         return float(self.hparams.beta) * (min(1.0, self.global_step / w) if w > 0 else 1.0)
 
     def _step(
-        self, wave: torch.Tensor, corrupt: bool, beta: float = 0.0, generator: torch.Generator | None = None
+        self, batch: dict[str, torch.Tensor], corrupt: bool, beta: float = 0.0, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         pretext = self.pretext if corrupt else None
         net = self._compiled or self.net
-        return autoencoder_loss(net, wave, self.spec, pretext, self.hparams.recon, beta, self.objective, generator)
+        groups = None
+        if self.objective.needs_labels:
+            if "label" not in batch:
+                raise DeepSpikeError(
+                    "model.contrastive.positives=units needs unit labels in the training batches; train on a labelled "
+                    "corpus (e.g. deepspike-corpus synthetic=broad) or set model.contrastive.positives=views"
+                )
+            groups = unit_groups(batch["label"], batch["rec"])
+        wave = batch["wave"]
+        return autoencoder_loss(
+            net, wave, self.spec, pretext, self.hparams.recon, beta, self.objective, generator, groups
+        )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         beta = self.beta_now()
-        out = self._step(batch["wave"], corrupt=True, beta=beta)
+        out = self._step(batch, corrupt=True, beta=beta)
         loss = out["loss"]
         n = batch["wave"].shape[0]
         logs = {"train/loss": loss, "train/recon": out["recon"], "train/kl": out["kl"], "train/beta": beta,
@@ -152,7 +164,7 @@ class SpikeAutoencoder(pl.LightningModule):
             ds.set_epoch(self.current_epoch)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        out = self._step(batch["wave"], corrupt=False, beta=self.hparams.beta, generator=self._val_generator())
+        out = self._step(batch, corrupt=False, beta=self.hparams.beta, generator=self._val_generator())
         n = batch["wave"].shape[0]
         loss = out["loss"]
         # without a contrastive term the label-free score is -recon (as always); with one, -loss
@@ -287,9 +299,11 @@ class SpikeDataModule(pl.LightningDataModule):
         pin_memory: bool | None = None,
         seed: int = 0,
         allow_pipe: bool = False,
+        train_labels: bool = False,
     ) -> None:
         super().__init__()
         self.shards = str(shards)
+        self.train_labels = bool(train_labels)  # set by train.build when the objective needs unit labels
         self.allow_pipe = bool(allow_pipe)  # pipe:CMD shard URLs run CMD (conf/data/demo.yaml)
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
         self.num_workers, self.shuffle_buffer = int(num_workers), int(shuffle_buffer)
@@ -319,7 +333,7 @@ class SpikeDataModule(pl.LightningDataModule):
             self.shards, split="train", batch_size=self.batch_size, shuffle=True, seed=self.seed,
             num_workers=self.num_workers, buffer_rows=self.shuffle_buffer, resample=self.resample,
             persistent_workers=self.persistent_workers, pin_memory=self.pin_memory, drop_last=True,
-            allow_pipe=self.allow_pipe,
+            allow_pipe=self.allow_pipe, return_labels=self.train_labels,
         )  # fmt: skip
 
     def val_dataloader(self) -> Any:

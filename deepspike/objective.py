@@ -49,17 +49,35 @@ def loss_terms(
     return rec, kl
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+POSITIVES = ("views", "units")
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, groups: torch.Tensor | None = None) -> torch.Tensor:
     """SimCLR's NT-Xent: mean over the ``2B`` views of ``-log softmax`` of the positive's cosine / temperature.
 
     Row ``i`` of ``z1`` and of ``z2`` are the two views of one window; every other view in the batch is a negative.
+    With ``groups`` (one id per window) it is the supervised contrastive loss (SupCon, Khosla et al. 2020, "L_out"):
+    every view of a window with the same id is a positive too, and the loss averages ``-log softmax`` over them.
     """
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
     b = z1.shape[0]
     sim = (z @ z.T) / float(temperature)
-    sim = sim.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), float("-inf"))  # not itself
-    target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
-    return F.cross_entropy(sim, target)
+    eye = torch.eye(2 * b, dtype=torch.bool, device=z.device)
+    sim = sim.masked_fill(eye, float("-inf"))  # not itself
+    if groups is None:
+        target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
+        return F.cross_entropy(sim, target)
+    g = torch.cat([groups, groups]).to(z.device)
+    pos = (g[:, None] == g[None, :]) & ~eye  # always holds the other view of the same window
+    logp = (sim - torch.logsumexp(sim, dim=1, keepdim=True)).masked_fill(eye, 0.0)
+    return -((logp * pos).sum(dim=1) / pos.sum(dim=1)).mean()
+
+
+def unit_groups(label: torch.Tensor, rec: torch.Tensor) -> torch.Tensor:
+    """One id per window for SupCon: (recording, unit) for labelled spikes, the window itself for unlabelled ones."""
+    label, rec = label.long(), rec.long()
+    own = -1 - torch.arange(len(label), device=label.device)  # unique negatives: only the window's two views match
+    return torch.where(label >= 0, rec * (1 << 20) + label, own)
 
 
 class Objective(nn.Module):
@@ -81,6 +99,7 @@ class Objective(nn.Module):
         projection_dim: int = 32,
         augment: dict[str, Any] | None = None,
         seed: int = 0,
+        positives: str = "views",
     ) -> None:
         super().__init__()
         checks = [
@@ -90,12 +109,15 @@ class Objective(nn.Module):
              f"model.contrastive.weight={weight} and model.recon_weight={recon_weight} must be >= 0"),
             (int(projection_hidden) >= 1 and int(projection_dim) >= 1,
              "model.contrastive.projection_hidden and projection_dim must be >= 1"),
+            (positives in POSITIVES,
+             f"model.contrastive.positives={positives!r}: choose one of {', '.join(POSITIVES)}"),
         ]  # fmt: skip
         for ok, msg in checks:
             if not ok:
                 raise DeepSpikeError(msg)
         self.kind, self.recon_weight = kind, float(recon_weight)
         self.temperature, self.weight = float(temperature), float(weight)
+        self.positives = positives
         aug = dict(augment or {})
         try:
             self.augment = Pretext(aug.get("tasks", AUGMENT_TASKS), aug.get("params"), seed=seed)
@@ -113,6 +135,11 @@ class Objective(nn.Module):
         self.projector = nn.Sequential(nn.Linear(int(latent), hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     @property
+    def needs_labels(self) -> bool:
+        """SupCon positives come from the corpus's unit labels: the training stream must carry them."""
+        return self.contrasts and self.positives == "units"
+
+    @property
     def reconstructs(self) -> bool:
         return self.kind != "contrastive"
 
@@ -127,9 +154,15 @@ class Objective(nn.Module):
                 q.requires_grad_(False)
 
     def contrastive_terms(
-        self, net: nn.Module, wave: torch.Tensor, spec: WindowSpec, generator: torch.Generator | None = None
+        self,
+        net: nn.Module,
+        wave: torch.Tensor,
+        spec: WindowSpec,
+        generator: torch.Generator | None = None,
+        groups: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """NT-Xent of two augmented views (drawn from ``generator``, else the augment's own), and for monitoring
+        """NT-Xent of two augmented views (drawn from ``generator``, else the augment's own; with ``groups`` and
+        ``positives=units`` the SupCon form, see ``nt_xent``), and for monitoring
         ``pos_cos``: the mean cosine of the positive pairs in the embedding (before the head) after removing the
         batch mean, so that a collapsed embedding (every window alike, as at initialization) scores 0, not 1."""
         v1 = normalize(self.augment(wave, generator), spec)
@@ -139,7 +172,8 @@ class Objective(nn.Module):
         z1, z2 = self.projector(h1), self.projector(h2)
         c = h.detach().float() - h.detach().float().mean(dim=0)
         pos = F.cosine_similarity(*c.chunk(2), dim=1).mean()
-        return {"contrastive": nt_xent(z1, z2, self.temperature), "pos_cos": pos}
+        g = groups if self.positives == "units" else None
+        return {"contrastive": nt_xent(z1, z2, self.temperature, g), "pos_cos": pos}
 
 
 def autoencoder_loss(
@@ -151,14 +185,16 @@ def autoencoder_loss(
     beta: float,
     objective: Objective | None = None,
     generator: torch.Generator | None = None,
+    groups: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The training step's loss, shared by pretraining, ``train.py experiment=finetune`` and ``sort.py finetune=true``.
 
     ``wave`` is raw (noise units); the pretext corrupts it on the device, both input and target go through the
     model's normalization, and the reconstruction term is ``recon + beta * kl``. ``objective`` (default: that
     term alone) weights it by ``recon_weight`` and/or adds ``weight * NT-Xent`` of two augmented views
-    (``generator`` draws the views, for fixed validation views). Returns loss, recon, kl, contrastive, pos_cos
-    and ``mu``, the embedding of the (pretext-corrupted) input, or of the clean window without reconstruction.
+    (``generator`` draws the views, for fixed validation views; ``groups``: SupCon ids, ``unit_groups``).
+    Returns loss, recon, kl, contrastive, pos_cos and ``mu``, the embedding of the (pretext-corrupted) input, or
+    of the clean window without reconstruction.
     """
     wave = wave.float()
     target = normalize(wave, spec)
@@ -175,7 +211,7 @@ def autoencoder_loss(
         out = {"loss": zero, "recon": zero, "kl": zero, "mu": mu}
     out.update(contrastive=zero, pos_cos=zero)
     if objective is not None and objective.contrasts:
-        c = objective.contrastive_terms(net, wave, spec, generator)
+        c = objective.contrastive_terms(net, wave, spec, generator, groups)
         out.update(c, loss=out["loss"] + objective.weight * c["contrastive"])
     return out
 

@@ -13,7 +13,7 @@ from test_train import TINY, cfg_for, make_corpus
 
 from deepspike.errors import DeepSpikeError
 from deepspike.models import MLPNet
-from deepspike.objective import Objective, autoencoder_loss, nt_xent
+from deepspike.objective import Objective, autoencoder_loss, nt_xent, unit_groups
 from deepspike.pretext import Pretext, collide, colored_noise
 from deepspike.spec import WindowSpec
 
@@ -122,6 +122,36 @@ def test_both_adds_the_weighted_terms() -> None:
     assert loss == pytest.approx(expected, rel=1e-6) and contrastive > 0
     plain = autoencoder_loss(net, x, spec, None, "mse", 0.1)  # fine-tuning's call: reconstruction alone
     assert float(plain["contrastive"]) == 0.0 and plain["mu"].shape == (64, 4)
+
+
+def test_supcon_with_unique_groups_is_nt_xent_and_pulls_same_units_together() -> None:
+    """SupCon: unique ids give NT-Xent exactly; with two windows of one unit, their cross-view pairs count as
+    positives, so the loss falls when those two windows point the same way and not otherwise."""
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
+    assert float(nt_xent(z1, z2, 0.2, torch.arange(6))) == pytest.approx(float(nt_xent(z1, z2, 0.2)), rel=1e-6)
+    groups = unit_groups(torch.tensor([0, 0, -1, 1, 1, -1]), torch.tensor([3, 3, 3, 3, 4, 4]))
+    assert groups[0] == groups[1] and len(set(groups[2:].tolist())) == 4  # unit 1 of rec 3 != unit 1 of rec 4
+    a = torch.tensor([[1.0, 0.0], [1.0, 0.05], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0], [0.7, -0.7]])
+    apart = a.clone()
+    apart[1] = torch.tensor([-0.7, 0.7])
+    assert float(nt_xent(a, a, 0.2, groups)) < float(nt_xent(apart, apart, 0.2, groups))
+
+
+def test_supcon_trains_on_labels_and_refuses_an_unlabelled_corpus(corpus: Path, tmp_path: Path) -> None:
+    from deepspike.train import run
+
+    over = [*TINY, "model.objective=both", "model.contrastive.positives=units", "trainer.max_steps=6"]
+    res = run(cfg_for(tmp_path / "ok", [*over, f"data.shards={corpus}", "trainer.val_check_interval=3"]))
+    assert "val/contrastive" in res["metrics"] and np.isfinite(res["metric"])
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    for r in manifest["recordings"]:
+        r["has_labels"] = False
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    (unlabelled / "manifest.json").write_text(json.dumps(manifest).replace('"shards/', f'"{corpus}/shards/'))
+    with pytest.raises(DeepSpikeError, match=r"positives=units.*positives=views"):
+        run(cfg_for(tmp_path / "no", [*over, f"data.shards={unlabelled}"]))
 
 
 @pytest.mark.parametrize(
