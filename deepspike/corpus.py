@@ -600,6 +600,26 @@ def val_windows(shards: str, max_spikes: int = 3000) -> list[tuple[np.ndarray, n
     return out
 
 
+def sample_windows(shards: str, split: str = "train", per_shard: int = 256, max_spikes: int = 65536) -> np.ndarray:
+    """The first ``per_shard`` windows of each shard of ``split`` (in manifest order), at most ``max_spikes``:
+    a deterministic spread over recordings, e.g. for the PCA that initializes ``linear_skip`` nets."""
+    from deepspike.shards import iter_blocks
+    from deepspike.stream import load_manifest
+
+    manifest, base = load_manifest(shards)
+    out, n = [], 0
+    for sh in (s for s in manifest["shards"] if s.get("split", "train") == split):
+        if n >= max_spikes:
+            break
+        for block in iter_blocks(f"{base}/{sh['path']}" if base else sh["path"]):
+            out.append(np.asarray(block.waves[:per_shard], dtype=np.float32))
+            n += len(out[-1])
+            break
+    if not out:
+        raise DeepSpikeError(f"corpus {shards}: no {split} windows to sample")
+    return np.concatenate(out)[:max_spikes]
+
+
 def data_provenance(manifest: dict[str, Any], corpus: str) -> dict[str, Any]:
     """The fine-tuning data: recordings (path, sha256, spikes) and the corpus manifest's hash."""
     recs = [{k: r.get(k) for k in ("path", "sha256", "size", "num_spikes", "duration_s", "sampling_frequency")}

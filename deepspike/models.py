@@ -82,8 +82,32 @@ class _AutoencoderBase(nn.Module):
     variational: bool
     latent: int
 
+    def _make_skip(self, in_dim: int, linear_skip: bool) -> None:
+        """``linear_skip``: a linear path input -> latent head beside the MLP/conv path (see ``init_skip_pca``)."""
+        self.skip = nn.Linear(in_dim, self.head.out_features) if linear_skip else None
+
+    @torch.no_grad()
+    def init_skip_pca(self, x: torch.Tensor) -> None:
+        """Start the embedding as the top principal components of ``x`` (normalized training windows): the skip
+        holds the projection, the head starts at zero, so training learns corrections to PCA rather than a
+        representation from scratch (PCA features are the baseline the encoder has to beat)."""
+        if self.skip is None:
+            raise DeepSpikeError("init_skip_pca needs a net built with linear_skip=true")
+        x = x.float()
+        mean = x.mean(dim=0)
+        _, _, vt = torch.linalg.svd(x - mean, full_matrices=False)
+        k = min(self.latent, vt.shape[0])
+        self.skip.weight.zero_()
+        self.skip.bias.zero_()
+        self.skip.weight[:k] = vt[:k]
+        self.skip.bias[:k] = -(vt[:k] @ mean)
+        self.head.weight.zero_()
+        self.head.bias.zero_()
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.head(self.encoder(x))
+        if self.skip is not None:
+            h = h + self.skip(x)
         if self.variational:
             mu, logvar = h.chunk(2, dim=-1)
             return mu, logvar.clamp(-20.0, 10.0)  # keeps exp(logvar) finite in bf16
@@ -123,17 +147,19 @@ class MLPNet(_AutoencoderBase):
         out_head: str = "linear",
         out_scale: float = 4.0,
         widths: list[int] | None = None,
+        linear_skip: bool = False,
     ) -> None:
         super().__init__()
         widths = [int(w) for w in widths] if widths else mlp_widths(int(hidden), int(depth))
         self.arch = {
             "kind": "mlp", "in_dim": int(in_dim), "hidden": int(hidden), "depth": len(widths), "latent": int(latent),
             "variational": bool(variational), "activation": activation, "norm": norm, "dropout": float(dropout),
-            "out_head": out_head, "out_scale": float(out_scale), "widths": widths,
+            "out_head": out_head, "out_scale": float(out_scale), "widths": widths, "linear_skip": bool(linear_skip),
         }  # fmt: skip
         self.variational, self.latent = bool(variational), int(latent)
         self.encoder = nn.Sequential(*_stack([int(in_dim), *widths], activation, norm, dropout))
         self.head = nn.Linear(widths[-1], latent * (2 if variational else 1))
+        self._make_skip(int(in_dim), bool(linear_skip))
         dec = widths[::-1]
         self.decoder = nn.Sequential(*_stack([latent, *dec], activation, norm, dropout), nn.Linear(dec[-1], in_dim))
         self.out = OutHead(out_head, out_scale)
@@ -157,6 +183,7 @@ class ConvNet(_AutoencoderBase):
         norm: str = "none",
         out_head: str = "linear",
         out_scale: float = 4.0,
+        linear_skip: bool = False,
     ) -> None:
         super().__init__()
         channels = [int(c) for c in (channels or [32, 64, 64])]
@@ -166,6 +193,7 @@ class ConvNet(_AutoencoderBase):
             "kind": "conv", "in_dim": int(in_dim), "channels": channels, "kernel_size": int(kernel_size),
             "hidden": int(hidden), "latent": int(latent), "variational": bool(variational),
             "activation": activation, "norm": norm, "out_head": out_head, "out_scale": float(out_scale),
+            "linear_skip": bool(linear_skip),
         }  # fmt: skip
         self.variational, self.latent = bool(variational), int(latent)
         convs: list[nn.Module] = [nn.Unflatten(1, (1, in_dim))]
@@ -178,6 +206,7 @@ class ConvNet(_AutoencoderBase):
         convs += [nn.Flatten(1), *_stack([prev * in_dim, hidden], activation, norm, 0.0)]
         self.encoder = nn.Sequential(*convs)
         self.head = nn.Linear(hidden, latent * (2 if variational else 1))
+        self._make_skip(int(in_dim), bool(linear_skip))
         self.decoder = nn.Sequential(
             *_stack([latent, hidden, hidden], activation, norm, 0.0), nn.Linear(hidden, in_dim)
         )
@@ -226,7 +255,7 @@ def encoder_layers(net: nn.Module) -> list[list[nn.Module]]:
         else:
             groups[-1].append(m)
     groups = [g for g in groups if any(True for _ in (q for m in g for q in m.parameters()))] or groups
-    return [*groups, [net.head]]
+    return [*groups, [net.head, *([net.skip] if getattr(net, "skip", None) is not None else [])]]
 
 
 def freeze_count(net: nn.Module, freeze: int | str | None) -> int:

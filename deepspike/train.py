@@ -85,11 +85,23 @@ def build_model(cfg: DictConfig, window: WindowSpec) -> pl.LightningModule:
             q.requires_grad_(True)
     else:
         module = hydra.utils.instantiate(mcfg, window=window.to_dict(), _convert_="partial")
+        if getattr(module.net, "skip", None) is not None:
+            _init_skip(module, str(cfg.data.get("shards")), window)
     if freeze:
         from deepspike.models import freeze_encoder
 
         freeze_encoder(module.net, freeze)  # requires_grad=False: out of the optimizer, ignored by DDP
     return module
+
+
+def _init_skip(module: pl.LightningModule, shards: str, window: WindowSpec) -> None:
+    """``model.net.linear_skip``: the embedding starts as the PCA of a deterministic sample of training windows
+    (the same on every rank; a resume then loads the trained weights over it)."""
+    from deepspike.corpus import sample_windows
+    from deepspike.spec import normalize
+
+    x = torch.from_numpy(normalize(sample_windows(shards), window))
+    module.net.init_skip_pca(x)
 
 
 def model_window(cfg: DictConfig, corpus: WindowSpec) -> WindowSpec:

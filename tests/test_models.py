@@ -28,6 +28,8 @@ def test_published_architecture() -> None:
         MLPNet(widths=[32, 16], latent=3, dropout=0.1),
         ConvNet(channels=[4, 8], hidden=32, norm="batch"),
         ConvNet(channels=[4], hidden=32, norm="layer", variational=False),
+        MLPNet(hidden=64, linear_skip=True),
+        ConvNet(channels=[4], hidden=32, variational=False, linear_skip=True),
     ],
 )
 def test_every_parameter_gets_a_gradient(net: torch.nn.Module) -> None:
@@ -41,6 +43,27 @@ def test_every_parameter_gets_a_gradient(net: torch.nn.Module) -> None:
     assert not dead
     rebuilt = build_net(net.arch)
     assert count_parameters(rebuilt) == count_parameters(net)
+
+
+@pytest.mark.parametrize("variational", [True, False])
+def test_linear_skip_starts_as_pca_and_round_trips(variational: bool) -> None:
+    """``init_skip_pca``: the embedding equals scikit-learn's PCA scores (up to each axis' sign) before training,
+    and a net rebuilt from ``arch`` with the same state dict embeds the same."""
+    from sklearn.decomposition import PCA
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 20, generator=g) @ torch.randn(20, 20, generator=g) + 3.0
+    net = MLPNet(hidden=32, latent=4, variational=variational, linear_skip=True)
+    net.init_skip_pca(x)
+    emb = net.eval().embed(x).detach().numpy()
+    ref = PCA(4).fit_transform(x.numpy())
+    sign = (emb * ref).sum(0) / abs((emb * ref).sum(0))
+    assert abs(emb - ref * sign).max() < 1e-3 * abs(ref).max()
+    rebuilt = build_net(net.arch)
+    rebuilt.load_state_dict(net.state_dict())
+    assert torch.equal(rebuilt.eval().embed(x), net.embed(x))
+    with pytest.raises(Exception, match="linear_skip"):
+        MLPNet(hidden=32).init_skip_pca(x)
 
 
 def test_embedding_is_deterministic_posterior_mean() -> None:
