@@ -50,6 +50,30 @@ def loss_terms(
 
 
 POSITIVES = ("views", "units")
+LOSSES = ("ntxent", "prototype")
+
+
+def prototype_loss(z: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Prototypical-network loss on the embedding itself, scale-free: each labelled window is classified among the
+    batch's unit means by ``-|z - mean_u|^2 / (2 s^2)``, with ``s^2`` the pooled within-unit variance per dimension.
+
+    Softmax over squared Euclidean distances to unit means is the posterior of a mixture of equal isotropic
+    Gaussians, so the loss shapes the embedding into the compact, separated clusters that the sorter's GMM finds;
+    dividing by the within-unit spread makes it a between/within (Fisher) criterion that scaling cannot game.
+    Windows of units with fewer than two windows in the batch (and unlabelled ones, unique ``groups``) are left out.
+    """
+    z = z.float()
+    _, inv, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    keep = counts[inv] >= 2
+    if int(keep.sum()) < 4 or int((counts >= 2).sum()) < 2:
+        return z.sum() * 0.0
+    z, inv = z[keep], inv[keep]
+    _, y = torch.unique(inv, return_inverse=True)
+    onehot = F.one_hot(y).float()
+    mu = (onehot.T @ z) / onehot.sum(0)[:, None]
+    d2 = torch.cdist(z, mu).pow(2)
+    s2 = d2.gather(1, y[:, None]).mean() / z.shape[1] + 1e-6
+    return F.cross_entropy(-d2 / (2 * s2), y)
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, groups: torch.Tensor | None = None) -> torch.Tensor:
@@ -100,6 +124,7 @@ class Objective(nn.Module):
         augment: dict[str, Any] | None = None,
         seed: int = 0,
         positives: str = "views",
+        loss: str = "ntxent",
     ) -> None:
         super().__init__()
         checks = [
@@ -111,13 +136,17 @@ class Objective(nn.Module):
              "model.contrastive.projection_hidden and projection_dim must be >= 1"),
             (positives in POSITIVES,
              f"model.contrastive.positives={positives!r}: choose one of {', '.join(POSITIVES)}"),
+            (loss in LOSSES, f"model.contrastive.loss={loss!r}: choose one of {', '.join(LOSSES)}"),
+            (loss != "prototype" or positives == "units",
+             "model.contrastive.loss=prototype classifies windows among their units: "
+             "set model.contrastive.positives=units"),
         ]  # fmt: skip
         for ok, msg in checks:
             if not ok:
                 raise DeepSpikeError(msg)
         self.kind, self.recon_weight = kind, float(recon_weight)
         self.temperature, self.weight = float(temperature), float(weight)
-        self.positives = positives
+        self.positives, self.loss = positives, loss
         aug = dict(augment or {})
         try:
             self.augment = Pretext(aug.get("tasks", AUGMENT_TASKS), aug.get("params"), seed=seed)
@@ -129,7 +158,9 @@ class Objective(nn.Module):
 
     def fit_latent(self, latent: int) -> None:
         """(Re)build the projection head for a net with ``latent`` dims (a fine-tuned parent's may differ)."""
-        if not self.contrasts or (self.projector is not None and self.projector[0].in_features == int(latent)):
+        if not self.contrasts or self.loss == "prototype":  # the prototype loss acts on the embedding: no head
+            return
+        if self.projector is not None and self.projector[0].in_features == int(latent):
             return
         hidden, dim = self._head
         self.projector = nn.Sequential(nn.Linear(int(latent), hidden), nn.GELU(), nn.Linear(hidden, dim))
@@ -165,6 +196,10 @@ class Objective(nn.Module):
         ``positives=units`` the SupCon form, see ``nt_xent``), and for monitoring
         ``pos_cos``: the mean cosine of the positive pairs in the embedding (before the head) after removing the
         batch mean, so that a collapsed embedding (every window alike, as at initialization) scores 0, not 1."""
+        if self.loss == "prototype" and groups is not None:
+            h = net.embed(normalize(self.augment(wave, generator), spec))
+            zero = h.new_zeros(())
+            return {"contrastive": prototype_loss(h, groups), "pos_cos": zero}
         v1 = normalize(self.augment(wave, generator), spec)
         v2 = normalize(self.augment(wave, generator), spec)
         h = net.embed(torch.cat([v1, v2]))

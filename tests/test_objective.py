@@ -13,7 +13,7 @@ from test_train import TINY, cfg_for, make_corpus
 
 from deepspike.errors import DeepSpikeError
 from deepspike.models import MLPNet
-from deepspike.objective import Objective, autoencoder_loss, nt_xent, unit_groups
+from deepspike.objective import Objective, autoencoder_loss, nt_xent, prototype_loss, unit_groups
 from deepspike.pretext import Pretext, collide, colored_noise
 from deepspike.spec import WindowSpec
 
@@ -136,6 +136,24 @@ def test_supcon_with_unique_groups_is_nt_xent_and_pulls_same_units_together() ->
     apart = a.clone()
     apart[1] = torch.tensor([-0.7, 0.7])
     assert float(nt_xent(a, a, 0.2, groups)) < float(nt_xent(apart, apart, 0.2, groups))
+
+
+def test_prototype_loss_is_scale_free_and_rewards_separated_units() -> None:
+    g = torch.Generator().manual_seed(1)
+    groups = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, -1, -2, 7])  # -1, -2: unlabelled; 7: a lone window
+    centres = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]])
+    noise = torch.randn(12, 2, generator=g) * 0.5
+    sep = torch.cat([centres.repeat_interleave(3, 0), torch.randn(3, 2, generator=g)]) + noise
+    mixed = sep.clone()
+    mixed[:9] = noise[:9]  # every unit on top of the others
+    loss = float(prototype_loss(sep, groups))
+    assert loss == pytest.approx(float(prototype_loss(3.0 * sep + 5.0, groups)), rel=1e-5)  # scale/shift free
+    assert loss < float(prototype_loss(mixed, groups)) - 0.3
+    moved = sep.clone()
+    moved[9:] += 100.0  # unlabelled and lone windows take no part
+    assert float(prototype_loss(moved, groups)) == pytest.approx(loss, rel=1e-5)
+    with pytest.raises(DeepSpikeError, match="positives=units"):
+        Objective("contrastive", loss="prototype", positives="views")
 
 
 def test_supcon_trains_on_labels_and_refuses_an_unlabelled_corpus(corpus: Path, tmp_path: Path) -> None:
