@@ -59,7 +59,8 @@ def prototype_loss(z: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
 
     Softmax over squared Euclidean distances to unit means is the posterior of a mixture of equal isotropic
     Gaussians, so the loss shapes the embedding into the compact, separated clusters that the sorter's GMM finds;
-    dividing by the within-unit spread makes it a between/within (Fisher) criterion that scaling cannot game.
+    dividing by the within-unit spread makes it a between/within (Fisher) criterion that scaling cannot game, and a
+    penalty keeps that spread near 1 so the embedding keeps a usable scale.
     Windows of units with fewer than two windows in the batch (and unlabelled ones, unique ``groups``) are left out.
     """
     z = z.float()
@@ -73,7 +74,9 @@ def prototype_loss(z: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     mu = (onehot.T @ z) / onehot.sum(0)[:, None]
     d2 = torch.cdist(z, mu).pow(2)
     s2 = d2.gather(1, y[:, None]).mean() / z.shape[1] + 1e-6
-    return F.cross_entropy(-d2 / (2 * s2), y)
+    # the ratio alone is scale-free, so weight decay would shrink the embedding towards 0 (where a GMM's covariance
+    # floor merges everything): log(s2)^2 anchors the within-unit spread at 1 per dimension
+    return F.cross_entropy(-d2 / (2 * s2), y) + torch.log(s2).pow(2)
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, groups: torch.Tensor | None = None) -> torch.Tensor:
