@@ -430,6 +430,11 @@ def objective(model: Any) -> dict[str, Any]:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train (and export) one configuration; returns ``{"metric", "metrics", "run_dir", "encoder"}``."""
     _guard_relaunch(cfg)
+    threads = cfg.get("cpu_threads")
+    if threads is not None:
+        if not (isinstance(threads, int) and threads >= 1):
+            raise DeepSpikeError(f"cpu_threads={threads!r}: give a number of threads >= 1 (e.g. cpu_threads=1) or null")
+        torch.set_num_threads(threads)  # intra-op threads spin-wait when another job takes a core
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True)  # same init on every rank; the stream varies data per rank
     out_dir = Path(cfg.paths.output_dir)

@@ -408,3 +408,16 @@ def test_input_norm_unknown_key_is_a_clear_error(corpus: Path, tmp_path: Path) -
     cfg = cfg_for(tmp_path, [*TINY, f"data.shards={corpus}", "+model.input_norm.n_before=4"])
     with pytest.raises(DeepSpikeError, match=r"model\.input_norm.*n_before"):
         run(cfg)
+
+
+def test_cpu_threads_sets_torch_threads_and_refuses_nonsense(corpus: Path, tmp_path: Path) -> None:
+    from deepspike.train import run
+
+    before = torch.get_num_threads()
+    try:
+        run(cfg_for(tmp_path / "a", [*TINY, f"data.shards={corpus}", "trainer.max_steps=2", "cpu_threads=1"]))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(DeepSpikeError, match=r"cpu_threads=0"):
+        run(cfg_for(tmp_path / "b", [*TINY, f"data.shards={corpus}", "cpu_threads=0"]))
