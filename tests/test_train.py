@@ -415,6 +415,7 @@ def test_cpu_threads_sets_torch_threads_and_refuses_nonsense(corpus: Path, tmp_p
 
     before = torch.get_num_threads()
     try:
+        torch.set_num_threads(2)
         run(cfg_for(tmp_path / "a", [*TINY, f"data.shards={corpus}", "trainer.max_steps=2", "cpu_threads=1"]))
         assert torch.get_num_threads() == 1
     finally:
