@@ -47,6 +47,7 @@ from deepspike.errors import DeepSpikeError
 log = logging.getLogger(__name__)
 
 METHODS = ("gmm", "dpgmm", "hdbscan", "kmeans")
+FEW_UNITS = 5  # a channel whose spikes allow fewer units than this (at cluster.min_spikes each) gets a warning
 NOISE = -1
 
 
@@ -208,8 +209,9 @@ def _cluster_one_channel(
     if p.iterative and amplitude is not None:
         keep = _iterative_prune(X, waves, np.asarray(amplitude, dtype=np.float64), p)
         info["iterative_dropped"] = int((~keep).sum())
-    kmax = max(1, min(p.max_units, int(keep.sum()) // p.min_spikes))
-    if kmax < p.max_units:
+    kmax = max(1, min(p.max_units, int(keep.sum()) // p.min_spikes))  # the cap grows with the spike count
+    info["max_units"] = kmax
+    if kmax < min(p.max_units, FEW_UNITS):  # only a handful of units possible: say why
         warnings.warn(
             f"{int(keep.sum())} spikes allow at most {kmax} unit(s) of >= {p.min_spikes} spikes "
             f"(cluster.max_units={p.max_units})",
