@@ -229,7 +229,9 @@ def run_sort(
         ok = ~echo
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            clustered = cluster_spikes(emb[ok], waves[ok], channel[ok], amp_noise[ok], params.cluster)
+            clustered = cluster_spikes(
+                emb[ok], waves[ok], channel[ok], amp_noise[ok], params.cluster, _threshold(params.extract)
+            )
         labels = np.full(len(waves), NOISE, dtype=np.int64)
         labels[ok] = clustered.labels
         clustered.info["n_echo"] = int(echo.sum())
@@ -435,6 +437,13 @@ def _match(
         np.concatenate([labels, added["unit"]])[order],
         len(added),
     )
+
+
+def _threshold(extract: dict[str, Any]) -> float:
+    """The detection threshold (noise sigmas) the spikes were found with."""
+    from deepspike.extract import ExtractParams
+
+    return float(ExtractParams.from_config(extract).threshold)
 
 
 def _finetune(encoder: Any, waves: np.ndarray, params: SortParams, data: dict[str, Any]) -> Any:

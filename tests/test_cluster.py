@@ -13,6 +13,7 @@ from deepspike.cluster import (
     cluster_spikes,
     merge_similar_units,
     secondary_peaks,
+    valley_ratio,
 )
 from deepspike.errors import DeepSpikeError
 
@@ -227,3 +228,10 @@ def test_many_units_on_one_channel_are_all_found() -> None:
     # the found units are the true clusters: each holds spikes of one true cluster
     purity = [np.bincount(truth[result.labels == u]).max() / (result.labels == u).sum() for u in range(result.n_units)]
     assert np.median(purity) > 0.95
+
+
+def test_valley_ratio_of_tight_far_clusters_is_a_gap() -> None:
+    """Two tight clusters far apart (degenerate features of noise crossings): a gap, not a grid of 10^12 bins."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1e-9, (200, 2)), rng.normal(0, 1e-9, (200, 2)) + np.array([5.0, 0.0])
+    assert valley_ratio(a, b) == 0.0

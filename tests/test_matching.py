@@ -100,3 +100,28 @@ def test_matching_defaults_come_from_sort_yaml() -> None:
     from deepspike.defaults import conf_value
 
     assert MatchParams().to_dict() == conf_value("sort.yaml", "matching")
+
+
+def test_noise_crossings_form_no_unit_at_a_low_threshold() -> None:
+    """Pure noise sorted with a low threshold: its crossings pile up just above the threshold and are rejected
+    (cluster.noise_margin); without the check they form units, which template matching then spreads."""
+    from spikeinterface.generation import NoiseGeneratorRecording
+
+    rec = NoiseGeneratorRecording(
+        num_channels=1, sampling_frequency=24000.0, durations=[60.0], noise_levels=10.0, seed=1, dtype="float32"
+    )
+    opts = {"features": "pca", "extract": {"threshold": 4.0}}
+    off = run_sort(rec, params=SortParams(**opts, cluster={"noise_margin": 0.0}))
+    on = run_sort(rec, params=SortParams(**opts))
+    assert len(off.labels) > 30  # 48 crossings in 60 s of noise
+    assert len(off.unit_ids) >= 1  # measured: one noise unit (median amplitude 4.18) without the check
+    assert on.unit_ids == [] and (on.labels == -1).all()
+    assert on.info["channels"][0]["dropped_pileup"]
+
+
+def test_a_unit_near_the_threshold_is_kept(low_snr_recording) -> None:
+    """The pile-up check keeps a real unit whose amplitude is near the detection threshold."""
+    rec, _ = low_snr_recording
+    result = run_sort(rec, params=SortParams(features="pca", matching={"enabled": False}))
+    assert not result.info["channels"][0]["dropped_pileup"]
+    assert len(result.unit_ids) >= 2
