@@ -243,13 +243,18 @@ def run_sort(
             )
     if params.matching.enabled and (labels >= 0).any():
         with _timed(timings, "match"):
-            sample_index, channel, amp_noise, waves, labels, n_new = _match(
+            sample_index, channel, amp_noise, waves, labels, order = _match(
                 recording, params, spec, noise, sample_index, channel, amp_noise, waves, labels
             )
+            n_new = len(order) - len(emb)
             clustered.info["n_matched_new"] = n_new
         if n_new:
             with _timed(timings, "encode"):
-                emb = _features(encoder, waves, params, spec)
+                if encoder is not None:  # the frozen encoder embeds each spike alone: embed only the added ones
+                    added = waves[np.argsort(order, kind="stable")[len(emb) :]]
+                    emb = np.concatenate([emb, _features(encoder, added, params, spec)])[order]
+                else:  # PCA is fitted on all spikes: refit
+                    emb = _features(encoder, waves, params, spec)
     result = SortResult(
         sorting=None,
         recording=recording,
@@ -397,12 +402,13 @@ def _match(
     amp_noise: np.ndarray,
     waves: np.ndarray,
     labels: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Template matching (``deepspike.matching``) over the clustered units; the spikes it finds decide the units.
 
     A detected spike that a matched spike pairs with takes that spike's unit if it had none (noise, outlier) or
     with ``matching.relabel`` (else it keeps its cluster label); a matched spike that the detector missed is added
-    (its window cut like the others'). Returns the per-spike arrays (time order) and the number of spikes added.
+    (its window cut like the others'). Returns the per-spike arrays (time order) and ``order``: row i is row
+    ``order[i]`` of the detected spikes followed by the added ones.
     """
     from deepspike.detect import dead_time_samples
     from deepspike.extract import ExtractParams
@@ -435,7 +441,7 @@ def _match(
         np.concatenate([amp_noise, new_waves[:, spec.n_before]])[order],
         np.concatenate([waves, new_waves.astype(waves.dtype)])[order],
         np.concatenate([labels, added["unit"]])[order],
-        len(added),
+        order,
     )
 
 

@@ -125,3 +125,16 @@ def test_a_unit_near_the_threshold_is_kept(low_snr_recording) -> None:
     result = run_sort(rec, params=SortParams(features="pca", matching={"enabled": False}))
     assert not result.info["channels"][0]["dropped_pileup"]
     assert len(result.unit_ids) >= 2
+
+
+def test_added_spikes_are_embedded_in_place(low_snr_recording) -> None:
+    """With the encoder, only the spikes matching added are embedded; every row still embeds its own window."""
+    from deepspike.sorting import DEFAULT_CHECKPOINT, _load_encoder, embed_waves
+
+    if not DEFAULT_CHECKPOINT.exists():
+        pytest.skip(f"bundled checkpoint {DEFAULT_CHECKPOINT.name} not there")
+    rec, _ = low_snr_recording
+    result = run_sort(rec)
+    assert result.info["n_matched_new"] > 0
+    again = embed_waves(_load_encoder(None), result.waves)
+    np.testing.assert_allclose(result.embeddings, again, rtol=1e-4, atol=1e-4)
