@@ -201,7 +201,7 @@ def test_unimodal_merge_undoes_bic_oversplitting() -> None:
 
 
 def test_merge_defaults_follow_the_config() -> None:
-    """Called with its defaults, ``merge_similar_units`` uses conf/cluster/common.yaml's merge_max_dprime (3.0),
+    """Called with its defaults, ``merge_similar_units`` uses conf/cluster/common.yaml's merge_max_dprime (2.0),
     so it keeps two units its features separate (it used to default to d' = inf and merged them)."""
     rng = np.random.default_rng(0)
     shape = np.sin(np.linspace(0, np.pi, 20))
