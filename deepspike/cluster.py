@@ -47,6 +47,10 @@ from deepspike.errors import DeepSpikeError
 log = logging.getLogger(__name__)
 
 METHODS = ("gmm", "dpgmm", "hdbscan", "kmeans")
+MAX_BANDWIDTHS = (
+    200.0  # valley_ratio: clusters whose centres lie farther apart than this many KDE bandwidths have a gap
+)
+FEW_UNITS = 5  # a channel whose spikes allow fewer units than this (at cluster.min_spikes each) gets a warning
 NOISE = -1
 
 
@@ -63,6 +67,7 @@ class ClusterParams:
     max_fit_spikes: int = conf_field(COMMON, "max_fit_spikes")
     min_spikes: int = conf_field(COMMON, "min_spikes")
     min_snr: float = conf_field(COMMON, "min_snr")
+    noise_margin: float = conf_field(COMMON, "noise_margin")
     max_residual: float = conf_field(COMMON, "max_residual")
     outlier_quantile: float = conf_field(COMMON, "outlier_quantile")
     broad_factor: float = conf_field(COMMON, "broad_factor")
@@ -112,6 +117,8 @@ class ClusterParams:
             raise bad("merge_max_dprime", "must be > 0 (.inf merges on templates alone)")
         if self.max_residual <= 1:
             raise bad("max_residual", "must be > 1 (noise alone leaves a residual variance of about 1 noise sigma^2)")
+        if not 0 <= self.noise_margin < 5:
+            raise bad("noise_margin", "must be in [0, 5) noise sigmas (0 = keep units piled up at the threshold)")
         if self.min_snr < 0 or self.dpgmm_concentration <= 0:
             raise DeepSpikeError("cluster.min_snr must be >= 0 and cluster.dpgmm_concentration > 0")
         if self.hdbscan_min_samples is not None and self.hdbscan_min_samples < 1:
@@ -152,8 +159,10 @@ def cluster_spikes(
     channel: np.ndarray | None = None,
     amplitude: np.ndarray | None = None,
     params: ClusterParams | None = None,
+    threshold: float | None = None,
 ) -> ClusterResult:
-    """Cluster spikes channel by channel; ``waves`` (noise units) enable the SNR check and the merge."""
+    """Cluster spikes channel by channel; ``waves`` (noise units) enable the SNR check and the merge;
+    ``amplitude`` (noise units) with the detection ``threshold`` the pile-up check (``cluster.noise_margin``)."""
     params = params or ClusterParams()
     emb = np.asarray(embeddings, dtype=np.float64)
     if emb.ndim != 2:
@@ -166,11 +175,16 @@ def cluster_spikes(
 
     # Small dense algebra (d <= ~16): BLAS threads only add overhead (measured 3-6x slower with 2+ threads).
     with threadpool_limits(limits=1):
-        return _cluster_channels(emb, waves, channel, amplitude, params)
+        return _cluster_channels(emb, waves, channel, amplitude, params, threshold)
 
 
 def _cluster_channels(
-    emb: np.ndarray, waves: np.ndarray | None, channel: np.ndarray, amplitude: np.ndarray | None, params: ClusterParams
+    emb: np.ndarray,
+    waves: np.ndarray | None,
+    channel: np.ndarray,
+    amplitude: np.ndarray | None,
+    params: ClusterParams,
+    threshold: float | None = None,
 ) -> ClusterResult:
     n = emb.shape[0]
     labels = np.full(n, NOISE, dtype=np.int64)
@@ -180,7 +194,7 @@ def _cluster_channels(
         idx = np.flatnonzero(channel == ch)
         w = None if waves is None else waves[idx]
         a = None if amplitude is None else np.asarray(amplitude)[idx]
-        lab, ch_info = _cluster_one_channel(emb[idx], w, a, params)
+        lab, ch_info = _cluster_one_channel(emb[idx], w, a, params, threshold)
         info["channels"][int(ch)] = ch_info
         lab = _renumber_by_size(lab)
         labels[idx[lab >= 0]] = lab[lab >= 0] + next_id
@@ -191,7 +205,7 @@ def _cluster_channels(
 
 
 def _cluster_one_channel(
-    emb: np.ndarray, waves: np.ndarray | None, amplitude: np.ndarray | None, p: ClusterParams
+    emb: np.ndarray, waves: np.ndarray | None, amplitude: np.ndarray | None, p: ClusterParams, threshold: float | None
 ) -> tuple[np.ndarray, dict[str, Any]]:
     n = emb.shape[0]
     labels = np.full(n, NOISE, dtype=np.int64)
@@ -208,8 +222,9 @@ def _cluster_one_channel(
     if p.iterative and amplitude is not None:
         keep = _iterative_prune(X, waves, np.asarray(amplitude, dtype=np.float64), p)
         info["iterative_dropped"] = int((~keep).sum())
-    kmax = max(1, min(p.max_units, int(keep.sum()) // p.min_spikes))
-    if kmax < p.max_units:
+    kmax = max(1, min(p.max_units, int(keep.sum()) // p.min_spikes))  # the cap grows with the spike count
+    info["max_units"] = kmax
+    if kmax < min(p.max_units, FEW_UNITS):  # only a handful of units possible: say why
         warnings.warn(
             f"{int(keep.sum())} spikes allow at most {kmax} unit(s) of >= {p.min_spikes} spikes "
             f"(cluster.max_units={p.max_units})",
@@ -219,6 +234,8 @@ def _cluster_one_channel(
     info.update(sub_info)
     labels[keep] = sub
     labels = _drop_small(labels, p.min_spikes)
+    if amplitude is not None and threshold is not None:
+        labels, info["dropped_pileup"] = drop_threshold_pileups(labels, amplitude, threshold, p.noise_margin)
     if waves is not None:
         labels, info["dropped_low_snr"] = _drop_low_snr(labels, waves, p.min_snr)
         labels, info["dropped_incoherent"] = _drop_incoherent(labels, waves, p.max_residual)
@@ -482,6 +499,17 @@ def _drop_small(labels: np.ndarray, min_spikes: int) -> np.ndarray:
     return np.where(np.isin(labels, small), NOISE, labels) if small.size else labels
 
 
+def drop_threshold_pileups(
+    labels: np.ndarray, amplitude: np.ndarray, threshold: float, margin: float
+) -> tuple[np.ndarray, list[int]]:
+    """Units whose median |amplitude| lies less than ``margin`` noise sigma above the detection ``threshold`` are
+    noise: threshold crossings of the noise pile up just above it (median about ``threshold + 0.7 / threshold``),
+    while even a unit whose mean amplitude is the threshold has its detected half's median ~0.67 sigma above."""
+    amp = np.abs(np.asarray(amplitude, dtype=np.float64))
+    low = [int(k) for k in np.unique(labels) if k >= 0 and np.median(amp[labels == k]) < threshold + margin]
+    return (np.where(np.isin(labels, low), NOISE, labels) if low else labels), low
+
+
 def templates(labels: np.ndarray, waves: np.ndarray) -> dict[int, np.ndarray]:
     """Mean waveform per unit (noise units)."""
     return {int(k): waves[labels == k].mean(0) for k in np.unique(labels) if k >= 0}
@@ -603,6 +631,8 @@ def valley_ratio(xa: np.ndarray, xb: np.ndarray, rng: np.random.Generator | None
     if not h > 0:
         return 1.0
     lo, hi = sorted((float(np.median(pa)), float(np.median(pb))))
+    if hi - lo > MAX_BANDWIDTHS * h:  # centres hundreds of kernel widths apart: a gap (and a grid too big to bin)
+        return 0.0
     step = h / 8  # binned KDE: linear in the spikes, exact to well under 1 % at this bin width
     edges = np.arange(lo - 4 * h, hi + 4 * h + step, step)
     counts = np.histogram(p, bins=edges)[0].astype(np.float64)

@@ -29,6 +29,7 @@ import pandas as pd
 from deepspike.cluster import NOISE, ClusterParams, cluster_spikes, secondary_peaks, templates
 from deepspike.defaults import conf_field
 from deepspike.errors import DeepSpikeError, OutputExistsError, RecordingError, SpecMismatchError, cli_errors
+from deepspike.matching import MatchParams
 from deepspike.paths import CHECKPOINT_DIR, CONF_DIR, DATA_DIR
 from deepspike.paths import REPO_ROOT as REPO
 from deepspike.spec import WindowSpec, normalize
@@ -64,6 +65,7 @@ class SortParams:
     finetune_options: dict[str, Any] = conf_field("finetuning/default.yaml")
     extract: dict[str, Any] = conf_field("extract/default.yaml")
     cluster: ClusterParams = field(default_factory=ClusterParams)
+    matching: MatchParams = field(default_factory=MatchParams)
 
     def __post_init__(self) -> None:
         if self.features not in FEATURES:
@@ -83,6 +85,7 @@ class SortParams:
             self.cluster = ClusterParams(method=self.cluster, seed=self.seed)
         elif not isinstance(self.cluster, ClusterParams):
             self.cluster = ClusterParams.from_dict({"seed": self.seed, **dict(self.cluster or {})})
+        self.matching = MatchParams.from_dict(self.matching)
         self.extract = dict(self.extract or {})
         self.finetune_options = dict(self.finetune_options or {})
         if self.finetune and self.features != "encoder":
@@ -115,6 +118,7 @@ class SortParams:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["cluster"] = self.cluster.to_dict()
+        d["matching"] = self.matching.to_dict()
         return d
 
 
@@ -225,7 +229,9 @@ def run_sort(
         ok = ~echo
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            clustered = cluster_spikes(emb[ok], waves[ok], channel[ok], amp_noise[ok], params.cluster)
+            clustered = cluster_spikes(
+                emb[ok], waves[ok], channel[ok], amp_noise[ok], params.cluster, _threshold(params.extract)
+            )
         labels = np.full(len(waves), NOISE, dtype=np.int64)
         labels[ok] = clustered.labels
         clustered.info["n_echo"] = int(echo.sum())
@@ -235,6 +241,20 @@ def run_sort(
             warnings.warn(
                 "no spike detected: the sorting is empty (check the threshold and the recording)", stacklevel=3
             )
+    if params.matching.enabled and (labels >= 0).any():
+        with _timed(timings, "match"):
+            sample_index, channel, amp_noise, waves, labels, order = _match(
+                recording, params, spec, noise, sample_index, channel, amp_noise, waves, labels
+            )
+            n_new = len(order) - len(emb)
+            clustered.info["n_matched_new"] = n_new
+        if n_new:
+            with _timed(timings, "encode"):
+                if encoder is not None:  # the frozen encoder embeds each spike alone: embed only the added ones
+                    added = waves[np.argsort(order, kind="stable")[len(emb) :]]
+                    emb = np.concatenate([emb, _features(encoder, added, params, spec)])[order]
+                else:  # PCA is fitted on all spikes: refit
+                    emb = _features(encoder, waves, params, spec)
     result = SortResult(
         sorting=None,
         recording=recording,
@@ -370,6 +390,66 @@ def _extract(recording: Any, params: SortParams, spec: WindowSpec) -> tuple[Any,
     if spikes_spec is not None:
         spec.check_compatible(spikes_spec, what="extracted windows")
     return spikes, timings
+
+
+def _match(
+    recording: Any,
+    params: SortParams,
+    spec: WindowSpec,
+    noise: np.ndarray,
+    sample_index: np.ndarray,
+    channel: np.ndarray,
+    amp_noise: np.ndarray,
+    waves: np.ndarray,
+    labels: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Template matching (``deepspike.matching``) over the clustered units; the spikes it finds decide the units.
+
+    A detected spike that a matched spike pairs with takes that spike's unit if it had none (noise, outlier) or
+    with ``matching.relabel`` (else it keeps its cluster label); a matched spike that the detector missed is added
+    (its window cut like the others'). Returns the per-spike arrays (time order) and ``order``: row i is row
+    ``order[i]`` of the detected spikes followed by the added ones.
+    """
+    from deepspike.detect import dead_time_samples
+    from deepspike.extract import ExtractParams
+    from deepspike.matching import find_unit_spikes, pair_with_detected
+    from deepspike.preprocess import bandpass
+    from deepspike.windows import extract_windows
+
+    ex = ExtractParams.from_config(params.extract)
+    filtered = bandpass(recording, ex.freq_min, ex.freq_max, ex.filtered)
+    if filtered.get_num_segments() > 1:
+        from spikeinterface.core import concatenate_recordings
+
+        filtered = concatenate_recordings([filtered])
+    fs = float(filtered.get_sampling_frequency())
+    found = find_unit_spikes(filtered, sample_index, labels, channel, noise, params.matching, params.seed)
+    pair, new = pair_with_detected(sample_index, channel, found, dead_time_samples(ex.dead_time_ms, fs))
+    take = (pair >= 0) & (params.matching.relabel | (labels < 0))
+    labels = labels.copy()
+    labels[take] = found["unit"][pair[take]]
+    added = found[new]
+    peaks = np.zeros(len(added), dtype=[("sample_index", "i8"), ("channel_index", "i8")])
+    peaks["sample_index"], peaks["channel_index"] = added["sample_index"], added["channel"]
+    new_waves, kept = extract_windows(filtered, peaks, noise, spec, ex.chunk_duration_s)
+    added = added[kept]
+    sample_index = np.concatenate([sample_index, added["sample_index"]])
+    order = np.argsort(sample_index, kind="stable")
+    return (
+        sample_index[order],
+        np.concatenate([channel, added["channel"]])[order],
+        np.concatenate([amp_noise, new_waves[:, spec.n_before]])[order],
+        np.concatenate([waves, new_waves.astype(waves.dtype)])[order],
+        np.concatenate([labels, added["unit"]])[order],
+        order,
+    )
+
+
+def _threshold(extract: dict[str, Any]) -> float:
+    """The detection threshold (noise sigmas) the spikes were found with."""
+    from deepspike.extract import ExtractParams
+
+    return float(ExtractParams.from_config(extract).threshold)
 
 
 def _finetune(encoder: Any, waves: np.ndarray, params: SortParams, data: dict[str, Any]) -> Any:

@@ -13,6 +13,7 @@ from deepspike.cluster import (
     cluster_spikes,
     merge_similar_units,
     secondary_peaks,
+    valley_ratio,
 )
 from deepspike.errors import DeepSpikeError
 
@@ -89,12 +90,12 @@ def test_noise_cluster_gets_no_unit() -> None:
 def test_merge_near_duplicates() -> None:
     _, waves, y = _blobs()
     split = np.where(y == 0, np.arange(len(y)) % 2 * 3, y)  # unit 0 split into 0 and 3
-    merged, pairs = merge_similar_units(split, waves)
+    merged, pairs = merge_similar_units(split, waves, 0.95)  # the default (1.0) merges none: tested below
     assert pairs == [(0, 3)]
     assert len(np.unique(merged)) == 3
     same_shape_bigger = np.concatenate([waves, 2 * waves[y == 0]])
     labels = np.concatenate([y, np.full((y == 0).sum(), 5)])
-    _, pairs = merge_similar_units(labels, same_shape_bigger)
+    _, pairs = merge_similar_units(labels, same_shape_bigger, 0.95)
     assert pairs == []  # same shape, twice the amplitude: another unit
 
 
@@ -193,22 +194,44 @@ def test_unimodal_merge_undoes_bic_oversplitting() -> None:
     feats = np.r_[_banana(1500, rng), rng.normal(0, 0.5, (500, 2)) + np.array([-3.0, 0.0])]
     truth = np.repeat([0, 1], [1500, 500])
     off = cluster_spikes(feats, params=ClusterParams(merge_valley=1.0, min_spikes=15))
-    on = cluster_spikes(feats, params=ClusterParams(min_spikes=15))
+    on = cluster_spikes(feats, params=ClusterParams(merge_valley=0.6, min_spikes=15))  # default 0.8 keeps the arc split
     assert off.n_units >= 3  # the arc alone takes several Gaussian components
     assert on.n_units == 2 and on.info["channels"][0]["merged_unimodal"]
     assert adjusted_rand_score(truth, on.labels) > 0.95
 
 
 def test_merge_defaults_follow_the_config() -> None:
-    """Called with its defaults, ``merge_similar_units`` uses conf/cluster/common.yaml's merge_max_dprime (3.0),
+    """Called with its defaults, ``merge_similar_units`` uses conf/cluster/common.yaml's merge_max_dprime (2.0),
     so it keeps two units its features separate (it used to default to d' = inf and merged them)."""
     rng = np.random.default_rng(0)
     shape = np.sin(np.linspace(0, np.pi, 20))
     labels = np.repeat([0, 1], 300)
     waves = np.where(labels[:, None] == 0, 10.0, 11.0) * shape + rng.normal(0, 0.3, (600, 20))
     feats = np.c_[np.where(labels == 0, 0.0, 8.0), np.zeros(600)] + rng.normal(0, 1, (600, 2))
-    kept, pairs = merge_similar_units(labels, waves, features=feats)
+    kept, pairs = merge_similar_units(labels, waves, 0.95, features=feats)
     assert pairs == [] and np.array_equal(kept, labels)
     p = ClusterParams()
-    explicit = merge_similar_units(labels, waves, p.merge_similarity, p.merge_amplitude_ratio, feats, 1e9)
+    explicit = merge_similar_units(labels, waves, 0.95, p.merge_amplitude_ratio, feats, 1e9)
     assert explicit[1] == [(0, 1)]  # the same call with the d' gate off merges: the default is what keeps them
+
+
+def test_many_units_on_one_channel_are_all_found() -> None:
+    """28 well-separated clusters of one channel: the units cap (cluster.max_units, 10 before: 10 units found) lets
+    BIC find them all."""
+    rng = np.random.default_rng(0)
+    k, per, d = 28, 120, 8
+    centres = rng.normal(size=(k, d)) * 12.0
+    emb = np.concatenate([c + rng.normal(size=(per, d)) for c in centres])
+    truth = np.repeat(np.arange(k), per)
+    result = cluster_spikes(emb, params=ClusterParams(seed=0))
+    assert abs(result.n_units - k) <= 2, result.info
+    # the found units are the true clusters: each holds spikes of one true cluster
+    purity = [np.bincount(truth[result.labels == u]).max() / (result.labels == u).sum() for u in range(result.n_units)]
+    assert np.median(purity) > 0.95
+
+
+def test_valley_ratio_of_tight_far_clusters_is_a_gap() -> None:
+    """Two tight clusters far apart (degenerate features of noise crossings): a gap, not a grid of 10^12 bins."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1e-9, (200, 2)), rng.normal(0, 1e-9, (200, 2)) + np.array([5.0, 0.0])
+    assert valley_ratio(a, b) == 0.0
