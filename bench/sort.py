@@ -35,30 +35,10 @@ def generate(duration_s: float, folder: Path) -> None:
     """Write the recording folder (and NAME.gt/) unless it is already there."""
     if (folder / "si_folder.json").exists():
         return
-    import numpy as np
-    import spikeinterface.core as sc
+    from deepspike.synthetic import templated_recording
 
-    fs = 24000.0
-    nb, na = int(1e-3 * fs), int(2e-3 * fs)
-    t = (np.arange(nb + na) - nb) / fs * 1e3
-
-    def shape(amp: float, width: float, ratio: float, delay: float) -> np.ndarray:
-        after = np.exp(-0.5 * ((t - delay) / (2.5 * width)) ** 2)
-        return amp * (np.exp(-0.5 * (t / width) ** 2) - ratio * after)
-
-    tpl = np.stack([shape(-160, 0.10, 0.15, 0.4), shape(110, 0.20, 0.15, 0.6), shape(-100, 0.28, 0.1, 0.8)])
-    rec, gt = sc.generate_ground_truth_recording(
-        durations=[duration_s],
-        sampling_frequency=fs,
-        num_channels=1,
-        num_units=3,
-        templates=tpl[:, :, None].astype(np.float32),
-        ms_before=1.0,
-        ms_after=2.0,
-        generate_sorting_kwargs={"firing_rates": [20.0, 25.0, 15.0], "refractory_period_ms": 4.0},
-        noise_kwargs={"noise_levels": 10.0, "strategy": "on_the_fly"},
-        seed=0,
-    )
+    units = [(-160.0, 0.10, 0.15, 0.4), (110.0, 0.20, 0.15, 0.6), (-100.0, 0.28, 0.1, 0.8)]
+    rec, gt = templated_recording(units, [20.0, 25.0, 15.0], duration_s, seed=0)
     folder.parent.mkdir(parents=True, exist_ok=True)
     rec.save(folder=folder, chunk_duration="30s", overwrite=True)
     gt.save(folder=folder.parent / f"{folder.name}.gt", overwrite=True)

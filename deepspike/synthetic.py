@@ -555,6 +555,35 @@ def generate_recording(
     return recording, sorting
 
 
+def templated_recording(
+    units: Sequence[tuple[float, float, float, float]],
+    firing_rates: Sequence[float],
+    duration_s: float,
+    seed: int = 0,
+    noise_level: float = 10.0,
+    sampling_frequency: float = 24000.0,
+) -> tuple[Any, Any]:
+    """(recording, ground truth): one channel with hand-shaped units, for tests and benches that need exact units.
+
+    Each unit is ``(amplitude, width_ms, rebound_ratio, rebound_delay_ms)``: a Gaussian main peak of that height and
+    width minus a 2.5x broader rebound ``rebound_ratio`` as high, ``rebound_delay_ms`` after it (1 ms before and 2 ms
+    after the peak); SpikeInterface's generator adds white noise of ``noise_level`` and places the spikes.
+    """
+    import spikeinterface.core as sc
+
+    fs = float(sampling_frequency)
+    nb, na = int(1e-3 * fs), int(2e-3 * fs)
+    t = (np.arange(nb + na) - nb) / fs * 1e3
+    tpl = np.stack([a * (np.exp(-0.5 * (t / w) ** 2) - r * np.exp(-0.5 * ((t - d) / (2.5 * w)) ** 2))
+                    for a, w, r, d in units])  # fmt: skip
+    return sc.generate_ground_truth_recording(
+        durations=[float(duration_s)], sampling_frequency=fs, num_channels=1, num_units=len(units),
+        templates=tpl[:, :, None].astype(np.float32), ms_before=1.0, ms_after=2.0,
+        generate_sorting_kwargs={"firing_rates": [float(f) for f in firing_rates], "refractory_period_ms": 4.0},
+        noise_kwargs={"noise_levels": float(noise_level), "strategy": "on_the_fly"}, seed=seed,
+    )  # fmt: skip
+
+
 def _complete(folder: Path, gt_folder: Path) -> bool:
     return (folder / "si_folder.json").is_file() and (gt_folder / "si_folder.json").is_file()
 

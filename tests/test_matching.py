@@ -18,29 +18,10 @@ from deepspike.sorting import SPIKE_COLUMNS, SortParams, run_sort
 def big_and_small_unit(duration_s: float = 30.0, seed: int = 3, small: float = -48.0):
     """One channel, noise sigma 10: a big unit (trough -160) and a small one (trough ``small``) near the
     detection threshold, so the detector (5 sigma of the band-passed trace) catches only part of its spikes."""
-    import spikeinterface.core as sc
+    from deepspike.synthetic import templated_recording
 
-    fs = 24000.0
-    nb, na = int(1e-3 * fs), int(2e-3 * fs)
-    t = (np.arange(nb + na) - nb) / fs * 1e3
-
-    def shape(amp: float, width: float, ratio: float, delay: float) -> np.ndarray:
-        after = np.exp(-0.5 * ((t - delay) / (2.5 * width)) ** 2)
-        return amp * (np.exp(-0.5 * (t / width) ** 2) - ratio * after)
-
-    templates = np.stack([shape(-160, 0.10, 0.15, 0.4), shape(small, 0.22, 0.2, 0.6)])
-    return sc.generate_ground_truth_recording(
-        durations=[duration_s],
-        sampling_frequency=fs,
-        num_channels=1,
-        num_units=2,
-        templates=templates[:, :, None].astype(np.float32),
-        ms_before=1.0,
-        ms_after=2.0,
-        generate_sorting_kwargs={"firing_rates": [10.0, 15.0], "refractory_period_ms": 4.0},
-        noise_kwargs={"noise_levels": 10.0, "strategy": "on_the_fly"},
-        seed=seed,
-    )
+    units = [(-160.0, 0.10, 0.15, 0.4), (small, 0.22, 0.2, 0.6)]
+    return templated_recording(units, [10.0, 15.0], duration_s, seed=seed)
 
 
 @pytest.fixture(scope="module")
