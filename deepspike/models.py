@@ -154,8 +154,10 @@ class MLPNet(_AutoencoderBase):
         self.arch = {
             "kind": "mlp", "in_dim": int(in_dim), "hidden": int(hidden), "depth": len(widths), "latent": int(latent),
             "variational": bool(variational), "activation": activation, "norm": norm, "dropout": float(dropout),
-            "out_head": out_head, "out_scale": float(out_scale), "widths": widths, "linear_skip": bool(linear_skip),
+            "out_head": out_head, "out_scale": float(out_scale), "widths": widths,
         }  # fmt: skip
+        if linear_skip:  # only when used: artifacts written before the option keep the same arch
+            self.arch["linear_skip"] = True
         self.variational, self.latent = bool(variational), int(latent)
         self.encoder = nn.Sequential(*_stack([int(in_dim), *widths], activation, norm, dropout))
         self.head = nn.Linear(widths[-1], latent * (2 if variational else 1))
@@ -193,8 +195,9 @@ class ConvNet(_AutoencoderBase):
             "kind": "conv", "in_dim": int(in_dim), "channels": channels, "kernel_size": int(kernel_size),
             "hidden": int(hidden), "latent": int(latent), "variational": bool(variational),
             "activation": activation, "norm": norm, "out_head": out_head, "out_scale": float(out_scale),
-            "linear_skip": bool(linear_skip),
         }  # fmt: skip
+        if linear_skip:  # only when used: artifacts written before the option keep the same arch
+            self.arch["linear_skip"] = True
         self.variational, self.latent = bool(variational), int(latent)
         convs: list[nn.Module] = [nn.Unflatten(1, (1, in_dim))]
         prev = 1
