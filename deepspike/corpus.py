@@ -576,19 +576,26 @@ def build_finetune_corpus(
     return final
 
 
+def split_shards(shards: str, split: str) -> list[tuple[str, str]]:
+    """(recording, URL) of each shard of ``split`` in manifest order (a shard without a split is training data)."""
+    from deepspike.stream import load_manifest
+
+    manifest, base = load_manifest(shards)
+    return [(sh["recording"], f"{base}/{sh['path']}" if base else sh["path"])
+            for sh in manifest["shards"] if sh.get("split", "train") == split]  # fmt: skip
+
+
 def val_windows(shards: str, max_spikes: int = 3000) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """(waves, labels or None) per recording of the corpus' validation split, at most ``max_spikes`` each.
 
     Read straight from the shards (not the rank-split stream), so every DDP rank sees the same spikes.
     """
     from deepspike.shards import iter_blocks
-    from deepspike.stream import load_manifest
 
-    manifest, base = load_manifest(shards)
     per: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
-    for sh in (s for s in manifest["shards"] if s.get("split") == "val"):
-        waves, labels = per.setdefault(sh["recording"], ([], []))
-        for block in iter_blocks(f"{base}/{sh['path']}" if base else sh["path"]):
+    for recording, url in split_shards(shards, "val"):
+        waves, labels = per.setdefault(recording, ([], []))
+        for block in iter_blocks(url):
             if sum(len(w) for w in waves) >= max_spikes:
                 break
             waves.append(np.asarray(block.waves, dtype=np.float32))
@@ -604,17 +611,15 @@ def sample_windows(shards: str, split: str = "train", per_shard: int = 256, max_
     """The first ``per_shard`` windows of each shard of ``split`` (in manifest order), at most ``max_spikes``:
     a deterministic spread over recordings, e.g. for the PCA that initializes ``linear_skip`` nets."""
     from deepspike.shards import iter_blocks
-    from deepspike.stream import load_manifest
 
-    manifest, base = load_manifest(shards)
     out, n = [], 0
-    for sh in (s for s in manifest["shards"] if s.get("split", "train") == split):
+    for _, url in split_shards(shards, split):
         if n >= max_spikes:
             break
-        for block in iter_blocks(f"{base}/{sh['path']}" if base else sh["path"]):
+        block = next(iter_blocks(url, limit=1), None)
+        if block is not None:
             out.append(np.asarray(block.waves[:per_shard], dtype=np.float32))
             n += len(out[-1])
-            break
     if not out:
         raise DeepSpikeError(f"corpus {shards}: no {split} windows to sample")
     return np.concatenate(out)[:max_spikes]
