@@ -59,8 +59,9 @@ def resolve_precision(trainer_cfg: DictConfig) -> str | int:
     return "bf16-mixed" if on_gpu else "32-true"
 
 
-def build_model(cfg: DictConfig, window: WindowSpec) -> pl.LightningModule:
-    """Instantiate ``cfg.model`` (a SpikeAutoencoder with nested net, optimizer, pretext) for ``window``."""
+def build_model(cfg: DictConfig, window: WindowSpec, parent: Any = None) -> pl.LightningModule:
+    """Instantiate ``cfg.model`` (a SpikeAutoencoder with nested net, optimizer, pretext) for ``window``;
+    ``parent``: the ``model.init_from`` encoder when the caller already loaded it."""
     mcfg = OmegaConf.to_container(cfg.model, resolve=True)
     for k in MODEL_ALIASES:
         mcfg.pop(k, None)
@@ -76,7 +77,7 @@ def build_model(cfg: DictConfig, window: WindowSpec) -> pl.LightningModule:
     if init_from:  # fine-tuning: the architecture comes from the parent (artifact or Lightning checkpoint)
         from deepspike.export import load_parent
 
-        parent = load_parent(init_from)
+        parent = parent if parent is not None else load_parent(init_from)
         parent.check_spec(window, where=f"init_from={init_from} vs corpus")
         _continue_parent_objective(mcfg, parent)
         module = hydra.utils.instantiate(mcfg, net=None, window=window.to_dict(), _convert_="partial")
@@ -104,12 +105,12 @@ def _init_skip(module: pl.LightningModule, shards: str, window: WindowSpec) -> N
     module.net.init_skip_pca(x)
 
 
-def model_window(cfg: DictConfig, corpus: WindowSpec) -> WindowSpec:
+def model_window(cfg: DictConfig, corpus: WindowSpec, parent: Any = None) -> WindowSpec:
     """The model's window spec: the corpus grid with the model's input normalization (``model.input_norm``).
 
     Corpus windows are stored in noise units, so the normalization is the model's choice (swept in issue 12); it is
     stored in every checkpoint and artifact like the grid, and a resume with another one is refused. A fine-tuned
-    model keeps its parent's normalization.
+    model keeps its ``parent``'s normalization (the loaded ``model.init_from`` encoder).
     """
     given = OmegaConf.to_container(cfg.model.get("input_norm") or {}, resolve=True)
     over = {k: v for k, v in dict(given).items() if v is not None}
@@ -119,11 +120,9 @@ def model_window(cfg: DictConfig, corpus: WindowSpec) -> WindowSpec:
             f"model.input_norm: unknown key(s) {bad}; it may set only {list(INPUT_NORM_KEYS)} "
             "(e.g. model.input_norm.norm_clip=12); the window grid comes from the corpus"
         )
-    if cfg.model.get("init_from"):
-        from deepspike.export import load_parent
-
-        parent = load_parent(str(cfg.model.init_from)).window_spec.to_dict()
-        over = {k: parent[k] for k in INPUT_NORM_KEYS}
+    if parent is not None:
+        spec = parent.window_spec.to_dict()
+        over = {k: spec[k] for k in INPUT_NORM_KEYS}
     try:
         return WindowSpec.from_dict({**corpus.to_dict(), **over})
     except SpecMismatchError as e:
@@ -274,8 +273,14 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         _check_corpus(str(cfg.data.get("shards")))
     datamodule = hydra.utils.instantiate(cfg.data)
     manifest = datamodule.manifest
-    window = model_window(cfg, WindowSpec.from_dict(manifest.get("window", {})))
-    model = build_model(cfg, window)
+    init_from = cfg.model.get("init_from")
+    parent = None
+    if init_from:  # loaded once: its normalization sets the window, its net starts the model
+        from deepspike.export import load_parent
+
+        parent = load_parent(str(init_from))
+    window = model_window(cfg, WindowSpec.from_dict(manifest.get("window", {})), parent)
+    model = build_model(cfg, window, parent)
     if model.objective.needs_labels:
         _require_labels(manifest, str(cfg.data.get("shards")))
         datamodule.train_labels = True
