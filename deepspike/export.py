@@ -25,46 +25,29 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepspike.errors import DeepSpikeError, SpecMismatchError, differences
+from deepspike.errors import DeepSpikeError, SpecMismatchError
+from deepspike.inference import (  # the artifact format, shared with the torch-free loader
+    FORMAT,
+    FORMAT_VERSION,
+    META_KEY,
+    EncoderSpec,
+    check_sidecar,
+    nonfinite_problem,
+    read_header,
+    weights_problem,
+)
+from deepspike.inference import make_spec as _make_spec
 from deepspike.models import build_net
 from deepspike.objective import git_commit
 from deepspike.paths import REPO_ROOT
 from deepspike.shards import file_digest
 from deepspike.spec import WindowSpec, normalize
 
-FORMAT = "deepspike-encoder"
-FORMAT_VERSION = 1
-META_KEY = "deepspike"
-
 
 def tool_version() -> str:
     from deepspike import __version__
 
     return __version__
-
-
-class EncoderSpec(dict):
-    """The artifact header as a dict that also allows attribute access (``spec.window``, ``spec["window"]``).
-
-    Keys: ``format``, ``format_version``, ``arch``, ``window`` (WindowSpec fields), ``provenance``, and for
-    convenience ``sampling_frequency``, ``normalization``, ``n_before``, ``n_after``, ``latent_dim``.
-    """
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError as e:
-            raise AttributeError(name) from e
-
-    @property
-    def window_spec(self) -> WindowSpec:
-        return WindowSpec.from_dict(self["window"])
-
-
-def _make_spec(header: dict[str, Any]) -> EncoderSpec:
-    w = header["window"]
-    extra = {k: w[k] for k in ("sampling_frequency", "normalization", "n_before", "n_after")}
-    return EncoderSpec(**header, **extra, latent_dim=int(header["arch"]["latent"]))
 
 
 @dataclass
@@ -142,12 +125,7 @@ def check_finite(sd: dict[str, torch.Tensor], where: str) -> None:
     if not bad:
         return
     kinds = sorted({"NaN" if bool(torch.isnan(v).any()) else "Inf" for v in bad.values()})
-    names = ", ".join(list(bad)[:3]) + (", ..." if len(bad) > 3 else "")
-    raise DeepSpikeError(
-        f"{where}: weights contain {'/'.join(kinds)} ({len(bad)} of {len(sd)} tensors: {names}), so training "
-        "diverged. Use an earlier checkpoint (RUN_DIR/checkpoints/step*.ckpt, re-export with `python train.py "
-        "train=false ckpt_path=...`) or retrain with a lower model.optimizer.lr=..."
-    )
+    raise nonfinite_problem(where, list(bad), kinds, len(sd))
 
 
 def _load_weights(net: nn.Module, sd: dict[str, torch.Tensor], path: Path, arch: dict[str, Any]) -> None:
@@ -162,34 +140,8 @@ def _load_weights(net: nn.Module, sd: dict[str, torch.Tensor], path: Path, arch:
         if k in sd and want[k].shape != sd[k].shape
     ]
     if problems:
-        shown = "; ".join(problems[:4]) + (f"; ... ({len(problems)} in all)" if len(problems) > 4 else "")
-        raise DeepSpikeError(
-            f"{path}: the weights do not fit the architecture in the file's header ({shown}; header arch: "
-            f"{json.dumps(arch, sort_keys=True)}). The file was edited or damaged: re-export it from its "
-            "checkpoint (`python train.py train=false ckpt_path=RUN_DIR/checkpoints/last.ckpt`)"
-        )
+        raise weights_problem(path, arch, problems)
     net.load_state_dict(sd, strict=True)
-
-
-SIDECAR_KEYS = ("format", "format_version", "arch", "window")  # what an edited sidecar could wrongly seem to change
-
-
-def _check_sidecar(path: Path, header: dict[str, Any]) -> None:
-    """The ``.json`` beside an artifact must agree with the weights file's header, which is what gets used."""
-    sidecar = path.with_suffix(".json")
-    if not sidecar.is_file():
-        return
-    try:
-        doc = json.loads(sidecar.read_text())
-    except (OSError, ValueError) as e:
-        raise DeepSpikeError(f"{sidecar}: unreadable sidecar of {path} ({e}); restore it or remove it") from e
-    diff = differences(header, doc if isinstance(doc, dict) else {}, SIDECAR_KEYS, arrow="vs")
-    if diff:
-        raise SpecMismatchError(
-            f"{sidecar} disagrees with the header of {path} ({'; '.join(diff)}; weights file vs sidecar). The "
-            "encoder is defined by the weights file, so editing the sidecar does not change it: restore the sidecar "
-            "(re-export) or undo the edit; for another window, fine-tune or train a model on windows cut that way."
-        )
 
 
 def export_encoder(
@@ -221,26 +173,6 @@ def _jsonable(o: Any) -> Any:
     return str(o)
 
 
-def read_header(path: str | Path) -> dict[str, Any]:
-    """The JSON header of an artifact, without loading its weights."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:
-        raise DeepSpikeError(f"{path}: not a readable safetensors encoder artifact ({e})") from e
-    if META_KEY not in meta:
-        raise DeepSpikeError(f"{path}: safetensors file without a DeepSpike header; export it with export_encoder")
-    header = json.loads(meta[META_KEY])
-    if header.get("format") != FORMAT or int(header.get("format_version", 0)) > FORMAT_VERSION:
-        raise DeepSpikeError(
-            f"{path}: format {header.get('format')!r} v{header.get('format_version')} is not supported by this "
-            f"version (reads {FORMAT} v<={FORMAT_VERSION}); upgrade deepspike"
-        )
-    return header
-
-
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encoder:
     """Load an encoder artifact (a ``.safetensors`` file, or a run directory holding ``encoder.safetensors``)."""
     from safetensors.torch import load_file
@@ -251,7 +183,7 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encode
     if not p.exists():
         raise DeepSpikeError(f"no encoder artifact at {path}; train one with `python train.py` (writes encoder.*)")
     header = read_header(p)
-    _check_sidecar(p, header)
+    check_sidecar(p, header)
     net = build_net(header["arch"])
     sd = load_file(str(p), device="cpu")
     check_finite(sd, str(p))

@@ -15,6 +15,9 @@ channels stays one unit per channel. The options are declared once, with comment
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -104,7 +107,8 @@ def find_unit_spikes(
     Returns a ``SPIKE_DTYPE`` array sorted by time: sample, unit (a label of the input), channel (the unit's),
     scale (fitted amplitude / template's, where the method reports it, else 1).
     """
-    from spikeinterface.sortingcomponents.matching import find_spikes_from_templates
+    with _torch_probe_hidden(params):
+        from spikeinterface.sortingcomponents.matching import find_spikes_from_templates
 
     units = np.asarray(sorted(int(u) for u in np.unique(labels) if u >= 0), dtype=np.int64)
     if units.size == 0:
@@ -127,6 +131,28 @@ def find_unit_spikes(
     scale = np.asarray(found["amplitude"], dtype=np.float64)
     out["scale"] = np.where(np.isfinite(scale) & (scale != 0), scale, 1.0)
     return out[np.argsort(out["sample_index"], kind="stable")]
+
+
+@contextmanager
+def _torch_probe_hidden(params: MatchParams) -> Iterator[None]:
+    """Import SpikeInterface's matchers without importing torch, when torch is not loaded yet and no torch engine
+    is asked for.
+
+    Their modules probe ``importlib.util.find_spec("torch.nn")`` at import time, which imports torch: 1.3 s of
+    a 6 s fresh-process sort of 60 s of one channel (2-core machine), for engines DeepSpike does not use (the
+    matchers run their numpy engines by default). While the import runs, ``sys.modules["torch"]`` is None, so
+    the probe finds no torch; afterwards torch imports normally, and only those modules' torch engines stay off.
+    """
+    engine = str(dict(params.method_kwargs.get("parameters") or {}).get("engine", params.method_kwargs.get("engine")))
+    if "torch" in sys.modules or engine in ("torch", "auto"):
+        yield
+        return
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if "torch" in sys.modules and sys.modules["torch"] is None:
+            del sys.modules["torch"]
 
 
 def _method_kwargs(params: MatchParams, num_channels: int) -> dict[str, Any]:

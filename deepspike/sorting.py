@@ -34,6 +34,10 @@ from deepspike.paths import CHECKPOINT_DIR, CONF_DIR, DATA_DIR
 from deepspike.paths import REPO_ROOT as REPO
 from deepspike.spec import WindowSpec, normalize
 
+# Windows up to which the CPU encoder runs in numpy; beyond, torch's faster kernels repay its import (1.4 s):
+# bundled MLP, 2-core machine, 22 vs 11 us per window (numpy's erf is the difference), crossover about 130 k.
+NUMPY_MAX_WINDOWS = 100_000
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = CHECKPOINT_DIR / "deepspike_synth_v1.safetensors"
@@ -204,7 +208,7 @@ def run_sort(
     timings: dict[str, float] = {}
     source = recording if isinstance(recording, (str, os.PathLike)) else None
     with _timed(timings, "load"):
-        encoder = _load_encoder(checkpoint) if params.features == "encoder" else None
+        encoder = _load_encoder(checkpoint, params) if params.features == "encoder" else None
         recording = _open(recording, recording_options)
     spec = encoder.window_spec if encoder is not None else WindowSpec()
     spikes, extract_timings = _extract(recording, params, spec)
@@ -314,7 +318,7 @@ def sort_snippets(
     params = SortParams.from_options(options)
     timings: dict[str, float] = {}
     with _timed(timings, "load"):
-        encoder = _load_encoder(checkpoint) if params.features == "encoder" else None
+        encoder = _load_encoder(checkpoint, params) if params.features == "encoder" else None
     spec = encoder.window_spec if encoder is not None else WindowSpec()
     waves, sigma = conform_snippets(snippets, sampling_frequency, spec, peak_index, noise=noise)
     finetuned = None
@@ -354,8 +358,12 @@ def _checkpoint_path(checkpoint: str | os.PathLike | None) -> Path:
     return Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
 
 
-def _load_encoder(checkpoint: str | os.PathLike | None) -> Any:
-    """The frozen encoder artifact; a clear error (with the ways out) when it is missing."""
+def _load_encoder(checkpoint: str | os.PathLike | None, params: SortParams | None = None) -> Any:
+    """The frozen encoder artifact; a clear error (with the ways out) when it is missing.
+
+    In numpy (``deepspike.inference``, no torch import: about 1.3 s less start-up) when torch would run it on the
+    CPU anyway and nothing trains it; else with torch (``export.load_encoder``).
+    """
     path = _checkpoint_path(checkpoint)
     if not path.exists():
         what = "the bundled checkpoint" if checkpoint is None else "checkpoint"
@@ -363,9 +371,7 @@ def _load_encoder(checkpoint: str | os.PathLike | None) -> Any:
             f"{what} {str(path)!r} not found: pass checkpoint=PATH to an exported encoder (.safetensors, see "
             "deepspike.export), or features=pca for the model-free PCA baseline"
         )
-    from deepspike.export import load_encoder
-
-    encoder = load_encoder(path)
+    encoder = _load_for(path, params or SortParams())
     in_dim = encoder.spec.get("arch", {}).get("in_dim")
     spec = encoder.window_spec
     if in_dim is not None and int(in_dim) != spec.length:
@@ -375,6 +381,17 @@ def _load_encoder(checkpoint: str | os.PathLike | None) -> Any:
             f"network input ({in_dim} samples); re-export it with the window it was trained on"
         )
     return encoder
+
+
+def _load_for(path: Path, params: SortParams) -> Any:
+    from deepspike import inference
+
+    cpu = params.device == "cpu" or (params.device == "auto" and not inference.torch_accelerator_build())
+    if cpu and not params.finetune and inference.numpy_capable(path):
+        return inference.load_numpy_encoder(path)
+    from deepspike.export import load_encoder
+
+    return load_encoder(path)
 
 
 def _extract(recording: Any, params: SortParams, spec: WindowSpec) -> tuple[Any, dict[str, float]]:
@@ -467,15 +484,24 @@ def _features(encoder: Any, waves: np.ndarray, params: SortParams, spec: WindowS
 
 
 def embed_waves(encoder: Any, waves: np.ndarray, batch_size: int = 16384, device: str = "auto") -> np.ndarray:
-    """Frozen-encoder embeddings, batched under ``torch.inference_mode`` (bounded memory, CPU or GPU)."""
+    """Frozen-encoder embeddings, batched (bounded memory), in numpy or under ``torch.inference_mode``."""
+    from deepspike.inference import NumpyEncoder
+
+    if len(waves) == 0:
+        return np.zeros((0, int(encoder.latent_dim)), dtype=np.float32)
+    if isinstance(encoder, NumpyEncoder) and device in ("auto", "cpu") and len(waves) <= NUMPY_MAX_WINDOWS:
+        return encoder.embed(waves, batch_size=batch_size, spec=encoder.window_spec)
     import torch
+
+    if isinstance(encoder, NumpyEncoder):
+        from deepspike.export import load_encoder
+
+        encoder = load_encoder(encoder.path)
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise DeepSpikeError("device=cuda but CUDA is not available; use device=cpu or device=auto")
-    if len(waves) == 0:
-        return np.zeros((0, int(encoder.latent_dim)), dtype=np.float32)
     with torch.inference_mode():
         emb = encoder.embed(waves, batch_size=batch_size, device=device, spec=encoder.window_spec)
     return np.asarray(emb, dtype=np.float32)

@@ -11,9 +11,12 @@ import torch
 
 from deepspike.errors import DeepSpikeError, SpecMismatchError
 from deepspike.export import export_encoder, load_encoder, read_header
+from deepspike.inference import load_numpy_encoder
 from deepspike.models import ConvNet, MLPNet
 from deepspike.module import SpikeAutoencoder
 from deepspike.spec import WindowSpec
+
+LOADERS = pytest.mark.parametrize("load", [load_encoder, load_numpy_encoder], ids=["torch", "numpy"])
 
 
 def _module(net: torch.nn.Module) -> SpikeAutoencoder:
@@ -60,14 +63,15 @@ def test_spec_mismatch_is_clear(tmp_path: Path) -> None:
     enc.check_spec(WindowSpec())
 
 
-def test_not_an_artifact(tmp_path: Path) -> None:
+@LOADERS
+def test_not_an_artifact(load, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(2)}, str(tmp_path / "x.safetensors"))
     with pytest.raises(DeepSpikeError, match="header"):
-        load_encoder(tmp_path / "x.safetensors")
+        load(tmp_path / "x.safetensors")
     with pytest.raises(DeepSpikeError, match=r"train\.py"):
-        load_encoder(tmp_path / "missing.safetensors")
+        load(tmp_path / "missing.safetensors")
 
 
 def _rewrite(path: Path, tensors: dict[str, torch.Tensor] | None = None, header: dict | None = None) -> None:
@@ -79,7 +83,8 @@ def _rewrite(path: Path, tensors: dict[str, torch.Tensor] | None = None, header:
     save_file(sd, str(path), metadata={"deepspike": json.dumps(doc)})
 
 
-def test_nan_weights_are_named_at_load(tmp_path: Path) -> None:
+@LOADERS
+def test_nan_weights_are_named_at_load(load, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     path = export_encoder(_module(MLPNet(hidden=32)), tmp_path / "e.safetensors")
@@ -89,7 +94,7 @@ def test_nan_weights_are_named_at_load(tmp_path: Path) -> None:
     sd[name].view(-1)[0] = float("nan")
     _rewrite(path, tensors=sd)
     with pytest.raises(DeepSpikeError, match=r"NaN") as e:
-        load_encoder(path)
+        load(path)
     assert str(path) in str(e.value) and name in str(e.value)
 
 
@@ -105,25 +110,27 @@ def test_nan_checkpoint_is_named_when_exported(tmp_path: Path) -> None:
     assert not (tmp_path / "e.safetensors").exists()
 
 
-def test_architecture_mismatch_names_file_and_tensors(tmp_path: Path) -> None:
+@LOADERS
+def test_architecture_mismatch_names_file_and_tensors(load, tmp_path: Path) -> None:
     path = export_encoder(_module(MLPNet(hidden=32)), tmp_path / "e.safetensors")
     header = read_header(path)
     header["arch"]["widths"][0] = 48  # the header now describes another net than the stored tensors
     _rewrite(path, header=header)
     (tmp_path / "e.json").unlink()  # the weights file alone: its header and tensors disagree
     with pytest.raises(DeepSpikeError, match=r"(?s)architecture.*encoder\.0\.weight.*\[48, 20\].*\[32, 20\]") as e:
-        load_encoder(path)
+        load(path)
     assert str(path) in str(e.value) and "size mismatch" not in str(e.value)
 
 
-def test_edited_sidecar_is_named(tmp_path: Path) -> None:
+@LOADERS
+def test_edited_sidecar_is_named(load, tmp_path: Path) -> None:
     path = export_encoder(_module(MLPNet(hidden=32)), tmp_path / "e.safetensors")
     sidecar = tmp_path / "e.json"
     doc = json.loads(sidecar.read_text())
     doc["window"]["n_before"], doc["window"]["n_after"] = 10, 10
     sidecar.write_text(json.dumps(doc))
     with pytest.raises(SpecMismatchError, match=r"(?s)e\.json.*n_before.*8.*10") as e:
-        load_encoder(path)
+        load(path)
     assert str(path) in str(e.value)
     sidecar.unlink()  # no sidecar: the weights file's own header is enough
-    assert load_encoder(path).window_spec == WindowSpec()
+    assert load(path).window_spec == WindowSpec()

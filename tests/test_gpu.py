@@ -38,7 +38,7 @@ def test_bf16_training_on_cuda_lowers_the_loss_and_exports_an_encoder_that_match
 
 
 def test_sort_on_cuda_equals_the_cpu_sort() -> None:
-    from deepspike.module import matched_accuracy
+    from deepspike.evaluate import matched_accuracy
     from deepspike.sorting import SortParams, run_sort
     from deepspike.synthetic import generate_recording
 
