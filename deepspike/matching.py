@@ -99,11 +99,14 @@ def find_unit_spikes(
     noise: np.ndarray,
     params: MatchParams,
     seed: int = 0,
+    near: np.ndarray | None = None,
 ) -> np.ndarray:
     """Spikes of the clustered units found by template matching in ``filtered`` (band-passed, one segment).
 
     ``sample_index``/``labels``/``channel``: the clustered spikes (label ``-1`` = noise, not a template);
     ``noise``: robust sigma per channel in the traces' units (matching runs on the traces in noise units).
+    ``near`` (``[C, C]`` neighbourhoods, ``deepspike.channels``): a unit's template spans its main channel's
+    neighbourhood on the recording's own probe; None (or one channel each): per-channel templates.
     Returns a ``SPIKE_DTYPE`` array sorted by time: sample, unit (a label of the input), channel (the unit's),
     scale (fitted amplitude / template's, where the method reports it, else 1).
     """
@@ -113,8 +116,9 @@ def find_unit_spikes(
     units = np.asarray(sorted(int(u) for u in np.unique(labels) if u >= 0), dtype=np.int64)
     if units.size == 0:
         return np.zeros(0, dtype=SPIKE_DTYPE)
-    rec = _in_noise_units(_per_channel_geometry(filtered), noise)
-    templates, unit_channel = unit_templates(rec, sample_index, labels, channel, units, params, seed)
+    multi = near is not None and near.sum(axis=1).max() > 1
+    rec = _in_noise_units(filtered if multi else _per_channel_geometry(filtered), noise)
+    templates, unit_channel = unit_templates(rec, sample_index, labels, channel, units, params, seed, near)
     kwargs = _method_kwargs(params, rec.get_num_channels())
     found = find_spikes_from_templates(
         rec,
@@ -185,9 +189,11 @@ def unit_templates(
     units: np.ndarray,
     params: MatchParams,
     seed: int = 0,
+    near: np.ndarray | None = None,
 ) -> tuple[Any, np.ndarray]:
     """SpikeInterface ``Templates`` of ``units`` at the native rate (mean of at most ``max_spikes_per_unit``
-    spikes each, chunked), zero outside each unit's channel; and each unit's channel."""
+    spikes each, chunked), zero outside each unit's channel (its neighbourhood, given ``near``); and each unit's
+    channel (where most of its spikes peak)."""
     from spikeinterface.core import Templates
     from spikeinterface.core.waveform_tools import estimate_templates
 
@@ -209,6 +215,8 @@ def unit_templates(
     arr = estimate_templates(filtered, spikes, units, nb, na, return_in_uV=False, n_jobs=1, progress_bar=False)
     own = np.zeros((len(units), filtered.get_num_channels()), dtype=bool)
     own[np.arange(len(units)), unit_channel] = True
+    if near is not None:
+        own |= np.asarray(near, dtype=bool)[unit_channel]
     arr = np.where(own[:, None, :], arr, 0.0).astype(np.float32)
     templates = Templates(
         templates_array=arr, sampling_frequency=fs, nbefore=nb, is_in_uV=False, channel_ids=filtered.channel_ids,
@@ -231,11 +239,12 @@ def _per_channel_geometry(filtered: Any) -> Any:
 
 
 def pair_with_detected(
-    sample_index: np.ndarray, channel: np.ndarray, found: np.ndarray, tolerance: int
+    sample_index: np.ndarray, channel: np.ndarray, found: np.ndarray, tolerance: int, near: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pair matched spikes with detected ones (same channel, peaks at most ``tolerance`` samples apart, one to one,
-    nearest first). Returns (index of the found spike paired with each detected spike or -1, mask of found spikes
-    that paired with none: spikes the detector missed)."""
+    """Pair matched spikes with detected ones (same channel, or given ``near``, a detected peak on a channel of the
+    unit's neighbourhood; peaks at most ``tolerance`` samples apart, one to one, nearest first). Returns (index of
+    the found spike paired with each detected spike or -1, mask of found spikes that paired with none: spikes the
+    detector missed)."""
     n = len(sample_index)
     pair = np.full(n, -1, dtype=np.int64)
     taken = np.zeros(len(found), dtype=bool)
@@ -243,7 +252,7 @@ def pair_with_detected(
         return pair, ~taken
     t = np.asarray(sample_index, dtype=np.int64)
     for ch in np.unique(found["channel"]):
-        det = np.flatnonzero(np.asarray(channel) == ch)
+        det = np.flatnonzero(np.asarray(near)[ch][channel] if near is not None else np.asarray(channel) == ch)
         fnd = np.flatnonzero(found["channel"] == ch)
         if det.size == 0:
             continue

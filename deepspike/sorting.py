@@ -19,13 +19,14 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from deepspike.channels import MultichannelParams
 from deepspike.cluster import NOISE, ClusterParams, cluster_spikes, secondary_peaks, templates
 from deepspike.defaults import conf_field
 from deepspike.errors import DeepSpikeError, OutputExistsError, RecordingError, SpecMismatchError, cli_errors
@@ -70,6 +71,7 @@ class SortParams:
     extract: dict[str, Any] = conf_field("extract/default.yaml")
     cluster: ClusterParams = field(default_factory=ClusterParams)
     matching: MatchParams = field(default_factory=MatchParams)
+    multichannel: MultichannelParams = field(default_factory=MultichannelParams)
 
     def __post_init__(self) -> None:
         if self.features not in FEATURES:
@@ -90,6 +92,7 @@ class SortParams:
         elif not isinstance(self.cluster, ClusterParams):
             self.cluster = ClusterParams.from_dict({"seed": self.seed, **dict(self.cluster or {})})
         self.matching = MatchParams.from_dict(self.matching)
+        self.multichannel = MultichannelParams.from_dict(self.multichannel)
         self.extract = dict(self.extract or {})
         self.finetune_options = dict(self.finetune_options or {})
         if self.finetune and self.features != "encoder":
@@ -123,6 +126,7 @@ class SortParams:
         d = asdict(self)
         d["cluster"] = self.cluster.to_dict()
         d["matching"] = self.matching.to_dict()
+        d["multichannel"] = self.multichannel.to_dict()
         return d
 
 
@@ -213,6 +217,7 @@ def run_sort(
     spec = encoder.window_spec if encoder is not None else WindowSpec()
     spikes, extract_timings = _extract(recording, params, spec)
     timings.update(extract_timings)
+    near, spikes = _one_event_per_spike(recording, spikes, params)
     waves = np.asarray(spikes.waves, dtype=np.float32)
     finetuned = None
     if params.finetune and encoder is not None:
@@ -233,9 +238,14 @@ def run_sort(
         ok = ~echo
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            clustered = cluster_spikes(
-                emb[ok], waves[ok], channel[ok], amp_noise[ok], params.cluster, _threshold(params.extract)
-            )
+            if near.sum(axis=1).max() > 1:
+                clustered = _cluster_neighbourhoods(
+                    recording, encoder, params, spec, near, noise, sample_index[ok], channel[ok], amp_noise[ok]
+                )
+            else:
+                clustered = cluster_spikes(
+                    emb[ok], waves[ok], channel[ok], amp_noise[ok], params.cluster, _threshold(params.extract)
+                )
         labels = np.full(len(waves), NOISE, dtype=np.int64)
         labels[ok] = clustered.labels
         clustered.info["n_echo"] = int(echo.sum())
@@ -248,7 +258,7 @@ def run_sort(
     if params.matching.enabled and (labels >= 0).any():
         with _timed(timings, "match"):
             sample_index, channel, amp_noise, waves, labels, order = _match(
-                recording, params, spec, noise, sample_index, channel, amp_noise, waves, labels
+                recording, params, spec, noise, sample_index, channel, amp_noise, waves, labels, near
             )
             n_new = len(order) - len(emb)
             clustered.info["n_matched_new"] = n_new
@@ -409,6 +419,86 @@ def _extract(recording: Any, params: SortParams, spec: WindowSpec) -> tuple[Any,
     return spikes, timings
 
 
+def _filtered(recording: Any, params: SortParams) -> Any:
+    """The band-passed recording, one segment (lazy: traces are filtered when read)."""
+    from deepspike.extract import ExtractParams
+    from deepspike.preprocess import bandpass
+
+    ex = ExtractParams.from_config(params.extract)
+    filtered = bandpass(recording, ex.freq_min, ex.freq_max, ex.filtered)
+    if filtered.get_num_segments() > 1:
+        from spikeinterface.core import concatenate_recordings
+
+        filtered = concatenate_recordings([filtered])
+    return filtered
+
+
+def _one_event_per_spike(recording: Any, spikes: Any, params: SortParams) -> tuple[np.ndarray, Any]:
+    """Channel neighbourhoods (``deepspike.channels``) and the detected spikes with one event per spike across
+    neighbouring channels (its largest peak); single-channel sorting keeps every peak."""
+    from deepspike.channels import deduplicate_events, neighbourhoods
+
+    near = neighbourhoods(recording, params.multichannel)
+    if near.sum(axis=1).max() <= 1 or len(spikes) == 0:
+        return near, spikes
+    fs = float(recording.get_sampling_frequency())
+    window = round(params.multichannel.dedup_ms * fs / 1000)
+    keep = deduplicate_events(spikes.sample_index, spikes.channel, spikes.amplitude, near, window)
+    log.info("%d of %d peaks are one event per spike across neighbouring channels", int(keep.sum()), len(keep))
+    for name in ("waves", "sample_index", "channel", "amplitude", "labels"):
+        setattr(spikes, name, getattr(spikes, name)[keep])
+    return near, spikes
+
+
+def _cluster_neighbourhoods(
+    recording: Any,
+    encoder: Any,
+    params: SortParams,
+    spec: WindowSpec,
+    near: np.ndarray,
+    noise: np.ndarray,
+    sample_index: np.ndarray,
+    channel: np.ndarray,
+    amplitude: np.ndarray,
+) -> Any:
+    """Cluster the events of each neighbourhood on their multi-channel features, then merge the units of
+    neighbouring channels that are one neuron (``deepspike.channels``)."""
+    from deepspike.channels import clustering_keys, merge_across_neighbourhoods, neighbourhood_features
+    from deepspike.cluster import ClusterResult
+    from deepspike.extract import ExtractParams
+    from deepspike.windows import extract_neighbour_windows
+
+    filtered = _filtered(recording, params)
+    chunk = ExtractParams.from_config(params.extract).chunk_duration_s
+    keys = clustering_keys(near)[channel]
+    layout = np.full((len(near), int(near.sum(axis=1).max())), -1, dtype=np.int64)  # each channel's neighbours
+    for c in range(len(near)):
+        layout[c, : near[c].sum()] = np.flatnonzero(near[c])
+    every = extract_neighbour_windows(filtered, sample_index, channel, layout[channel], noise, spec, chunk)  # one pass
+    cluster = replace(params.cluster, covariance_type=params.multichannel.covariance_type)
+    labels = np.full(len(sample_index), NOISE, dtype=np.int64)
+    info: dict[str, Any] = {"method": params.cluster.method, "neighbourhoods": {}}
+    next_id = 0
+    for key in np.unique(keys):
+        idx = np.flatnonzero(keys == key)
+        chans = np.flatnonzero(near[channel[idx[0]]])
+        w = every[idx, : len(chans)]
+        feats = neighbourhood_features(
+            w, encoder, params.multichannel, spec, params.seed, lambda x: _features(encoder, x, params, spec)
+        )
+        res = cluster_spikes(feats, w.reshape(len(idx), -1), None, amplitude[idx], cluster, _threshold(params.extract))
+        info["neighbourhoods"][int(key)] = {"channels": chans.tolist(), **res.info}
+        lab = res.labels
+        labels[idx[lab >= 0]] = lab[lab >= 0] + next_id
+        next_id += int(lab.max()) + 1 if (lab >= 0).any() else 0
+    labels, info["merged_across"] = merge_across_neighbourhoods(
+        filtered, labels, sample_index, channel, near, noise, spec, params.multichannel, chunk, params.seed
+    )
+    info["n_units"] = int(labels.max()) + 1 if (labels >= 0).any() else 0
+    info["n_noise"] = int((labels == NOISE).sum())
+    return ClusterResult(labels=labels, info=info)
+
+
 def _match(
     recording: Any,
     params: SortParams,
@@ -419,6 +509,7 @@ def _match(
     amp_noise: np.ndarray,
     waves: np.ndarray,
     labels: np.ndarray,
+    near: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Template matching (``deepspike.matching``) over the clustered units; the spikes it finds decide the units.
 
@@ -440,8 +531,8 @@ def _match(
 
         filtered = concatenate_recordings([filtered])
     fs = float(filtered.get_sampling_frequency())
-    found = find_unit_spikes(filtered, sample_index, labels, channel, noise, params.matching, params.seed)
-    pair, new = pair_with_detected(sample_index, channel, found, dead_time_samples(ex.dead_time_ms, fs))
+    found = find_unit_spikes(filtered, sample_index, labels, channel, noise, params.matching, params.seed, near)
+    pair, new = pair_with_detected(sample_index, channel, found, dead_time_samples(ex.dead_time_ms, fs), near)
     take = (pair >= 0) & (params.matching.relabel | (labels < 0))
     labels = labels.copy()
     labels[take] = found["unit"][pair[take]]

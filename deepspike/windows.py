@@ -70,6 +70,17 @@ def _check_peaks(peaks: Any, num_channels: int) -> tuple[np.ndarray, np.ndarray]
     return samples, chans
 
 
+def _delta(traces: np.ndarray, local: np.ndarray, chans: np.ndarray, align: bool) -> np.ndarray:
+    """Sub-sample peak offset of each peak on its own channel (0 without ``align``)."""
+    if not align:
+        return np.zeros(len(local))
+    return subsample_offset(
+        traces[local - 1, chans].astype(np.float64),
+        traces[local, chans].astype(np.float64),
+        traces[local + 1, chans].astype(np.float64),
+    )
+
+
 def _cut(
     traces: np.ndarray,
     local: np.ndarray,
@@ -79,20 +90,65 @@ def _cut(
     align: bool,
 ) -> np.ndarray:
     """Windows [n, L] for peaks at local sample ``local`` on ``chans`` of a trace block [T, C]."""
-    if align:
-        delta = subsample_offset(
-            traces[local - 1, chans].astype(np.float64),
-            traces[local, chans].astype(np.float64),
-            traces[local + 1, chans].astype(np.float64),
-        )
-    else:
-        delta = np.zeros(len(local))
-    x = (local + delta)[:, None] + offsets[None, :]  # [n, L] native-rate sample positions
+    return _cut_at(traces, local + _delta(traces, local, chans, align), chans, offsets, scale)
+
+
+def _cut_at(
+    traces: np.ndarray, x0: np.ndarray, chans: np.ndarray, offsets: np.ndarray, scale: np.ndarray
+) -> np.ndarray:
+    """Windows [n, L] centred on the fractional samples ``x0`` of ``chans`` (Keys' cubic convolution)."""
+    x = x0[:, None] + offsets[None, :]  # [n, L] native-rate sample positions
     base = np.floor(x)
     weights = keys_weights(x - base)  # [n, L, 4]
     idx = base.astype(np.int64)[..., None] + _TAPS  # [n, L, 4]
     vals = traces[idx, chans[:, None, None]]
     return (np.einsum("nlk,nlk->nl", vals, weights) * scale[:, None]).astype(np.float32)
+
+
+def extract_neighbour_windows(
+    filtered: Any,
+    sample_index: np.ndarray,
+    peak_channel: np.ndarray,
+    channels: np.ndarray,
+    noise: Any,
+    spec: WindowSpec,
+    chunk_duration_s: float,
+) -> np.ndarray:
+    """Windows ``[n, K, spec.length]`` (noise units) of each event on the K ``channels`` of its row, all cut at
+    the peak channel's sub-sample peak time, so the spike's spatial footprint is kept; a channel index -1 gives a
+    row of zeros. The events' windows must lie inside the recording (as the detected ones do)."""
+    fs = sampling_frequency_of(filtered)
+    noise = check_noise(noise, filtered.get_num_channels())
+    samples = np.asarray(sample_index, dtype=np.int64)
+    peak_channel = np.asarray(peak_channel, dtype=np.int64)
+    channels = np.asarray(channels, dtype=np.int64).reshape(len(samples), -1)
+    n, k = channels.shape
+    n_total = filtered.get_num_samples(0)
+    before, after = window_margins(spec, fs)
+    if n and (samples.min() - before < 0 or samples.max() + after > n_total):
+        raise DeepSpikeError("extract_neighbour_windows: an event's window leaves the recording")
+    offsets = (np.arange(spec.length) - spec.n_before) * (fs / spec.sampling_frequency)
+    inv_noise = np.where(noise > 0, 1.0 / np.where(noise > 0, noise, 1.0), 0.0)
+    waves = np.zeros((n, k, spec.length), dtype=np.float32)
+    order = np.argsort(samples, kind="stable")
+    sorted_samples = samples[order]
+    chunk = max(int(chunk_duration_s * fs), 1)
+    for start in range(0, n_total, chunk):
+        lo, hi = np.searchsorted(sorted_samples, [start, min(n_total, start + chunk)])
+        if hi <= lo:
+            continue
+        r0, r1 = max(0, start - before), min(n_total, start + chunk + after)
+        traces = filtered.get_traces(segment_index=0, start_frame=r0, end_frame=r1)
+        check_finite(traces, recording_name(filtered), f" between {r0 / fs:.3f} s and {r1 / fs:.3f} s")
+        sel = order[lo:hi]
+        local = samples[sel] - r0
+        x0 = local + _delta(traces, local, peak_channel[sel], True)
+        for j in range(k):
+            ch = channels[sel, j]
+            ok = ch >= 0
+            if ok.any():
+                waves[sel[ok], j] = _cut_at(traces, x0[ok], ch[ok], offsets, inv_noise[ch[ok]])
+    return waves
 
 
 def extract_windows(
