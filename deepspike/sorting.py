@@ -537,6 +537,7 @@ def _match(
     labels = labels.copy()
     labels[take] = found["unit"][pair[take]]
     added = found[new]
+    added = added[_not_repeated(added, sample_index, labels, dead_time_samples(ex.dead_time_ms, fs))]
     peaks = np.zeros(len(added), dtype=[("sample_index", "i8"), ("channel_index", "i8")])
     peaks["sample_index"], peaks["channel_index"] = added["sample_index"], added["channel"]
     new_waves, kept = extract_windows(filtered, peaks, noise, spec, ex.chunk_duration_s)
@@ -551,6 +552,31 @@ def _match(
         np.concatenate([labels, added["unit"]])[order],
         order,
     )
+
+
+def _not_repeated(added: np.ndarray, sample_index: np.ndarray, labels: np.ndarray, dead: int) -> np.ndarray:
+    """Mask of the matched-only spikes to add: not within ``dead`` samples of a spike of the same unit (detected,
+    or added just before): the matcher sometimes fits one template twice to one spike, a unit firing twice
+    within the dead time is a duplicate, not a neuron."""
+    keep = np.ones(len(added), dtype=bool)
+    for u in np.unique(added["unit"]):
+        rows = np.flatnonzero(added["unit"] == u)
+        rows = rows[np.argsort(added["sample_index"][rows], kind="stable")]
+        t = added["sample_index"][rows]
+        own = np.sort(sample_index[labels == u])
+        if own.size:
+            pos = np.searchsorted(own, t)
+            gap = np.minimum(
+                np.abs(t - own[np.clip(pos - 1, 0, own.size - 1)]), np.abs(own[np.clip(pos, 0, own.size - 1)] - t)
+            )
+            keep[rows[gap <= dead]] = False
+        last = -(10**18)
+        for r, ti in zip(rows, t, strict=True):
+            if keep[r] and ti - last <= dead:
+                keep[r] = False
+            elif keep[r]:
+                last = ti
+    return keep
 
 
 def _threshold(extract: dict[str, Any]) -> float:

@@ -1,0 +1,142 @@
+"""Multi-channel sorting: neighbourhoods from the probe, one event per spike, one unit per neuron."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from deepspike.channels import (
+    MultichannelParams,
+    clustering_keys,
+    deduplicate_events,
+    neighbourhoods,
+    template_match,
+)
+from deepspike.errors import DeepSpikeError
+
+
+def _recording(kind: str, num_units: int, seed: int, duration_s: float = 30.0):
+    from probeinterface import generate_linear_probe, generate_tetrode
+    from spikeinterface.core.generate import generate_ground_truth_recording
+
+    probe = generate_tetrode(r=10) if kind == "tetrode" else generate_linear_probe(num_elec=8, ypitch=25)
+    probe.set_device_channel_indices(np.arange(probe.get_contact_count()))
+    return generate_ground_truth_recording(
+        durations=[duration_s], sampling_frequency=30000.0, num_units=num_units, probe=probe, seed=seed,
+        generate_sorting_kwargs={"firing_rates": (4.0, 12.0), "refractory_period_ms": 4.0},
+        noise_kwargs={"noise_levels": 10.0, "strategy": "on_the_fly"},
+    )  # fmt: skip
+
+
+def test_neighbourhoods_follow_the_probe_and_its_groups() -> None:
+    rec, _ = _recording("linear", 2, 0, 1.0)
+    near = neighbourhoods(rec, MultichannelParams(radius_um=60.0))
+    assert near[3].tolist() == [False, True, True, True, True, True, False, False]  # 2 on each side at 25 um
+    assert (near == near.T).all() and near.diagonal().all()
+    assert len(np.unique(clustering_keys(near))) == 8  # a probe: one neighbourhood per channel
+    assert neighbourhoods(rec, MultichannelParams(radius_um=60.0, max_channels=3))[3].sum() == 3
+    assert not neighbourhoods(rec, MultichannelParams(enabled=False))[~np.eye(8, dtype=bool)].any()
+    rec.set_channel_groups([0, 0, 0, 0, 1, 1, 1, 1])  # two shanks: no neighbour across them
+    near = neighbourhoods(rec, MultichannelParams(radius_um=60.0))
+    assert not near[3, 4] and near[3, 2] and near[4, 5]
+    tet, _ = _recording("tetrode", 2, 0, 1.0)
+    near = neighbourhoods(tet, MultichannelParams(radius_um=60.0))
+    assert near.all() and len(np.unique(clustering_keys(near))) == 1  # a tetrode is one group
+
+
+def test_no_probe_sorts_channels_alone_with_a_warning() -> None:
+    from spikeinterface.core import NumpyRecording
+
+    rec = NumpyRecording(np.zeros((1000, 4), np.float32), sampling_frequency=30000.0)
+    with pytest.warns(UserWarning, match="no probe"):
+        near = neighbourhoods(rec, MultichannelParams())
+    assert (near == np.eye(4, dtype=bool)).all()
+
+
+def test_one_event_per_spike_keeps_the_largest_peak_in_space_and_time() -> None:
+    near = np.array([[1, 1, 0], [1, 1, 1], [0, 1, 1]], dtype=bool)  # a line of 3 channels
+    t = np.array([100, 101, 100, 500, 503, 900, 900])
+    ch = np.array([0, 1, 2, 0, 2, 0, 1])
+    amp = np.array([-8.0, -12.0, -6.0, -7.0, 9.0, -5.0, 5.0])
+    keep = deduplicate_events(t, ch, amp, near, window=3)
+    # 100-101: channel 1 is the largest and neighbours both; 500/503: channels 0 and 2 are not neighbours;
+    # 900: a tie keeps the lower channel
+    assert keep.tolist() == [False, True, False, True, True, True, False]
+    assert deduplicate_events(t, ch, amp, np.eye(3, dtype=bool), window=3).all()
+
+
+def test_template_match_sees_one_neuron_through_a_shift_and_two_through_their_footprints() -> None:
+    rng = np.random.default_rng(0)
+    shape = -np.exp(-0.5 * ((np.arange(20) - 8) / 1.5) ** 2) * 10
+    a = np.outer([1.0, 0.6, 0.2, 0.0], shape)
+    b = np.roll(a, 1, axis=1) + 0.05 * rng.standard_normal(a.shape)
+    sim, ratio = template_match(a, b)
+    assert sim > 0.95 and ratio < 1.1
+    other = np.outer([0.2, 0.6, 1.0, 0.6], shape)  # same shape, another place: another neuron
+    assert template_match(a, other)[0] < 0.8
+
+
+def test_bad_multichannel_options_name_the_key() -> None:
+    with pytest.raises(DeepSpikeError, match=r"multichannel\.radius_um"):
+        MultichannelParams(radius_um=-1.0)
+    with pytest.raises(DeepSpikeError, match=r"multichannel\.combine"):
+        MultichannelParams(combine="sum")
+    with pytest.raises(DeepSpikeError, match="unknown multichannel option"):
+        MultichannelParams.from_dict({"radius": 50})
+
+
+def test_neighbour_windows_of_the_peak_channel_equal_the_detected_windows() -> None:
+    from deepspike.extract import extract_spikes
+    from deepspike.preprocess import bandpass, noise_levels
+    from deepspike.spec import WindowSpec
+    from deepspike.windows import extract_neighbour_windows
+
+    rec, _ = _recording("tetrode", 3, 1, 5.0)
+    spikes = extract_spikes(rec)
+    filtered = bandpass(rec, 300.0, 5000.0, False)
+    chans = np.tile(np.arange(4), (len(spikes), 1))
+    w = extract_neighbour_windows(
+        filtered, spikes.sample_index, spikes.channel, chans, noise_levels(filtered), WindowSpec(), 2.0
+    )
+    assert w.shape == (len(spikes), 4, 20)
+    own = w[np.arange(len(spikes)), spikes.channel.astype(np.int64)]
+    np.testing.assert_allclose(own, spikes.waves, atol=1e-4)
+
+
+def _gt_snr(rec, gt) -> dict:
+    """Peak |template| of each ground-truth unit on its best channel, in noise sigmas of the band-passed traces."""
+    from deepspike.preprocess import bandpass, noise_levels
+
+    filtered = bandpass(rec, 300.0, 5000.0, False)
+    traces = filtered.get_traces() / noise_levels(filtered)
+    out = {}
+    for u in gt.unit_ids:
+        t = gt.get_unit_spike_train(u)
+        t = t[(t > 30) & (t < len(traces) - 30)]
+        out[u] = float(np.abs(np.mean([traces[i - 15 : i + 15] for i in t], axis=0)).max())
+    return out
+
+
+@pytest.mark.parametrize(("kind", "units", "seed"), [("tetrode", 5, 3), ("linear", 6, 4)])
+def test_each_neuron_is_one_unit(kind: str, units: int, seed: int) -> None:
+    from spikeinterface.comparison import compare_sorter_to_ground_truth
+
+    from deepspike.sorting import SortParams, run_sort
+
+    rec, gt = _recording(kind, units, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        multi = run_sort(rec, None, SortParams())
+        single = run_sort(rec, None, SortParams(multichannel={"enabled": False}))
+    cmp = compare_sorter_to_ground_truth(gt, multi.sorting, exhaustive_gt=True)
+    counts = cmp.count_units_categories()
+    assert counts["num_redundant"] <= 1 and len(multi.unit_ids) <= units + 1
+    visible = [u for u, snr in _gt_snr(rec, gt).items() if snr >= 6.0]  # the generator also places units out of reach
+    assert len(visible) >= 3
+    assert cmp.get_performance()["accuracy"].loc[visible].astype(float).mean() >= 0.85
+    assert len(single.unit_ids) > len(multi.unit_ids)  # per channel, a neuron is one unit per channel it reaches
+    for u in multi.unit_ids:  # a spike seen on several channels is reported once
+        t = np.sort(multi.sample_index[multi.labels == u])
+        assert np.diff(t).min() > 0.0005 * 30000.0
