@@ -23,7 +23,7 @@ import sys
 import time
 import traceback
 import zlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ import pandas as pd
 from deepspike.corpus import write_json_atomic
 from deepspike.defaults import conf_field, conf_values
 from deepspike.errors import DeepSpikeError, OutputExistsError, RecordingError, cli_errors
-from deepspike.evaluate import METRIC_COLUMNS, compare_to_ground_truth
+from deepspike.evaluate import METRIC_COLUMNS, UNIT_CATEGORIES, compare_with_categories
 from deepspike.paths import CONF_DIR
 
 CONF = "bench.yaml"
@@ -41,11 +41,11 @@ MARKER = ".deepspike-bench"  # written into every folder deepspike-bench creates
 SET_INDEX = "bench_set.json"
 RUNS = "runs"
 METHODS = ("gmm", "dpgmm", "hdbscan", "kmeans")
-RUN_COLUMNS = ["num_units_gt", "num_units_found", "wall_s", "error"]
+RUN_COLUMNS = ["num_units_gt", "num_units_found", "num_redundant", "num_false_positive", "wall_s", "error"]
 COLUMNS = ["data_file", "sorter_name", *METRIC_COLUMNS, *RUN_COLUMNS, "sort_s", "tier"]
 UNIT_COLUMNS = ["data_file", "sorter_name", "tier", "gt_unit", *METRIC_COLUMNS, "snr", "snr_generator", "num_spikes"]
 SUMMARY_COLUMNS = ["sorter_name", "accuracy", "recall", "precision", "wall_s", "recordings_ok", "recordings_failed",
-                   "accuracy_failed_as_0"]  # fmt: skip
+                   "accuracy_failed_as_0", "num_redundant_mean", "num_redundant_max"]  # fmt: skip
 INSTALL_HINT = "pip install -e '.[bench]'"
 BENCH_PEERS = ("mountainsort5", "kilosort4")  # what the `bench` extra installs (pyproject.toml)
 TIER_KEYS = {"n", "num_units", "snr_range", "recipe", "recipe_overrides"}  # single-channel tiers
@@ -69,6 +69,7 @@ class BenchConfig:
     make_set: bool = conf_field(CONF, "make_set")
     debug: bool = conf_field(CONF, "debug")
     sorter_params: dict[str, Any] = conf_field(CONF, "sorter_params")
+    sorter_params_single_channel: dict[str, Any] = conf_field(CONF, "sorter_params_single_channel")
     recording_options: dict[str, Any] = conf_field(CONF, "recording_options")
     set: dict[str, Any] = conf_field(CONF, "set")
 
@@ -120,6 +121,19 @@ class SorterSpec:
     finetune: bool = False
     features: str = "encoder"
     params: tuple[tuple[str, Any], ...] = ()
+
+
+def sorter_params_for(conf: BenchConfig, name: str, num_channels: int) -> dict[str, Any]:
+    """run_sorter parameters of one peer on one recording: ``sorter_params_single_channel`` for one channel."""
+    table = conf.sorter_params_single_channel if num_channels == 1 else conf.sorter_params
+    return dict((table or {}).get(name) or {})
+
+
+def for_recording(spec: SorterSpec, conf: BenchConfig, num_channels: int) -> SorterSpec:
+    """``spec`` with the parameters its sorter takes on a recording of ``num_channels`` channels."""
+    if spec.kind != "spikeinterface":
+        return spec
+    return replace(spec, params=tuple(sorted(sorter_params_for(conf, spec.name, num_channels).items())))
 
 
 def missing_package(spec: SorterSpec) -> str:
@@ -245,6 +259,7 @@ class Recording:
     snr: dict[str, float]
     snr_generator: dict[str, float]
     num_spikes: dict[str, int]
+    num_channels: int = 1
 
 
 def expand(patterns: list[str]) -> list[str]:
@@ -278,7 +293,8 @@ def load_recording(path: str, conf: BenchConfig) -> Recording:
     gen = gt.get_property("gt_snr") if "gt_snr" in gt.get_property_keys() else None
     by_gen = {str(u): float(s) for u, s in zip(gt.unit_ids, gen, strict=True)} if gen is not None else {}
     tier = _tier(Path(path))
-    return Recording(path, Path(path.rstrip("/")).name, tier, gt, snr, by_gen, counts)
+    name = Path(path.rstrip("/")).name
+    return Recording(path, name, tier, gt, snr, by_gen, counts, recording.get_num_channels())
 
 
 def _tier(p: Path) -> str:
@@ -391,9 +407,9 @@ def score(rec: Recording, sorter: str, sorting: Any, wall: float, sort_s: float,
     gt_ids = [str(u) for u in rec.gt.unit_ids]
     if sorting is None:
         units = pd.DataFrame({"gt_unit": gt_ids, **{c: np.nan for c in METRIC_COLUMNS}})
-        found = 0
+        found, categories = 0, dict.fromkeys(UNIT_CATEGORIES, np.nan)
     else:
-        units = compare_to_ground_truth(sorting, rec.gt, delta_ms, rec.data_file, sorter)
+        units, categories = compare_with_categories(sorting, rec.gt, delta_ms, rec.data_file, sorter)
         found = len(sorting.unit_ids)
     units = units.assign(
         data_file=rec.data_file, sorter_name=sorter, tier=rec.tier,
@@ -404,7 +420,8 @@ def score(rec: Recording, sorter: str, sorting: Any, wall: float, sort_s: float,
     row = {"data_file": rec.data_file, "sorter_name": sorter, **units[METRIC_COLUMNS].mean(skipna=True).to_dict()}
     if sorting is None:
         row.update(dict.fromkeys(METRIC_COLUMNS, np.nan))
-    row.update(num_units_gt=len(gt_ids), num_units_found=found, wall_s=wall, error=error, sort_s=sort_s, tier=rec.tier)
+    row.update(num_units_gt=len(gt_ids), num_units_found=found, **categories, wall_s=wall, error=error, sort_s=sort_s,
+               tier=rec.tier)  # fmt: skip
     return row, units
 
 
@@ -421,6 +438,8 @@ def summarize(metrics: pd.DataFrame) -> pd.DataFrame:
                 "recordings_ok": len(ok),
                 "recordings_failed": len(m) - len(ok),
                 "accuracy_failed_as_0": m["accuracy"].fillna(0.0).mean(),
+                "num_redundant_mean": ok["num_redundant"].mean() if len(ok) else np.nan,
+                "num_redundant_max": ok["num_redundant"].max() if len(ok) else np.nan,
             }
         )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
@@ -449,7 +468,7 @@ def run_bench(conf: BenchConfig) -> Path:
             if isinstance(spec, str):
                 sorting, wall, sort_s, error = None, float("nan"), float("nan"), spec
             else:
-                sorting, wall, sort_s, error = run_pair(rec, spec, conf, runs)
+                sorting, wall, sort_s, error = run_pair(rec, for_recording(spec, conf, rec.num_channels), conf, runs)
             row, units = score(rec, name, sorting, wall, sort_s, error, conf.delta_time_ms)
             rows.append(row)
             unit_rows.append(units)

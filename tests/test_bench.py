@@ -47,6 +47,7 @@ def test_cli_scores_deepspike_and_reports_a_failing_sorter_as_a_row(tiny: Path, 
     ds = metrics.set_index("sorter_name").loc["deepspike"]
     assert ds["accuracy"] > DEEPSPIKE_FLOOR and ds["num_units_gt"] == 3 and ds["num_units_found"] >= 1
     assert pd.isna(ds["error"]) and ds["wall_s"] > ds["sort_s"] > 0  # the process's time includes the sort
+    assert 0 <= ds["num_redundant"] <= ds["num_units_found"] and ds["num_false_positive"] >= 0
     bad = metrics.set_index("sorter_name").loc["nosuchsorter"]
     assert "unknown sorter 'nosuchsorter'" in bad["error"] and pd.isna(bad["accuracy"])
     absent = metrics.set_index("sorter_name").loc["herdingspikes"]  # a SpikeInterface sorter not installed here
@@ -254,3 +255,41 @@ def test_harris_tetrode_include_gets_a_probe_and_gt_on_the_extracellular_troughs
     trough = near[np.argmin(x[times[:, None] + near], axis=1)]  # the deepest sample within +-0.5 ms of each GT time
     assert np.all(np.abs(trough) <= 1) and np.median(trough) == 0, trough  # -28 or -26 would be 1 sample off
     assert np.all(x[times] < -5 * sigma)  # a clear extracellular spike at every GT time
+
+
+def test_peer_parameters_follow_the_recording_channel_count() -> None:
+    from deepspike.bench import for_recording
+    from deepspike.defaults import conf_values
+
+    conf = BenchConfig(recordings=["x"], sorters=["kilosort4"])  # the defaults of conf/bench.yaml
+    ks = parse_sorter("kilosort4", conf.sorter_params)
+    single = dict(for_recording(ks, conf, 1).params)
+    assert single == conf_values("bench.yaml")["sorter_params_single_channel"]["kilosort4"]
+    assert single["do_CAR"] is False and single["do_correction"] is False  # kilosort4 fails on one channel otherwise
+    assert dict(for_recording(ks, conf, 4).params) == conf_values("bench.yaml")["sorter_params"]["kilosort4"]
+    ms5 = parse_sorter("mountainsort5", conf.sorter_params)
+    assert for_recording(ms5, conf, 16).params == () and for_recording(ms5, conf, 1).params == ()
+    ds = parse_sorter("deepspike")
+    assert for_recording(ds, conf, 4) == ds
+
+
+def test_redundant_and_false_positive_units_are_counted_per_recording_and_summarized() -> None:
+    from spikeinterface.core import NumpySorting
+
+    from deepspike.bench import Recording, score, summarize
+
+    fs, rng = 30000.0, np.random.default_rng(0)
+    a, b = (np.sort(rng.choice(np.arange(100, 1_800_000, 200), 300, replace=False)) for _ in range(2))
+    gt = NumpySorting.from_unit_dict([{"a": a, "b": b}], fs)
+    split = rng.random(len(a)) < 0.6  # unit a found as two units: the larger half matches, the other is redundant
+    noise = np.sort(rng.choice(np.arange(150, 1_800_000, 200), 200, replace=False))  # matches nothing
+    found = NumpySorting.from_unit_dict([{0: a[split], 1: a[~split], 2: b, 3: noise}], fs)
+    rec = Recording("r", "r", "tetrode", gt, {}, {}, {}, 4)
+    row, units = score(rec, "s", found, 1.0, 0.5, "", 0.4)
+    assert (row["num_redundant"], row["num_false_positive"], row["num_units_found"]) == (1, 1, 4)
+    assert units.set_index("gt_unit").loc["b", "accuracy"] == 1.0
+    clean, _ = score(rec, "s", NumpySorting.from_unit_dict([{0: a, 1: b}], fs), 1.0, 0.5, "", 0.4)
+    failed, _ = score(rec, "s", None, 1.0, float("nan"), "boom", 0.4)
+    assert (clean["num_redundant"], clean["num_false_positive"]) == (0, 0) and pd.isna(failed["num_redundant"])
+    summary = summarize(pd.DataFrame([row, clean, failed], columns=COLUMNS)).iloc[0]
+    assert (summary["num_redundant_mean"], summary["num_redundant_max"]) == (0.5, 1)  # over the runs that worked
