@@ -51,6 +51,7 @@ BENCH_PEERS = ("mountainsort5", "kilosort4")  # what the `bench` extra installs 
 TIER_KEYS = {"n", "num_units", "snr_range", "recipe", "recipe_overrides"}  # single-channel tiers
 PROBE_TIER_KEYS = {"n", "probe", "num_channels", "num_units", "snr_range", "sampling_frequency"}  # multi-channel
 INCLUDE_KEYS = {"path", "sampling_frequency", "tier", "probe", "gt_shift_samples"}
+SET_KEYS = {"seed", "duration_s", "include", "broad_overrides", "tiers"}
 
 
 @dataclass
@@ -566,6 +567,8 @@ def make_set(conf: BenchConfig) -> Path:
     from deepspike.synthetic import generate_probe_recording, generate_recording, save_pair
 
     s = conf.set
+    for key in sorted(set(s) - SET_KEYS):
+        raise DeepSpikeError(f"set.{key}: unknown key (known: {sorted(SET_KEYS)}; see conf/bench.yaml)")
     out = _own_folder(Path(conf.out))
     index_file = out / SET_INDEX
     index = json.loads(index_file.read_text()) if index_file.is_file() else {"recordings": {}}

@@ -232,6 +232,13 @@ def test_bad_set_keys_are_named(tiers: dict, include: list, match: str, tmp_path
         make_set(BenchConfig(out=str(tmp_path / "s"), make_set=True, set=spec))
 
 
+def test_an_unknown_key_of_the_set_block_is_named(tmp_path: Path) -> None:
+    spec = {"seed": 0, "duration_s": 1.0, "tiers": {}, "tiers_only": True}
+    with pytest.raises(DeepSpikeError, match=r"set\.tiers_only: unknown key"):
+        make_set(BenchConfig(out=str(tmp_path / "s"), make_set=True, set=spec))
+    assert not (tmp_path / "s").exists()  # refused before anything is written
+
+
 def test_harris_tetrode_include_gets_a_probe_and_gt_on_the_extracellular_troughs(
     tmp_path: Path, shared_data: Path
 ) -> None:
