@@ -23,7 +23,7 @@ import sys
 import time
 import traceback
 import zlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ import pandas as pd
 from deepspike.corpus import write_json_atomic
 from deepspike.defaults import conf_field, conf_values
 from deepspike.errors import DeepSpikeError, OutputExistsError, RecordingError, cli_errors
-from deepspike.evaluate import METRIC_COLUMNS, compare_to_ground_truth
+from deepspike.evaluate import METRIC_COLUMNS, UNIT_CATEGORIES, compare_with_categories
 from deepspike.paths import CONF_DIR
 
 CONF = "bench.yaml"
@@ -41,14 +41,17 @@ MARKER = ".deepspike-bench"  # written into every folder deepspike-bench creates
 SET_INDEX = "bench_set.json"
 RUNS = "runs"
 METHODS = ("gmm", "dpgmm", "hdbscan", "kmeans")
-RUN_COLUMNS = ["num_units_gt", "num_units_found", "wall_s", "error"]
+RUN_COLUMNS = ["num_units_gt", "num_units_found", "num_redundant", "num_false_positive", "wall_s", "error"]
 COLUMNS = ["data_file", "sorter_name", *METRIC_COLUMNS, *RUN_COLUMNS, "sort_s", "tier"]
 UNIT_COLUMNS = ["data_file", "sorter_name", "tier", "gt_unit", *METRIC_COLUMNS, "snr", "snr_generator", "num_spikes"]
 SUMMARY_COLUMNS = ["sorter_name", "accuracy", "recall", "precision", "wall_s", "recordings_ok", "recordings_failed",
-                   "accuracy_failed_as_0"]  # fmt: skip
+                   "accuracy_failed_as_0", "num_redundant_mean", "num_redundant_max"]  # fmt: skip
 INSTALL_HINT = "pip install -e '.[bench]'"
 BENCH_PEERS = ("mountainsort5", "kilosort4")  # what the `bench` extra installs (pyproject.toml)
-TIER_KEYS = {"n", "num_units", "snr_range", "recipe", "recipe_overrides"}
+TIER_KEYS = {"n", "num_units", "snr_range", "recipe", "recipe_overrides"}  # single-channel tiers
+PROBE_TIER_KEYS = {"n", "probe", "num_channels", "num_units", "snr_range", "sampling_frequency"}  # multi-channel
+INCLUDE_KEYS = {"path", "sampling_frequency", "tier", "probe", "gt_shift_samples"}
+SET_KEYS = {"seed", "duration_s", "include", "broad_overrides", "tiers"}
 
 
 @dataclass
@@ -67,6 +70,7 @@ class BenchConfig:
     make_set: bool = conf_field(CONF, "make_set")
     debug: bool = conf_field(CONF, "debug")
     sorter_params: dict[str, Any] = conf_field(CONF, "sorter_params")
+    sorter_params_single_channel: dict[str, Any] = conf_field(CONF, "sorter_params_single_channel")
     recording_options: dict[str, Any] = conf_field(CONF, "recording_options")
     set: dict[str, Any] = conf_field(CONF, "set")
 
@@ -118,6 +122,19 @@ class SorterSpec:
     finetune: bool = False
     features: str = "encoder"
     params: tuple[tuple[str, Any], ...] = ()
+
+
+def sorter_params_for(conf: BenchConfig, name: str, num_channels: int) -> dict[str, Any]:
+    """run_sorter parameters of one peer on one recording: ``sorter_params_single_channel`` for one channel."""
+    table = conf.sorter_params_single_channel if num_channels == 1 else conf.sorter_params
+    return dict((table or {}).get(name) or {})
+
+
+def for_recording(spec: SorterSpec, conf: BenchConfig, num_channels: int) -> SorterSpec:
+    """``spec`` with the parameters its sorter takes on a recording of ``num_channels`` channels."""
+    if spec.kind != "spikeinterface":
+        return spec
+    return replace(spec, params=tuple(sorted(sorter_params_for(conf, spec.name, num_channels).items())))
 
 
 def missing_package(spec: SorterSpec) -> str:
@@ -243,6 +260,7 @@ class Recording:
     snr: dict[str, float]
     snr_generator: dict[str, float]
     num_spikes: dict[str, int]
+    num_channels: int = 1
 
 
 def expand(patterns: list[str]) -> list[str]:
@@ -276,7 +294,8 @@ def load_recording(path: str, conf: BenchConfig) -> Recording:
     gen = gt.get_property("gt_snr") if "gt_snr" in gt.get_property_keys() else None
     by_gen = {str(u): float(s) for u, s in zip(gt.unit_ids, gen, strict=True)} if gen is not None else {}
     tier = _tier(Path(path))
-    return Recording(path, Path(path.rstrip("/")).name, tier, gt, snr, by_gen, counts)
+    name = Path(path.rstrip("/")).name
+    return Recording(path, name, tier, gt, snr, by_gen, counts, recording.get_num_channels())
 
 
 def _tier(p: Path) -> str:
@@ -389,9 +408,9 @@ def score(rec: Recording, sorter: str, sorting: Any, wall: float, sort_s: float,
     gt_ids = [str(u) for u in rec.gt.unit_ids]
     if sorting is None:
         units = pd.DataFrame({"gt_unit": gt_ids, **{c: np.nan for c in METRIC_COLUMNS}})
-        found = 0
+        found, categories = 0, dict.fromkeys(UNIT_CATEGORIES, np.nan)
     else:
-        units = compare_to_ground_truth(sorting, rec.gt, delta_ms, rec.data_file, sorter)
+        units, categories = compare_with_categories(sorting, rec.gt, delta_ms, rec.data_file, sorter)
         found = len(sorting.unit_ids)
     units = units.assign(
         data_file=rec.data_file, sorter_name=sorter, tier=rec.tier,
@@ -402,7 +421,8 @@ def score(rec: Recording, sorter: str, sorting: Any, wall: float, sort_s: float,
     row = {"data_file": rec.data_file, "sorter_name": sorter, **units[METRIC_COLUMNS].mean(skipna=True).to_dict()}
     if sorting is None:
         row.update(dict.fromkeys(METRIC_COLUMNS, np.nan))
-    row.update(num_units_gt=len(gt_ids), num_units_found=found, wall_s=wall, error=error, sort_s=sort_s, tier=rec.tier)
+    row.update(num_units_gt=len(gt_ids), num_units_found=found, **categories, wall_s=wall, error=error, sort_s=sort_s,
+               tier=rec.tier)  # fmt: skip
     return row, units
 
 
@@ -419,6 +439,8 @@ def summarize(metrics: pd.DataFrame) -> pd.DataFrame:
                 "recordings_ok": len(ok),
                 "recordings_failed": len(m) - len(ok),
                 "accuracy_failed_as_0": m["accuracy"].fillna(0.0).mean(),
+                "num_redundant_mean": ok["num_redundant"].mean() if len(ok) else np.nan,
+                "num_redundant_max": ok["num_redundant"].max() if len(ok) else np.nan,
             }
         )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
@@ -447,7 +469,7 @@ def run_bench(conf: BenchConfig) -> Path:
             if isinstance(spec, str):
                 sorting, wall, sort_s, error = None, float("nan"), float("nan"), spec
             else:
-                sorting, wall, sort_s, error = run_pair(rec, spec, conf, runs)
+                sorting, wall, sort_s, error = run_pair(rec, for_recording(spec, conf, rec.num_channels), conf, runs)
             row, units = score(rec, name, sorting, wall, sort_s, error, conf.delta_time_ms)
             rows.append(row)
             unit_rows.append(units)
@@ -542,16 +564,16 @@ def _save(fig: Any, path: Path) -> None:
 
 def make_set(conf: BenchConfig) -> Path:
     """Write the benchmark set to ``conf.out`` (seeded; complete recordings are kept, so a rerun resumes)."""
-    from deepspike.synthetic import generate_recording, save_pair
+    from deepspike.synthetic import generate_probe_recording, generate_recording, save_pair
 
     s = conf.set
+    for key in sorted(set(s) - SET_KEYS):
+        raise DeepSpikeError(f"set.{key}: unknown key (known: {sorted(SET_KEYS)}; see conf/bench.yaml)")
     out = _own_folder(Path(conf.out))
     index_file = out / SET_INDEX
     index = json.loads(index_file.read_text()) if index_file.is_file() else {"recordings": {}}
     for tier, t in s["tiers"].items():
-        unknown = sorted(set(t) - TIER_KEYS)
-        if unknown or int(t.get("n", 0)) < 0:
-            raise DeepSpikeError(f"set.tiers.{tier}: unknown keys {unknown} or bad n (known: {sorted(TIER_KEYS)})")
+        _check_tier(tier, t)
         for i in range(int(t.get("n", 0))):
             name = f"{tier}_{i:02d}"
             seed = int(np.random.default_rng([int(s["seed"]), zlib.crc32(tier.encode()), i]).integers(0, 2**31 - 1))
@@ -559,22 +581,59 @@ def make_set(conf: BenchConfig) -> Path:
             folder, gt_folder = out / name, out / f"{name}.gt"
             made = {"tier": tier, "seed": seed, "duration_s": float(s["duration_s"]), **_jsonable(kwargs)}
             if not _kept(folder, index["recordings"].get(name), made):
-                rec, gt = generate_recording(seed, float(s["duration_s"]), "random", **kwargs)
+                if "probe" in kwargs:
+                    rec, gt = generate_probe_recording(seed, float(s["duration_s"]), **kwargs)
+                else:
+                    rec, gt = generate_recording(seed, float(s["duration_s"]), "random", **kwargs)
                 save_pair(rec, gt, folder, gt_folder, progress=False)
-                info = {"fs": rec.get_sampling_frequency(), "num_units": len(gt.unit_ids)}
+                info = {"fs": rec.get_sampling_frequency(), "num_units": len(gt.unit_ids),
+                        "num_channels": rec.get_num_channels()}  # fmt: skip
                 index["recordings"][name] = {**made, **info}
                 write_json_atomic(index_file, index, default=str)
                 print(f"{name}: {info['num_units']} units at {info['fs']:g} Hz", flush=True)
-    for item in s.get("include") or []:
-        _include(item, out, index)
+    for i, item in enumerate(s.get("include") or []):
+        _include(item, out, index, f"set.include[{i}]")
         write_json_atomic(index_file, index, default=str)
     write_json_atomic(index_file, index, default=str)
     print(f"benchmark set: {len(index['recordings'])} recordings in {out} (index {index_file})")
     return out
 
 
+def _check_tier(tier: str, t: dict[str, Any]) -> None:
+    """Unknown keys and bad values of ``set.tiers.NAME`` fail before anything is generated, naming the key."""
+    from deepspike.synthetic import PROBES
+
+    known = PROBE_TIER_KEYS if "probe" in t else TIER_KEYS
+    if t.get("probe") == "tetrode":
+        known = known - {"num_channels"}  # always 4
+    for key in sorted(set(t) - known):
+        raise DeepSpikeError(f"set.tiers.{tier}.{key}: unknown key (known: {sorted(known)}; see conf/bench.yaml)")
+    if "probe" in t:  # no hidden defaults: a probe tier states all its ranges in conf/bench.yaml
+        for key in sorted(known - set(t)):
+            raise DeepSpikeError(f"set.tiers.{tier}.{key}: missing (a probe tier needs {sorted(known)})")
+    checks = [
+        ("n", int(t.get("n", 0)) >= 0, "must be >= 0"),
+        ("probe", t.get("probe", "tetrode") in PROBES, f"must be one of {list(PROBES)}"),
+        ("num_units", _range_ok(t.get("num_units", [1, 1]), 1), "must be [low, high] with 1 <= low <= high"),
+        ("num_channels", _range_ok(t.get("num_channels", [4, 4]), 4), "must be [low, high] with 4 <= low <= high"),
+        ("snr_range", _range_ok(t.get("snr_range", [1, 1]), 0), "must be [low, high] with 0 < low <= high"),
+    ]
+    for key, ok, msg in checks:
+        if not ok:
+            raise DeepSpikeError(f"set.tiers.{tier}.{key} {msg}, got {t.get(key)!r} (see conf/bench.yaml)")
+
+
+def _range_ok(v: Any, low: float) -> bool:
+    return isinstance(v, list | tuple) and len(v) == 2 and low <= float(v[0]) <= float(v[1]) and float(v[0]) > 0
+
+
 def _tier_kwargs(t: dict[str, Any], seed: int, recipe_overrides: dict[str, Any]) -> dict[str, Any]:
-    """generate_recording arguments of one recording of a tier (num_units drawn from the tier's range)."""
+    """generate_recording (or, with ``probe``, generate_probe_recording) arguments of one recording of a tier.
+
+    num_units (and a shank's num_channels) are drawn from the tier's ranges with the recording's seed.
+    """
+    if t.get("probe"):
+        return _probe_tier_kwargs(t, seed)
     if t.get("recipe"):
         recipe = conf_values(f"synthetic/{t['recipe']}.yaml")["recipe"]
         recipe.update(recipe_overrides)
@@ -585,25 +644,91 @@ def _tier_kwargs(t: dict[str, Any], seed: int, recipe_overrides: dict[str, Any])
     return {"num_units": num_units, "snr_range": tuple(t.get("snr_range", (8.0, 25.0)))}
 
 
-def _include(item: dict[str, Any], out: Path, index: dict[str, Any]) -> None:
-    """Convert someone else's ground-truth recording into the set (a SpikeInterface folder + NAME.gt/)."""
+def _probe_tier_kwargs(t: dict[str, Any], seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    lo, hi = t["num_units"]
+    kwargs: dict[str, Any] = {"probe": str(t["probe"]), "num_units": int(rng.integers(int(lo), int(hi) + 1))}
+    if "num_channels" in t:
+        c_lo, c_hi = t["num_channels"]
+        kwargs["num_channels"] = 2 * int(rng.integers(int(c_lo) // 2, int(c_hi) // 2 + 1))  # two columns: even
+    kwargs["snr_range"] = tuple(t["snr_range"])
+    kwargs["sampling_frequency"] = float(t["sampling_frequency"])
+    return kwargs
+
+
+def _include(item: dict[str, Any], out: Path, index: dict[str, Any], where: str = "set.include") -> None:
+    """Convert someone else's ground-truth recording into the set (a SpikeInterface folder + NAME.gt/).
+
+    ``probe`` attaches a generated geometry to a file that has none (``tetrode``: the 4 channels in file order);
+    ``gt_shift_samples`` moves every GT time by that many samples (after deepspike.io's reading, which already
+    makes MATLAB's 1-based times 0-based), for files whose times follow another event than the extracellular spike.
+    """
     from deepspike.io import load_ground_truth, open_recording
     from deepspike.synthetic import save_pair
 
-    path = Path(str(item.get("path", "")))
+    _check_include(item, where)
+    path = Path(str(item["path"]))
     fs = item.get("sampling_frequency")
     tier = str(item.get("tier") or "included")
     name = f"{tier}_{path.name.split('.')[0]}"
     folder, gt_folder = out / name, out / f"{name}.gt"
     made = {"tier": tier, "source": str(path.resolve()), "sampling_frequency": fs}
+    made.update({k: item[k] for k in ("probe", "gt_shift_samples") if item.get(k) is not None})
     if _kept(folder, index["recordings"].get(name), made):
         return
     rec = open_recording(path, **({"sampling_frequency": float(fs)} if fs else {}))
     gt = load_ground_truth(path, recording=rec)
     if gt is None:
         raise RecordingError(f"{path}: no ground truth to include in the set; give a recording that carries it")
+    if item.get("probe"):
+        rec = _with_probe(rec, str(item["probe"]), f"{where}.probe")
+    if item.get("gt_shift_samples"):
+        gt = shift_ground_truth(gt, int(item["gt_shift_samples"]), rec.get_num_samples(segment_index=0))
     save_pair(rec, gt, folder, gt_folder, progress=False)
-    index["recordings"][name] = {**made, "fs": rec.get_sampling_frequency(), "num_units": len(gt.unit_ids)}
+    index["recordings"][name] = {**made, "fs": rec.get_sampling_frequency(), "num_units": len(gt.unit_ids),
+                                 "num_channels": rec.get_num_channels()}  # fmt: skip
+
+
+def _check_include(item: Any, where: str) -> None:
+    if not isinstance(item, dict) or not item.get("path"):
+        raise DeepSpikeError(f"{where}.path: each include needs a path, e.g. {{path: FILE.mat, tier: NAME}}")
+    for key in sorted(set(item) - INCLUDE_KEYS):
+        raise DeepSpikeError(f"{where}.{key}: unknown key (known: {sorted(INCLUDE_KEYS)}; see conf/bench.yaml)")
+    shift = item.get("gt_shift_samples")
+    if shift is not None and (isinstance(shift, bool) or not float(shift).is_integer()):
+        raise DeepSpikeError(f"{where}.gt_shift_samples must be a whole number of samples, got {shift!r}")
+
+
+def _with_probe(rec: Any, kind: str, where: str) -> Any:
+    """``rec`` with a generated probe (contacts wired to its channels in order); a channel-count mismatch is refused."""
+    from deepspike.synthetic import make_probe
+
+    try:
+        probe = make_probe(kind, rec.get_num_channels() if kind != "tetrode" else None)
+    except DeepSpikeError as e:
+        raise DeepSpikeError(f"{where}: {e}") from e
+    if probe.get_contact_count() != rec.get_num_channels():
+        raise DeepSpikeError(
+            f"{where}: a {kind} has {probe.get_contact_count()} contacts but the recording has "
+            f"{rec.get_num_channels()} channels; drop the probe key or pick the matching probe"
+        )
+    attached = rec.set_probe(probe)
+    return rec if attached is None else attached  # in place since SpikeInterface 0.105
+
+
+def shift_ground_truth(gt: Any, shift: int, num_samples: int) -> Any:
+    """GT sorting with every spike time moved by ``shift`` samples; spikes moved off the recording are dropped."""
+    from spikeinterface.core import NumpySorting
+
+    trains = {}
+    for u in gt.unit_ids:
+        t = np.asarray(gt.get_unit_spike_train(u, segment_index=0), dtype=np.int64) + int(shift)
+        trains[u] = t[(t >= 0) & (t < num_samples)]
+    shifted = NumpySorting.from_unit_dict([trains], gt.get_sampling_frequency())
+    for key in gt.get_property_keys():
+        shifted.set_property(key, gt.get_property(key))
+    shifted.annotate(gt_shift_samples=int(shift))
+    return shifted
 
 
 def _kept(folder: Path, stored: dict[str, Any] | None, made: dict[str, Any]) -> bool:

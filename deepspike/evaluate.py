@@ -11,6 +11,9 @@ METRIC_COLUMNS = ["accuracy", "recall", "precision", "false_discovery_rate", "mi
 COLUMNS = ["data_file", "sorter_name", *METRIC_COLUMNS, "tolerance_ms", "gt_unit"]
 
 
+UNIT_CATEGORIES = ("num_redundant", "num_false_positive")
+
+
 def compare_to_ground_truth(
     sorting, gt_sorting, delta_time_ms: float = 0.4, data_file: str = "", sorter_name: str = "deepspike"
 ) -> pd.DataFrame:
@@ -18,6 +21,19 @@ def compare_to_ground_truth(
 
     A GT unit with no matched unit scores 0 accuracy/recall/precision (SpikeInterface's convention); a sorting
     with no unit at all gets the same rows instead of an error.
+    """
+    return compare_with_categories(sorting, gt_sorting, delta_time_ms, data_file, sorter_name)[0]
+
+
+def compare_with_categories(
+    sorting, gt_sorting, delta_time_ms: float = 0.4, data_file: str = "", sorter_name: str = "deepspike"
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """:func:`compare_to_ground_truth`'s rows plus SpikeInterface's unit categories of the sorting, from one matching.
+
+    ``num_redundant``: found units that match an already matched GT unit well (agreement >= 0.2), i.e. neurons
+    split into several units; ``num_false_positive``: found units matching no GT unit. Both assume the ground
+    truth lists every neuron (true of generated recordings; a paired recording's one neuron makes every other
+    unit a "false positive").
     """
     if delta_time_ms <= 0:
         raise DeepSpikeError(f"delta_time_ms must be > 0 (matching tolerance in ms), got {delta_time_ms}")
@@ -31,13 +47,17 @@ def compare_to_ground_truth(
         perf = pd.DataFrame(0.0, index=gt_ids, columns=METRIC_COLUMNS)
         perf["false_discovery_rate"] = np.nan
         perf["miss_rate"] = 1.0
+        categories = {"num_redundant": 0, "num_false_positive": len(sorting.unit_ids)}
     else:
         from spikeinterface.comparison import compare_sorter_to_ground_truth
 
         cmp = compare_sorter_to_ground_truth(
-            gt_sorting, sorting, gt_name="ground_truth", tested_name=sorter_name, delta_time=delta_time_ms
-        )
+            gt_sorting, sorting, gt_name="ground_truth", tested_name=sorter_name, delta_time=delta_time_ms,
+            exhaustive_gt=True,
+        )  # fmt: skip
         perf = cmp.get_performance(method="by_unit").astype(float)
+        counts = cmp.count_units_categories()
+        categories = {k: int(counts[k]) for k in UNIT_CATEGORIES}
     rows = pd.DataFrame(
         {
             "data_file": data_file,
@@ -47,7 +67,7 @@ def compare_to_ground_truth(
             "gt_unit": [str(u) for u in perf.index],
         }
     )
-    return rows[COLUMNS]
+    return rows[COLUMNS], categories
 
 
 def compare_labels(

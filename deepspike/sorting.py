@@ -824,7 +824,12 @@ def _replace(tmp: Path, out: Path) -> None:
 
 
 def _export_phy(result: SortResult, folder: Path) -> None:
-    """Phy folder via SpikeInterface's exporter (a SortingAnalyzer on the band-passed recording)."""
+    """Phy folder via SpikeInterface's exporter (a SortingAnalyzer on the band-passed recording).
+
+    A multi-channel recording with a probe gets a sparse analyzer (each unit's channels within
+    ``_phy_radius_um`` of its best contact), so Phy shows each unit where it is on the probe and
+    channel_positions.npy holds the probe's contact positions; one channel (or no geometry) stays dense.
+    """
     from spikeinterface.core import create_sorting_analyzer
     from spikeinterface.exporters import export_to_phy
 
@@ -835,9 +840,27 @@ def _export_phy(result: SortResult, folder: Path) -> None:
         warnings.warn("no unit to export to Phy; skipped", stacklevel=3)
         return
     filt = bandpass(result.recording, **_band(result.params.extract))
-    analyzer = create_sorting_analyzer(sorting, filt, format="memory", sparse=False)
+    sparse = filt.get_num_channels() > 1 and filt.has_probe()
+    radius = {"method": "radius", "radius_um": _phy_radius_um(filt.get_channel_locations())} if sparse else None
+    analyzer = create_sorting_analyzer(sorting, filt, format="memory", sparse=sparse, sparsity_kwargs=radius)
     analyzer.compute(["random_spikes", "waveforms", "templates", "noise_levels"])
-    export_to_phy(analyzer, output_folder=folder, compute_pc_features=False, compute_amplitudes=True, copy_binary=True)
+    export_to_phy(
+        analyzer, output_folder=folder, compute_pc_features=False, compute_amplitudes=True, copy_binary=True,
+        use_relative_path=True, verbose=False,
+    )  # fmt: skip  # relative dat_path, no "Run: phy ..." line: the result is written in a temporary folder, renamed
+
+
+PHY_RADIUS_CONTACTS = 3.0  # sparse Phy export: a unit's channels lie within this many contact pitches of its best
+
+
+def _phy_radius_um(positions: np.ndarray) -> float:
+    """Sparsity radius of the Phy export: ``PHY_RADIUS_CONTACTS`` x the probe's median nearest-contact distance.
+
+    A tetrode (contacts 14-20 um apart) keeps all 4 channels; a 22 um-pitch shank keeps about a dozen neighbours.
+    """
+    d = np.linalg.norm(positions[:, None, :] - positions[None, :, :], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    return float(PHY_RADIUS_CONTACTS * np.median(d.min(axis=1)))
 
 
 def _band(extract: dict[str, Any]) -> dict[str, Any]:

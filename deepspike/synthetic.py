@@ -555,6 +555,95 @@ def generate_recording(
     return recording, sorting
 
 
+PROBES = ("tetrode", "shank")
+SHANK_PITCH_UM = 22.0  # contact pitch of the generated two-column shank (both directions), columns staggered by half
+
+
+def make_probe(kind: str, num_channels: int | None = None) -> Any:
+    """A probeinterface Probe wired to channels 0..n-1: ``tetrode`` (4 contacts, 10 um radius) or ``shank``.
+
+    The shank has two staggered columns of ``num_channels / 2`` contacts at ``SHANK_PITCH_UM`` (a silicon
+    multi-column shank in miniature), so a unit is seen on several neighbouring contacts.
+    """
+    from probeinterface import generate_multi_columns_probe, generate_tetrode
+
+    if kind == "tetrode":
+        if num_channels not in (None, 4):
+            raise DeepSpikeError(f"a tetrode has 4 channels, got num_channels={num_channels}")
+        probe = generate_tetrode()
+    elif kind == "shank":
+        n = 16 if num_channels is None else int(num_channels)
+        if n < 4 or n % 2:
+            raise DeepSpikeError(f"a shank needs an even num_channels >= 4 (two columns), got {num_channels}")
+        probe = generate_multi_columns_probe(
+            num_columns=2, num_contact_per_column=n // 2, xpitch=SHANK_PITCH_UM, ypitch=SHANK_PITCH_UM,
+            y_shift_per_column=[0.0, SHANK_PITCH_UM / 2],
+        )  # fmt: skip
+    else:
+        raise DeepSpikeError(f"probe must be one of {list(PROBES)}, got {kind!r}")
+    probe.set_device_channel_indices(np.arange(probe.get_contact_count()))
+    return probe
+
+
+def generate_probe_recording(
+    seed: int,
+    duration_s: float = 60.0,
+    probe: str = "tetrode",
+    num_channels: int | None = None,
+    num_units: int = 5,
+    snr_range: tuple[float, float] = (4.0, 20.0),
+    sampling_frequency: float = 30000.0,
+    noise_level: float | None = None,
+    firing_rates: float | Sequence[float] | None = None,
+    refractory_period_ms: float = 4.0,
+) -> tuple[Any, Any]:
+    """A multi-channel ground-truth recording on a real probe geometry (``make_probe``), fixed by ``seed``.
+
+    SpikeInterface places each unit in space near the probe and builds its template from that position, so a
+    unit shows on several neighbouring contacts, decaying with distance. Each template is then scaled so its peak
+    on the best contact is one draw of ``snr_range`` (one per band, as in ``generate_recording``) times the white
+    noise sigma ``noise_level`` (default drawn in [5, 20]). The GT sorting carries ``gt_snr``,
+    ``gt_firing_rate``, ``gt_main_channel`` and ``gt_unit_location`` (x, y, z in um).
+    """
+    from spikeinterface.core import generate_ground_truth_recording
+    from spikeinterface.core.generate import generate_templates, generate_unit_locations
+
+    if int(num_units) < 1:
+        raise DeepSpikeError(f"num_units must be >= 1, got {num_units}")
+    if not np.isfinite(duration_s) or duration_s <= 0:
+        raise DeepSpikeError(f"duration_s must be > 0 seconds, got {duration_s!r}")
+    rng = np.random.default_rng(int(seed))
+    fs = _draw_rate(float(sampling_frequency), rng)
+    prb = make_probe(probe, num_channels)
+    noise = float(rng.uniform(5.0, 20.0)) if noise_level is None else float(noise_level)
+    if not np.isfinite(noise) or noise <= 0:
+        raise DeepSpikeError(f"noise_level must be > 0, got {noise_level!r}")
+    rates = _firing_rates(firing_rates, int(num_units), rng)
+    snrs = _peak_snrs(snr_range, int(num_units), rng)
+    pos = prb.contact_positions
+    locations = generate_unit_locations(
+        int(num_units), pos, margin_um=20.0, minimum_z=5.0, maximum_z=40.0, minimum_distance=15.0,
+        seed=int(rng.integers(0, 2**31 - 1)),
+    )  # fmt: skip
+    ms_before, ms_after = 1.0, 2.5
+    templates = generate_templates(pos, locations, fs, ms_before, ms_after, seed=int(rng.integers(0, 2**31 - 1)))
+    peak = np.abs(templates).max(axis=(1, 2))
+    templates = (templates * (snrs * noise / peak)[:, None, None]).astype(np.float32)
+    recording, sorting = generate_ground_truth_recording(
+        durations=[float(duration_s)], sampling_frequency=fs, num_units=int(num_units), probe=prb,
+        templates=templates, ms_before=ms_before, ms_after=ms_after,
+        generate_sorting_kwargs={"firing_rates": rates, "refractory_period_ms": float(refractory_period_ms)},
+        noise_kwargs={"noise_levels": noise, "strategy": "on_the_fly"}, dtype="float32",
+        seed=int(rng.integers(0, 2**31 - 1)),
+    )  # fmt: skip
+    sorting.set_property("gt_snr", snrs)
+    sorting.set_property("gt_firing_rate", rates)
+    sorting.set_property("gt_main_channel", np.abs(templates).max(axis=1).argmax(axis=1))
+    sorting.set_property("gt_unit_location", np.asarray(locations, dtype=np.float64))
+    recording.annotate(synthetic_seed=int(seed), synthetic_noise_level=noise, synthetic_probe=probe)
+    return recording, sorting
+
+
 def templated_recording(
     units: Sequence[tuple[float, float, float, float]],
     firing_rates: Sequence[float],

@@ -47,6 +47,7 @@ def test_cli_scores_deepspike_and_reports_a_failing_sorter_as_a_row(tiny: Path, 
     ds = metrics.set_index("sorter_name").loc["deepspike"]
     assert ds["accuracy"] > DEEPSPIKE_FLOOR and ds["num_units_gt"] == 3 and ds["num_units_found"] >= 1
     assert pd.isna(ds["error"]) and ds["wall_s"] > ds["sort_s"] > 0  # the process's time includes the sort
+    assert 0 <= ds["num_redundant"] <= ds["num_units_found"] and ds["num_false_positive"] >= 0
     bad = metrics.set_index("sorter_name").loc["nosuchsorter"]
     assert "unknown sorter 'nosuchsorter'" in bad["error"] and pd.isna(bad["accuracy"])
     absent = metrics.set_index("sorter_name").loc["herdingspikes"]  # a SpikeInterface sorter not installed here
@@ -180,3 +181,122 @@ def test_a_wrapped_sorter_traceback_becomes_its_root_cause_on_one_line() -> None
     )
     assert error_line(wrapped) == "RuntimeError: torch._C._LinAlgError: linalg.svd: input contained non-finite values."
     assert error_line(ValueError("bad value\nmore")) == "ValueError: bad value"
+
+
+HARRIS = "harris2000_hc1_d533101/harris_d533101_5sec.mat"
+PROBE_TIERS = {
+    "tetrode": {"n": 1, "probe": "tetrode", "num_units": [4, 8], "snr_range": [4.0, 20.0], "sampling_frequency": 30000},
+    "shank": {"n": 1, "probe": "shank", "num_channels": [16, 32], "num_units": [8, 20], "snr_range": [4.0, 20.0],
+              "sampling_frequency": 30000},
+}  # fmt: skip
+
+
+def test_make_set_probe_tiers_keep_their_probe_and_leave_single_channel_tiers_unchanged(tmp_path: Path) -> None:
+    from deepspike.bench import _tier_kwargs
+    from deepspike.io import open_recording
+
+    easy = {"n": 1, "num_units": [2, 4], "snr_range": [15.0, 50.0]}
+    assert _tier_kwargs(easy, 1234, {}) == {"num_units": 4, "snr_range": (15.0, 50.0)}  # as before probe tiers
+    for out, tiers in (("a", {"easy": easy}), ("b", {"easy": easy, **PROBE_TIERS})):
+        make_set(
+            BenchConfig(out=str(tmp_path / out), make_set=True, set={"seed": 2, "duration_s": 1.0, "tiers": tiers})
+        )
+    a, b = (np.fromfile(next((tmp_path / d / "easy_00").glob("traces*.raw")), dtype=np.float32) for d in "ab")
+    assert np.array_equal(a, b)
+    index = json.loads((tmp_path / "b" / "bench_set.json").read_text())["recordings"]
+    assert index["tetrode_00"]["num_channels"] == 4 and 4 <= index["tetrode_00"]["num_units"] <= 8
+    assert 16 <= index["shank_00"]["num_channels"] <= 32 and index["shank_00"]["num_channels"] % 2 == 0
+    for name in ("tetrode_00", "shank_00"):
+        rec = open_recording(tmp_path / "b" / name)
+        assert rec.has_probe() and rec.get_num_channels() == index[name]["num_channels"]
+        assert rec.get_sampling_frequency() == 30000.0
+
+
+@pytest.mark.parametrize(
+    "tiers,include,match",
+    [
+        ({"t": {**PROBE_TIERS["tetrode"], "num_chanels": [4, 4]}}, [], r"set\.tiers\.t\.num_chanels: unknown key"),
+        ({"t": {**PROBE_TIERS["tetrode"], "num_channels": [4, 4]}}, [], r"set\.tiers\.t\.num_channels: unknown"),
+        ({"s": {k: v for k, v in PROBE_TIERS["shank"].items() if k != "snr_range"}}, [],
+         r"set\.tiers\.s\.snr_range: missing"),
+        ({"s": {**PROBE_TIERS["shank"], "probe": "utah"}}, [], r"set\.tiers\.s\.probe must be one of"),
+        ({"s": {**PROBE_TIERS["shank"], "num_units": [8]}}, [], r"set\.tiers\.s\.num_units must be \[low, high\]"),
+        ({"e": {"n": 1, "probe_": "tetrode"}}, [], r"set\.tiers\.e\.probe_: unknown key"),
+        ({}, [{"path": "x.mat", "shift": -27}], r"set\.include\[0\]\.shift: unknown key"),
+        ({}, [{"path": "x.mat", "gt_shift_samples": 2.5}], r"set\.include\[0\]\.gt_shift_samples must be a whole"),
+    ],
+)  # fmt: skip
+def test_bad_set_keys_are_named(tiers: dict, include: list, match: str, tmp_path: Path) -> None:
+    spec = {"seed": 0, "duration_s": 1.0, "tiers": tiers, "include": include}
+    with pytest.raises(DeepSpikeError, match=match):
+        make_set(BenchConfig(out=str(tmp_path / "s"), make_set=True, set=spec))
+
+
+def test_an_unknown_key_of_the_set_block_is_named(tmp_path: Path) -> None:
+    spec = {"seed": 0, "duration_s": 1.0, "tiers": {}, "tiers_only": True}
+    with pytest.raises(DeepSpikeError, match=r"set\.tiers_only: unknown key"):
+        make_set(BenchConfig(out=str(tmp_path / "s"), make_set=True, set=spec))
+    assert not (tmp_path / "s").exists()  # refused before anything is written
+
+
+def test_harris_tetrode_include_gets_a_probe_and_gt_on_the_extracellular_troughs(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    from scipy.signal import butter, sosfiltfilt
+
+    from deepspike.io import load_ground_truth, open_recording
+
+    item = {"path": str(shared_data / HARRIS), "tier": "harris_tetrode", "probe": "tetrode", "gt_shift_samples": -27}
+    spec = {"seed": 0, "duration_s": 1.0, "tiers": {}, "include": [item]}
+    make_set(BenchConfig(out=str(tmp_path / "s"), make_set=True, set=spec))
+    folder = tmp_path / "s" / "harris_tetrode_harris_d533101_5sec"
+    rec = open_recording(folder)
+    assert rec.get_num_channels() == 4 and rec.get_sampling_frequency() == 10000.0 and rec.has_probe()
+    gt = load_ground_truth(folder, recording=rec)
+    times = gt.get_unit_spike_train(gt.unit_ids[0], segment_index=0)
+    assert len(times) == 11
+    sos = butter(3, [400, 4000], btype="bandpass", fs=10000.0, output="sos")
+    x = sosfiltfilt(sos, rec.get_traces(segment_index=0).astype(np.float64), axis=0).sum(axis=1)
+    sigma = np.median(np.abs(x - np.median(x))) / 0.6745
+    near = np.arange(-5, 6)
+    trough = near[np.argmin(x[times[:, None] + near], axis=1)]  # the deepest sample within +-0.5 ms of each GT time
+    assert np.all(np.abs(trough) <= 1) and np.median(trough) == 0, trough  # -28 or -26 would be 1 sample off
+    assert np.all(x[times] < -5 * sigma)  # a clear extracellular spike at every GT time
+
+
+def test_peer_parameters_follow_the_recording_channel_count() -> None:
+    from deepspike.bench import for_recording
+    from deepspike.defaults import conf_values
+
+    conf = BenchConfig(recordings=["x"], sorters=["kilosort4"])  # the defaults of conf/bench.yaml
+    ks = parse_sorter("kilosort4", conf.sorter_params)
+    single = dict(for_recording(ks, conf, 1).params)
+    assert single == conf_values("bench.yaml")["sorter_params_single_channel"]["kilosort4"]
+    assert single["do_CAR"] is False and single["do_correction"] is False  # kilosort4 fails on one channel otherwise
+    assert dict(for_recording(ks, conf, 4).params) == conf_values("bench.yaml")["sorter_params"]["kilosort4"]
+    ms5 = parse_sorter("mountainsort5", conf.sorter_params)
+    assert for_recording(ms5, conf, 16).params == () and for_recording(ms5, conf, 1).params == ()
+    ds = parse_sorter("deepspike")
+    assert for_recording(ds, conf, 4) == ds
+
+
+def test_redundant_and_false_positive_units_are_counted_per_recording_and_summarized() -> None:
+    from spikeinterface.core import NumpySorting
+
+    from deepspike.bench import Recording, score, summarize
+
+    fs, rng = 30000.0, np.random.default_rng(0)
+    a, b = (np.sort(rng.choice(np.arange(100, 1_800_000, 200), 300, replace=False)) for _ in range(2))
+    gt = NumpySorting.from_unit_dict([{"a": a, "b": b}], fs)
+    split = rng.random(len(a)) < 0.6  # unit a found as two units: the larger half matches, the other is redundant
+    noise = np.sort(rng.choice(np.arange(150, 1_800_000, 200), 200, replace=False))  # matches nothing
+    found = NumpySorting.from_unit_dict([{0: a[split], 1: a[~split], 2: b, 3: noise}], fs)
+    rec = Recording("r", "r", "tetrode", gt, {}, {}, {}, 4)
+    row, units = score(rec, "s", found, 1.0, 0.5, "", 0.4)
+    assert (row["num_redundant"], row["num_false_positive"], row["num_units_found"]) == (1, 1, 4)
+    assert units.set_index("gt_unit").loc["b", "accuracy"] == 1.0
+    clean, _ = score(rec, "s", NumpySorting.from_unit_dict([{0: a, 1: b}], fs), 1.0, 0.5, "", 0.4)
+    failed, _ = score(rec, "s", None, 1.0, float("nan"), "boom", 0.4)
+    assert (clean["num_redundant"], clean["num_false_positive"]) == (0, 0) and pd.isna(failed["num_redundant"])
+    summary = summarize(pd.DataFrame([row, clean, failed], columns=COLUMNS)).iloc[0]
+    assert (summary["num_redundant_mean"], summary["num_redundant_max"]) == (0.5, 1)  # over the runs that worked

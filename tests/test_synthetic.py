@@ -283,3 +283,42 @@ def test_recipe_on_a_probe_keeps_near_copies_together() -> None:
     np.testing.assert_array_equal(main[similar >= 0], main[similar[similar >= 0]])
     peak_chan = np.abs(rec.templates[: gt.get_num_units()]).max(axis=1).argmax(axis=1)
     np.testing.assert_array_equal(peak_chan, main)  # each unit is largest on its main channel
+
+
+@pytest.mark.parametrize("kind,num_channels", [("tetrode", None), ("shank", 16)])
+def test_probe_recording_spreads_units_over_neighbouring_contacts_and_keeps_its_probe(
+    kind: str, num_channels: int | None, tmp_path: Path
+) -> None:
+    from deepspike.io import load_ground_truth, open_recording
+    from deepspike.synthetic import generate_probe_recording, make_probe, save_pair
+
+    rec, gt = generate_probe_recording(7, 2.0, kind, num_channels, num_units=6, snr_range=(5.0, 15.0))
+    again, gt_again = generate_probe_recording(7, 2.0, kind, num_channels, num_units=6, snr_range=(5.0, 15.0))
+    np.testing.assert_array_equal(rec.get_traces(end_frame=3000), again.get_traces(end_frame=3000))
+    assert _same_spikes(gt, gt_again)
+    positions = make_probe(kind, num_channels).contact_positions
+    assert rec.get_num_channels() == len(positions) and np.array_equal(rec.get_channel_locations(), positions)
+    noise = rec.get_annotation("synthetic_noise_level")
+    peak = np.abs(rec.templates).max(axis=1)  # [units, channels]
+    np.testing.assert_allclose(peak.max(axis=1), gt.get_property("gt_snr") * noise, rtol=1e-4)
+    seen = (peak / peak.max(axis=1, keepdims=True) > 0.3).sum(axis=1)
+    assert np.all(seen >= 2)  # each unit on several contacts...
+    if kind == "shank":
+        assert np.all(seen < len(positions))  # ...near it, not along the whole shank (measured 3-9 of 16)
+    save_pair(rec, gt, tmp_path / "r", tmp_path / "r.gt", progress=False)
+    reopened = open_recording(tmp_path / "r")
+    assert reopened.has_probe() and np.array_equal(reopened.get_channel_locations(), positions)
+    assert _same_spikes(load_ground_truth(tmp_path / "r", recording=reopened), gt)
+
+
+def test_probe_arguments_are_checked() -> None:
+    from deepspike.synthetic import generate_probe_recording, make_probe
+
+    with pytest.raises(DeepSpikeError, match="probe must be one of"):
+        make_probe("utah")
+    with pytest.raises(DeepSpikeError, match="a tetrode has 4 channels"):
+        make_probe("tetrode", 8)
+    with pytest.raises(DeepSpikeError, match="even num_channels"):
+        make_probe("shank", 15)
+    with pytest.raises(DeepSpikeError, match="num_units must be >= 1"):
+        generate_probe_recording(0, 1.0, "tetrode", num_units=0)
