@@ -151,6 +151,7 @@ class SortResult:
     timings: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     finetuned: Any = None  # the adapted Encoder when finetune=True (written as encoder_finetuned.safetensors)
+    templates: np.ndarray | None = None  # multi-channel: [units, samples, channels] noise units (templates.npy)
 
     @property
     def unit_ids(self) -> list[int]:
@@ -288,8 +289,28 @@ def run_sort(
         info=clustered.info,
         finetuned=finetuned,
     )
+    if near.sum(axis=1).max() > 1 and (labels >= 0).any():
+        with _timed(timings, "write"):
+            result.templates = _multichannel_templates(result, params)
     result.sorting = build_sorting(result)
     return result
+
+
+def _multichannel_templates(result: SortResult, params: SortParams) -> np.ndarray:
+    """Each unit's template on every channel, ``[units, samples, channels]`` on the encoder's window grid in noise
+    units (mean of at most 200 spikes, cut at their peak channel's peak time), unit ``i`` = label ``i``."""
+    from deepspike.channels import unit_templates
+    from deepspike.extract import ExtractParams
+
+    chunk = ExtractParams.from_config(params.extract).chunk_duration_s
+    filtered = _filtered(result.recording, params)
+    units, tpl, _ = unit_templates(
+        filtered, result.labels, result.sample_index, result.channel, result.noise_levels, result.spec, chunk,
+        params.seed,
+    )  # fmt: skip
+    out = np.zeros((max(result.unit_ids) + 1, tpl.shape[2], tpl.shape[1]), dtype=np.float32)
+    out[units] = tpl.transpose(0, 2, 1)
+    return out
 
 
 @dataclass
@@ -789,6 +810,8 @@ def _write_tables(result: SortResult, folder: Path, config: dict[str, Any] | Non
     result.spikes_table().to_csv(folder / "spikes.csv", index=False, float_format="%.6g")
     result.units_table().to_csv(folder / "units.csv", index=False, float_format="%.6g")
     np.save(folder / "embeddings.npy", result.embeddings)
+    if result.templates is not None:
+        np.save(folder / "templates.npy", result.templates)
     if result.finetuned is not None:
         from deepspike.export import save_encoder
 

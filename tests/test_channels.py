@@ -120,7 +120,7 @@ def _gt_snr(rec, gt) -> dict:
 
 
 @pytest.mark.parametrize(("kind", "units", "seed"), [("tetrode", 5, 3), ("linear", 6, 4)])
-def test_each_neuron_is_one_unit(kind: str, units: int, seed: int) -> None:
+def test_each_neuron_is_one_unit(kind: str, units: int, seed: int, tmp_path) -> None:
     from spikeinterface.comparison import compare_sorter_to_ground_truth
 
     from deepspike.sorting import SortParams, run_sort
@@ -137,6 +137,14 @@ def test_each_neuron_is_one_unit(kind: str, units: int, seed: int) -> None:
     assert len(visible) >= 3
     assert cmp.get_performance()["accuracy"].loc[visible].astype(float).mean() >= 0.85
     assert len(single.unit_ids) > len(multi.unit_ids)  # per channel, a neuron is one unit per channel it reaches
+    n_ch = rec.get_num_channels()
+    assert multi.templates.shape == (len(multi.unit_ids), 20, n_ch) and single.templates is None
+    peak = np.abs(multi.templates).max(axis=1).argmax(axis=1)  # each unit's template peaks on its peak channel
+    assert (peak == multi.units_table()["peak_channel"].to_numpy()).mean() >= 0.8
     for u in multi.unit_ids:  # a spike seen on several channels is reported once
         t = np.sort(multi.sample_index[multi.labels == u])
         assert np.diff(t).min() > 0.0005 * 30000.0
+    from deepspike.sorting import write_outputs
+
+    write_outputs(multi, tmp_path / "out", plots=False)
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "templates.npy"), multi.templates)
