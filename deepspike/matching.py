@@ -100,6 +100,7 @@ def find_unit_spikes(
     params: MatchParams,
     seed: int = 0,
     near: np.ndarray | None = None,
+    n_jobs: int = 1,
 ) -> np.ndarray:
     """Spikes of the clustered units found by template matching in ``filtered`` (band-passed, one segment).
 
@@ -107,6 +108,7 @@ def find_unit_spikes(
     ``noise``: robust sigma per channel in the traces' units (matching runs on the traces in noise units).
     ``near`` (``[C, C]`` neighbourhoods, ``deepspike.channels``): a unit's template spans its main channel's
     neighbourhood on the recording's own probe; None (or one channel each): per-channel templates.
+    ``n_jobs``: worker processes of the matcher (SpikeInterface's job_kwargs).
     Returns a ``SPIKE_DTYPE`` array sorted by time: sample, unit (a label of the input), channel (the unit's),
     scale (fitted amplitude / template's, where the method reports it, else 1).
     """
@@ -125,7 +127,7 @@ def find_unit_spikes(
         templates,
         method=params.method,
         method_kwargs=kwargs,
-        job_kwargs={"n_jobs": 1, "chunk_duration": "10s", "progress_bar": False},
+        job_kwargs={"n_jobs": n_jobs, "chunk_duration": "10s", "progress_bar": False},
     )
     found = found[found["cluster_index"] >= 0]
     out = np.zeros(len(found), dtype=SPIKE_DTYPE)

@@ -128,3 +128,36 @@ def noise_levels(recording: Any, seed: int = 0) -> np.ndarray:
         **units_kw,
     )
     return np.asarray(noise, dtype=np.float32)
+
+
+def in_memory(filtered: Any, max_mb: float, chunk_duration_s: float = 10.0, n_jobs: int = 1) -> Any:
+    """``filtered`` (a lazy band-passed, single-segment recording) computed once into memory when its float32
+    traces take at most ``max_mb`` MB; else ``filtered`` itself.
+
+    Sorting reads the band-passed traces up to 7 times (detection, neighbourhood windows, templates, matching, the
+    windows of matched spikes); lazily, each read filters again: 8.4 of 18.5 s on a 32-channel, 60 s recording.
+    Channel ids, probe and properties are kept (``copy_metadata``). ``n_jobs`` threads filter chunks in parallel
+    (scipy's filters release the GIL).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from spikeinterface.core import NumpyRecording
+
+    n, c = filtered.get_num_samples(0), filtered.get_num_channels()
+    if filtered.get_num_segments() != 1 or n * c * 4 > max_mb * 2**20:
+        return filtered
+    traces = np.empty((n, c), dtype=np.float32)
+    step = max(1, int(chunk_duration_s * filtered.get_sampling_frequency()))
+
+    def fill(start: int) -> None:
+        stop = min(n, start + step)
+        traces[start:stop] = filtered.get_traces(segment_index=0, start_frame=start, end_frame=stop)
+
+    with ThreadPoolExecutor(max(1, int(n_jobs))) as pool:
+        list(pool.map(fill, range(0, n, step)))
+    cached = NumpyRecording([traces], sampling_frequency=filtered.get_sampling_frequency(),
+                            channel_ids=filtered.channel_ids)  # fmt: skip
+    filtered.copy_metadata(cached)
+    name = recording_name(filtered)  # error messages keep naming the file
+    cached.annotate(name=name[1:-1] if name[:1] in "'\"" else name)
+    return cached

@@ -67,6 +67,8 @@ class SortParams:
     echo_ratio: float = conf_field(CONF, "echo_ratio")
     progress: bool = conf_field(CONF, "progress")
     finetune: bool = conf_field(CONF, "finetune")
+    filter_cache_mb: float = conf_field(CONF, "filter_cache_mb")
+    n_jobs: int = conf_field(CONF, "n_jobs")
     finetune_options: dict[str, Any] = conf_field("finetuning/default.yaml")
     extract: dict[str, Any] = conf_field("extract/default.yaml")
     cluster: ClusterParams = field(default_factory=ClusterParams)
@@ -80,6 +82,14 @@ class SortParams:
             )
         if self.device not in DEVICES:
             raise DeepSpikeError(f"device={self.device!r}: choose one of {DEVICES}")
+        if (
+            isinstance(self.filter_cache_mb, bool)
+            or not isinstance(self.filter_cache_mb, (int, float))
+            or (self.filter_cache_mb < 0)
+        ):
+            raise DeepSpikeError(f"filter_cache_mb={self.filter_cache_mb!r}: must be >= 0 MB (0 = never cache)")
+        if isinstance(self.n_jobs, bool) or not isinstance(self.n_jobs, int) or self.n_jobs == 0 or self.n_jobs < -1:
+            raise DeepSpikeError(f"n_jobs={self.n_jobs!r}: must be an integer >= 1, or -1 for all cores")
         if int(self.batch_size) < 1 or int(self.pca_components) < 1:
             raise DeepSpikeError("batch_size and pca_components must be positive integers")
         if self.echo_ms < 0 or (self.echo_ratio != 0 and self.echo_ratio < 1):
@@ -101,6 +111,12 @@ class SortParams:
             from deepspike.finetune import FinetuneParams
 
             FinetuneParams.from_options(self.finetune_params())  # fail early on bad options
+
+    def workers(self) -> int:
+        """``n_jobs`` as a count (-1: the CPUs this process may use)."""
+        if self.n_jobs > 0:
+            return int(self.n_jobs)
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
     def finetune_params(self) -> dict[str, Any]:
         """``finetune_options`` with the sort's seed and device where they say null / auto."""
@@ -216,7 +232,9 @@ def run_sort(
         encoder = _load_encoder(checkpoint, params) if params.features == "encoder" else None
         recording = _open(recording, recording_options)
     spec = encoder.window_spec if encoder is not None else WindowSpec()
-    spikes, extract_timings = _extract(recording, params, spec)
+    with _timed(timings, "filter"):
+        filtered = _filtered(recording, params)
+    spikes, extract_timings = _extract(filtered, params, spec)
     timings.update(extract_timings)
     near, spikes = _one_event_per_spike(recording, spikes, params)
     waves = np.asarray(spikes.waves, dtype=np.float32)
@@ -241,7 +259,7 @@ def run_sort(
             warnings.simplefilter("always")
             if near.sum(axis=1).max() > 1:
                 clustered = _cluster_neighbourhoods(
-                    recording, encoder, params, spec, near, noise, sample_index[ok], channel[ok], amp_noise[ok]
+                    filtered, encoder, params, spec, near, noise, sample_index[ok], channel[ok], amp_noise[ok]
                 )
             else:
                 clustered = cluster_spikes(
@@ -259,7 +277,7 @@ def run_sort(
     if params.matching.enabled and (labels >= 0).any():
         with _timed(timings, "match"):
             sample_index, channel, amp_noise, waves, labels, order = _match(
-                recording, params, spec, noise, sample_index, channel, amp_noise, waves, labels, near
+                filtered, params, spec, noise, sample_index, channel, amp_noise, waves, labels, near
             )
             n_new = len(order) - len(emb)
             clustered.info["n_matched_new"] = n_new
@@ -291,19 +309,18 @@ def run_sort(
     )
     if near.sum(axis=1).max() > 1 and (labels >= 0).any():
         with _timed(timings, "write"):
-            result.templates = _multichannel_templates(result, params)
+            result.templates = _multichannel_templates(result, filtered, params)
     result.sorting = build_sorting(result)
     return result
 
 
-def _multichannel_templates(result: SortResult, params: SortParams) -> np.ndarray:
+def _multichannel_templates(result: SortResult, filtered: Any, params: SortParams) -> np.ndarray:
     """Each unit's template on every channel, ``[units, samples, channels]`` on the encoder's window grid in noise
     units (mean of at most 200 spikes, cut at their peak channel's peak time), unit ``i`` = label ``i``."""
     from deepspike.channels import unit_templates
     from deepspike.extract import ExtractParams
 
     chunk = ExtractParams.from_config(params.extract).chunk_duration_s
-    filtered = _filtered(result.recording, params)
     units, tpl, _ = unit_templates(
         filtered, result.labels, result.sample_index, result.channel, result.noise_levels, result.spec, chunk,
         params.seed,
@@ -425,15 +442,14 @@ def _load_for(path: Path, params: SortParams) -> Any:
     return load_encoder(path)
 
 
-def _extract(recording: Any, params: SortParams, spec: WindowSpec) -> tuple[Any, dict[str, float]]:
-    """Foundation stages (filter, detect, windows; chunked) with the encoder's window spec."""
+def _extract(filtered: Any, params: SortParams, spec: WindowSpec) -> tuple[Any, dict[str, float]]:
+    """Foundation stages (detect, windows; chunked) on the band-passed recording, with the encoder's window spec."""
     from deepspike.extract import ExtractParams, extract_spikes
 
     timings: dict[str, float] = {}
     with _timed(timings, "extract"):
-        ex = ExtractParams.from_config(params.extract) if hasattr(ExtractParams, "from_config") else None
-        ex = ex if ex is not None else ExtractParams(**params.extract)
-        spikes = extract_spikes(recording, params=ex, spec=spec, progress=params.progress)
+        ex = ExtractParams.from_config(params.extract, filtered=True)  # already band-passed by _filtered
+        spikes = extract_spikes(filtered, params=ex, spec=spec, progress=params.progress)
     spikes_spec = getattr(spikes, "spec", None)
     if spikes_spec is not None:
         spec.check_compatible(spikes_spec, what="extracted windows")
@@ -441,9 +457,10 @@ def _extract(recording: Any, params: SortParams, spec: WindowSpec) -> tuple[Any,
 
 
 def _filtered(recording: Any, params: SortParams) -> Any:
-    """The band-passed recording, one segment (lazy: traces are filtered when read)."""
+    """The band-passed recording, one segment: in memory when it fits ``filter_cache_mb`` (every later stage reads
+    it again), else lazy (traces are filtered when read)."""
     from deepspike.extract import ExtractParams
-    from deepspike.preprocess import bandpass
+    from deepspike.preprocess import bandpass, in_memory
 
     ex = ExtractParams.from_config(params.extract)
     filtered = bandpass(recording, ex.freq_min, ex.freq_max, ex.filtered)
@@ -451,7 +468,7 @@ def _filtered(recording: Any, params: SortParams) -> Any:
         from spikeinterface.core import concatenate_recordings
 
         filtered = concatenate_recordings([filtered])
-    return filtered
+    return in_memory(filtered, params.filter_cache_mb, ex.chunk_duration_s, params.workers())
 
 
 def _one_event_per_spike(recording: Any, spikes: Any, params: SortParams) -> tuple[np.ndarray, Any]:
@@ -472,7 +489,7 @@ def _one_event_per_spike(recording: Any, spikes: Any, params: SortParams) -> tup
 
 
 def _cluster_neighbourhoods(
-    recording: Any,
+    filtered: Any,
     encoder: Any,
     params: SortParams,
     spec: WindowSpec,
@@ -489,7 +506,6 @@ def _cluster_neighbourhoods(
     from deepspike.extract import ExtractParams
     from deepspike.windows import extract_neighbour_windows
 
-    filtered = _filtered(recording, params)
     chunk = ExtractParams.from_config(params.extract).chunk_duration_s
     keys = clustering_keys(near)[channel]
     layout = np.full((len(near), int(near.sum(axis=1).max())), -1, dtype=np.int64)  # each channel's neighbours
@@ -521,7 +537,7 @@ def _cluster_neighbourhoods(
 
 
 def _match(
-    recording: Any,
+    filtered: Any,
     params: SortParams,
     spec: WindowSpec,
     noise: np.ndarray,
@@ -542,17 +558,13 @@ def _match(
     from deepspike.detect import dead_time_samples
     from deepspike.extract import ExtractParams
     from deepspike.matching import find_unit_spikes, pair_with_detected
-    from deepspike.preprocess import bandpass
     from deepspike.windows import extract_windows
 
     ex = ExtractParams.from_config(params.extract)
-    filtered = bandpass(recording, ex.freq_min, ex.freq_max, ex.filtered)
-    if filtered.get_num_segments() > 1:
-        from spikeinterface.core import concatenate_recordings
-
-        filtered = concatenate_recordings([filtered])
     fs = float(filtered.get_sampling_frequency())
-    found = find_unit_spikes(filtered, sample_index, labels, channel, noise, params.matching, params.seed, near)
+    found = find_unit_spikes(
+        filtered, sample_index, labels, channel, noise, params.matching, params.seed, near, params.workers()
+    )
     pair, new = pair_with_detected(sample_index, channel, found, dead_time_samples(ex.dead_time_ms, fs), near)
     take = (pair >= 0) & (params.matching.relabel | (labels < 0))
     labels = labels.copy()

@@ -148,3 +148,24 @@ def test_each_neuron_is_one_unit(kind: str, units: int, seed: int, tmp_path) -> 
 
     write_outputs(multi, tmp_path / "out", plots=False)
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "templates.npy"), multi.templates)
+
+
+def test_band_pass_cache_keeps_the_probe_and_the_sort() -> None:
+    from deepspike.preprocess import bandpass, in_memory
+    from deepspike.sorting import SortParams, run_sort
+
+    rec, _ = _recording("tetrode", 3, 5, 10.0)
+    lazy = bandpass(rec, 300.0, 5000.0, False)
+    cached = in_memory(lazy, 256, chunk_duration_s=2.0, n_jobs=2)
+    assert type(cached).__name__ == "NumpyRecording" and in_memory(lazy, 0.1) is lazy  # too big: stays lazy
+    assert cached.has_probe() and (cached.get_channel_locations() == lazy.get_channel_locations()).all()
+    a, b = cached.get_traces(start_frame=5000, end_frame=9000), lazy.get_traces(start_frame=5000, end_frame=9000)
+    assert np.abs(a - b).max() < 1e-3 * np.abs(b).std()  # chunk margins only
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = run_sort(rec, None, SortParams(filter_cache_mb=0, n_jobs=1))
+        two = run_sort(rec, None, SortParams())
+    np.testing.assert_array_equal(one.sample_index, two.sample_index)
+    np.testing.assert_array_equal(one.labels, two.labels)
+    with pytest.raises(DeepSpikeError, match="n_jobs"):
+        SortParams(n_jobs=0)
