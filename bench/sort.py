@@ -121,6 +121,8 @@ def run_case(folder: Path) -> dict:
         "units": len(result.unit_ids),
         "mean_accuracy": None if acc is None else float(acc.mean()),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # the largest matching worker (n_jobs processes, forked: pages shared with this one count in both)
+        "peak_rss_mb_worker": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         "encoder": which,
     }
 
@@ -168,6 +170,7 @@ def main() -> None:
         figures[f"seconds_{name}"] = round(r["seconds"], 3)
         figures[f"wall_s_fresh_process_{name}"] = round(wall, 3)
         figures[f"peak_rss_mb_{name}"] = round(r["peak_rss_mb"], 1)
+        figures[f"peak_rss_mb_worker_{name}"] = round(r["peak_rss_mb_worker"], 1)
         figures[f"stages_{name}"] = {k: round(v, 3) for k, v in r["stages"].items()}
         figures[f"spikes_{name}"] = r["spikes"]
         figures[f"units_{name}"] = r["units"]
