@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepspike.errors import DeepSpikeError, SpecMismatchError
+from deepspike.errors import DeepSpikeError
 from deepspike.inference import (  # the artifact format, shared with the torch-free loader
     FORMAT,
     FORMAT_VERSION,
     META_KEY,
+    EncoderBase,
     EncoderSpec,
     check_sidecar,
     nonfinite_problem,
@@ -51,25 +52,12 @@ def tool_version() -> str:
 
 
 @dataclass
-class Encoder:
+class Encoder(EncoderBase):
     """A frozen encoder: ``embed`` maps raw windows (noise units, ``[n, window]``) to ``[n, latent]``."""
 
     net: nn.Module
     spec: EncoderSpec
     path: Path | None = None
-
-    @property
-    def window_spec(self) -> WindowSpec:
-        return self.spec.window_spec
-
-    @property
-    def latent_dim(self) -> int:
-        return int(self.spec["latent_dim"])
-
-    def check_spec(self, data_spec: WindowSpec | dict[str, Any], where: str = "") -> None:
-        """Raise ``SpecMismatchError`` when windows cut with ``data_spec`` do not fit this encoder."""
-        other = data_spec if isinstance(data_spec, WindowSpec) else WindowSpec.from_dict(data_spec)
-        self.window_spec.check_compatible(other, what="data", where=where or str(self.path or ""))
 
     @torch.inference_mode()
     def embed(
@@ -86,12 +74,8 @@ class Encoder:
         if spec is not None:
             self.check_spec(spec)
         x = torch.as_tensor(np.asarray(waveforms, dtype=np.float32)) if not torch.is_tensor(waveforms) else waveforms
+        self.check_windows(tuple(x.shape))
         ws = self.window_spec
-        if x.ndim != 2 or x.shape[1] != ws.length:
-            raise SpecMismatchError(
-                f"encoder expects windows of shape [n, {ws.length}] ({ws.n_before} before + {ws.n_after} after the "
-                f"peak at {ws.sampling_frequency} Hz), got {tuple(x.shape)}; cut windows with the encoder's spec"
-            )
         dev = torch.device(device) if device is not None else next(self.net.parameters()).device
         net = self.net.to(dev).eval()
         out = np.empty((x.shape[0], self.latent_dim), dtype=np.float32)

@@ -214,16 +214,12 @@ class _Block:
     norm: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-@dataclass
-class NumpyEncoder:
-    """A frozen MLP encoder in numpy with the interface sorting uses from ``export.Encoder`` (``embed``,
-    ``spec``, ``window_spec``, ``latent_dim``, ``path``, ``check_spec``)."""
+class EncoderBase:
+    """What both frozen encoders share (``export.Encoder`` in torch, ``NumpyEncoder``): the header, the window
+    spec and the checks of the windows they are given."""
 
     spec: EncoderSpec
-    blocks: list[_Block]
-    head: _Block
-    skip: _Block | None
-    path: Path | None = None
+    path: Path | None
 
     @property
     def window_spec(self) -> WindowSpec:
@@ -234,8 +230,29 @@ class NumpyEncoder:
         return int(self.spec["latent_dim"])
 
     def check_spec(self, data_spec: WindowSpec | dict[str, Any], where: str = "") -> None:
+        """Raise ``SpecMismatchError`` when windows cut with ``data_spec`` do not fit this encoder."""
         other = data_spec if isinstance(data_spec, WindowSpec) else WindowSpec.from_dict(data_spec)
         self.window_spec.check_compatible(other, what="data", where=where or str(self.path or ""))
+
+    def check_windows(self, shape: tuple[int, ...]) -> None:
+        """Raise ``SpecMismatchError`` unless ``shape`` is ``[n, window length]``."""
+        ws = self.window_spec
+        if len(shape) != 2 or shape[1] != ws.length:
+            raise SpecMismatchError(
+                f"encoder expects windows of shape [n, {ws.length}] ({ws.n_before} before + {ws.n_after} after the "
+                f"peak at {ws.sampling_frequency} Hz), got {tuple(shape)}; cut windows with the encoder's spec"
+            )
+
+
+@dataclass
+class NumpyEncoder(EncoderBase):
+    """A frozen MLP encoder in numpy with the interface sorting uses from ``export.Encoder``."""
+
+    spec: EncoderSpec
+    blocks: list[_Block]
+    head: _Block
+    skip: _Block | None
+    path: Path | None = None
 
     def embed(
         self, waveforms: np.ndarray, batch_size: int = 65536, device: str | None = None, spec: Any = None
@@ -246,12 +263,8 @@ class NumpyEncoder:
         if spec is not None:
             self.check_spec(spec)
         x = np.asarray(waveforms, dtype=np.float32)
+        self.check_windows(x.shape)
         ws = self.window_spec
-        if x.ndim != 2 or x.shape[1] != ws.length:
-            raise SpecMismatchError(
-                f"encoder expects windows of shape [n, {ws.length}] ({ws.n_before} before + {ws.n_after} after the "
-                f"peak at {ws.sampling_frequency} Hz), got {tuple(x.shape)}; cut windows with the encoder's spec"
-            )
         out = np.empty((len(x), self.latent_dim), dtype=np.float32)
         step = max(1, int(batch_size))
         for i in range(0, len(x), step):
