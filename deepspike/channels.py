@@ -41,6 +41,7 @@ class MultichannelParams:
     covariance_type: str = conf_field(CONF, "multichannel.covariance_type")
     merge_similarity: float = conf_field(CONF, "multichannel.merge_similarity")
     merge_amplitude_ratio: float = conf_field(CONF, "multichannel.merge_amplitude_ratio")
+    merge_refractory_ms: float = conf_field(CONF, "multichannel.merge_refractory_ms")
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> DeepSpikeError:
@@ -64,6 +65,8 @@ class MultichannelParams:
             raise bad("merge_similarity", "must be in (0, 1] (1 = never merge across neighbourhoods)")
         if not _number(self.merge_amplitude_ratio) or self.merge_amplitude_ratio < 1:
             raise bad("merge_amplitude_ratio", "must be >= 1")
+        if not _number(self.merge_refractory_ms) or self.merge_refractory_ms < 0:
+            raise bad("merge_refractory_ms", "must be >= 0 ms (0 = no refractory check)")
 
     @classmethod
     def from_dict(cls, d: Any) -> MultichannelParams:
@@ -287,6 +290,19 @@ def merge_across_neighbourhoods(
     home = np.array([int(np.bincount(channel[labels == u]).argmax()) for u in units], dtype=np.int64)
     adj = near | near.T
     alive = np.ones(len(units), dtype=bool)
+    fs = float(filtered.get_sampling_frequency())
+    window = params.merge_refractory_ms * fs / 1000.0
+    span = float(max(1, filtered.get_num_samples(0)))
+    checked: dict[tuple[int, int], bool] = {}
+
+    def refractory_ok(i: int, j: int) -> bool:
+        if window <= 0:
+            return True
+        if (i, j) not in checked:
+            ta, tb = (np.sort(sample_index[labels == units[k]]) for k in (i, j))
+            checked[(i, j)] = one_neuron(ta, tb, window, span)
+        return checked[(i, j)]
+
     while True:
         best, best_sim = None, params.merge_similarity
         for i in np.flatnonzero(alive):
@@ -294,7 +310,7 @@ def merge_across_neighbourhoods(
                 if j <= i or keys[home[i]] == keys[home[j]] or not adj[home[i], home[j]]:
                     continue
                 sim, ratio = template_match(tpl[i], tpl[j])
-                if sim >= best_sim and ratio <= params.merge_amplitude_ratio:
+                if sim >= best_sim and ratio <= params.merge_amplitude_ratio and refractory_ok(i, j):
                     best, best_sim = (i, j), sim
         if best is None:
             return _renumber(labels), merged
@@ -302,10 +318,27 @@ def merge_across_neighbourhoods(
         if counts[j] > counts[i]:  # the bigger part names the unit and its home channel
             i, j = j, i
         labels[labels == units[j]] = units[i]
+        checked = {pair: ok for pair, ok in checked.items() if i not in pair and j not in pair}
         tpl[i] = (tpl[i] * counts[i] + tpl[j] * counts[j]) / (counts[i] + counts[j])
         counts[i] += counts[j]
         alive[j] = False
         merged.append((int(units[i]), int(units[j])))
+
+
+def one_neuron(ta: np.ndarray, tb: np.ndarray, window: float, span: float, max_fraction: float = 0.2) -> bool:
+    """Whether two sorted spike trains can be one neuron's: they come within ``window`` samples of each other at
+    most ``max_fraction`` as often as two independent trains of their rates would over ``span`` samples. One neuron
+    split by peak channel keeps its refractory period across the parts; two neurons, or a unit of mixed noise
+    spikes, do not. Trains too sparse to tell (fewer than 2 coincidences expected) pass."""
+    expected = len(ta) * len(tb) * 2.0 * window / span
+    if expected < 2.0:
+        return True
+    pos = np.searchsorted(tb, ta)
+    near = np.zeros(len(ta), dtype=bool)
+    for side in (pos - 1, pos):
+        ok = (side >= 0) & (side < len(tb))
+        near[ok] |= np.abs(tb[side[ok]] - ta[ok]) < window
+    return int(near.sum()) <= max_fraction * expected
 
 
 def _renumber(labels: np.ndarray) -> np.ndarray:

@@ -169,3 +169,18 @@ def test_band_pass_cache_keeps_the_probe_and_the_sort() -> None:
     np.testing.assert_array_equal(one.labels, two.labels)
     with pytest.raises(DeepSpikeError, match="n_jobs"):
         SortParams(n_jobs=0)
+
+
+def test_one_neuron_split_in_two_keeps_its_refractory_period_two_neurons_do_not() -> None:
+    from deepspike.channels import one_neuron
+
+    rng = np.random.default_rng(0)
+    span, window = 60 * 30000.0, 45.0  # 60 s at 30 kHz, 1.5 ms
+    isi = rng.exponential(30000 / 20.0, 1500) + 90  # 20 Hz with a 3 ms refractory period
+    train = np.cumsum(isi)
+    train = train[train < span]
+    part = rng.random(len(train)) < 0.5  # its spikes split between two peak channels
+    assert one_neuron(np.sort(train[part]), np.sort(train[~part]), window, span)
+    other = np.sort(rng.uniform(0, span, len(train)))  # an independent neuron of the same rate
+    assert not one_neuron(np.sort(train), other, window, span)
+    assert one_neuron(np.array([10.0, 5000.0]), np.array([20.0]), window, span)  # too sparse to tell: allowed
