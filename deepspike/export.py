@@ -32,12 +32,12 @@ from deepspike.inference import (  # the artifact format, shared with the torch-
     META_KEY,
     EncoderBase,
     EncoderSpec,
-    check_sidecar,
     nonfinite_problem,
-    read_header,
+    open_artifact,
     weights_problem,
 )
 from deepspike.inference import make_spec as _make_spec
+from deepspike.inference import read_header as read_header  # public here too (export's API before inference)
 from deepspike.models import build_net
 from deepspike.objective import git_commit
 from deepspike.paths import REPO_ROOT
@@ -161,13 +161,7 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encode
     """Load an encoder artifact (a ``.safetensors`` file, or a run directory holding ``encoder.safetensors``)."""
     from safetensors.torch import load_file
 
-    p = Path(path)
-    if p.is_dir():
-        p = p / "encoder.safetensors"
-    if not p.exists():
-        raise DeepSpikeError(f"no encoder artifact at {path}; train one with `python train.py` (writes encoder.*)")
-    header = read_header(p)
-    check_sidecar(p, header)
+    p, header = open_artifact(path)
     net = build_net(header["arch"])
     sd = load_file(str(p), device="cpu")
     check_finite(sd, str(p))

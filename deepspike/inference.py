@@ -294,10 +294,8 @@ def _norm(kind: str, h: np.ndarray, p: dict[str, np.ndarray]) -> np.ndarray:
     return h
 
 
-def load_numpy_encoder(path: str | Path) -> NumpyEncoder:
-    """Load an MLP encoder artifact for numpy inference; the same checks as ``export.load_encoder``."""
-    from safetensors.numpy import load_file
-
+def open_artifact(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(the ``.safetensors`` file, its checked header) of an artifact or a run directory holding one."""
     p = Path(path)
     if p.is_dir():
         p = p / "encoder.safetensors"
@@ -305,6 +303,14 @@ def load_numpy_encoder(path: str | Path) -> NumpyEncoder:
         raise DeepSpikeError(f"no encoder artifact at {path}; train one with `python train.py` (writes encoder.*)")
     header = read_header(p)
     check_sidecar(p, header)
+    return p, header
+
+
+def load_numpy_encoder(path: str | Path) -> NumpyEncoder:
+    """Load an MLP encoder artifact for numpy inference; the same checks as ``export.load_encoder``."""
+    from safetensors.numpy import load_file
+
+    p, header = open_artifact(path)
     arch = header["arch"]
     if arch.get("kind") not in NUMPY_KINDS:
         raise DeepSpikeError(f"{p}: no numpy forward pass for kind={arch.get('kind')!r}; load it with torch")
