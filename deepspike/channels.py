@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from deepspike.defaults import conf_field
+from deepspike.defaults import conf_field, is_number
 from deepspike.errors import DeepSpikeError
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,11 @@ class MultichannelParams:
 
         if not isinstance(self.enabled, (bool, np.bool_)):
             raise bad("enabled", "must be true or false")
-        if not _number(self.radius_um) or self.radius_um < 0:
+        if not is_number(self.radius_um) or self.radius_um < 0:
             raise bad("radius_um", "must be >= 0 micrometres (e.g. 60; 0 = each channel alone)")
         if not isinstance(self.max_channels, (int, np.integer)) or self.max_channels < 1:
             raise bad("max_channels", "must be an integer >= 1 (channels of a neighbourhood, nearest first)")
-        if not _number(self.dedup_ms) or self.dedup_ms < 0:
+        if not is_number(self.dedup_ms) or self.dedup_ms < 0:
             raise bad("dedup_ms", "must be >= 0 ms (e.g. 0.3)")
         if self.combine not in COMBINE:
             raise bad("combine", f"choose one of {COMBINE}")
@@ -61,11 +61,11 @@ class MultichannelParams:
             raise bad("n_components", "must be an integer >= 0 (0 = keep every combined feature)")
         if self.covariance_type not in ("full", "diag"):
             raise bad("covariance_type", "choose full or diag")
-        if not _number(self.merge_similarity) or not 0 < self.merge_similarity <= 1:
+        if not is_number(self.merge_similarity) or not 0 < self.merge_similarity <= 1:
             raise bad("merge_similarity", "must be in (0, 1] (1 = never merge across neighbourhoods)")
-        if not _number(self.merge_amplitude_ratio) or self.merge_amplitude_ratio < 1:
+        if not is_number(self.merge_amplitude_ratio) or self.merge_amplitude_ratio < 1:
             raise bad("merge_amplitude_ratio", "must be >= 1")
-        if not _number(self.merge_refractory_ms) or self.merge_refractory_ms < 0:
+        if not is_number(self.merge_refractory_ms) or self.merge_refractory_ms < 0:
             raise bad("merge_refractory_ms", "must be >= 0 ms (0 = no refractory check)")
 
     @classmethod
@@ -81,10 +81,6 @@ class MultichannelParams:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _number(x: Any) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
 
 
 def channel_groups(recording: Any) -> np.ndarray:

@@ -13,6 +13,8 @@ import dataclasses
 from functools import cache
 from typing import Any
 
+import numpy as np
+
 from deepspike.errors import DeepSpikeError
 from deepspike.paths import CONF_DIR
 
@@ -62,3 +64,8 @@ def conf_field(relpath: str, key: str = "") -> Any:
     if isinstance(value, (list, dict)):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(value))
     return dataclasses.field(default=value)
+
+
+def is_number(x: Any) -> bool:
+    """A real number given for an option (Python and numpy count booleans as integers; options do not)."""
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))

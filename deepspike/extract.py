@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from deepspike.defaults import conf_field, conf_value
+from deepspike.defaults import conf_field, conf_value, is_number
 from deepspike.detect import PEAK_DTYPE, POLARITIES, as_peak_dtype, check_detect_params, event_index, plan_detection
 from deepspike.errors import DeepSpikeError, RecordingError
 from deepspike.paths import CONF_DIR
@@ -68,7 +68,7 @@ class ExtractParams:
         """Raise a DeepSpikeError naming the first bad parameter and its valid range; return self."""
         for name in ("freq_min", "freq_max"):
             value = getattr(self, name)
-            if not _is_number(value) or not math.isfinite(value) or value <= 0:
+            if not is_number(value) or not math.isfinite(value) or value <= 0:
                 raise DeepSpikeError(f"extract.{name} must be a positive number of Hz, got {value!r}")
         if self.freq_min >= self.freq_max:
             raise DeepSpikeError(f"extract.freq_min ({self.freq_min}) must be below extract.freq_max ({self.freq_max})")
@@ -81,10 +81,6 @@ class ExtractParams:
         except DeepSpikeError as err:
             raise DeepSpikeError(f"extract.{err}") from None
         return self
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
@@ -243,7 +239,7 @@ def extract_spikes(
     params = (params or ExtractParams()).validate()
     spec = spec or WindowSpec()
     tolerance_ms = conf_value("corpus.yaml", "gt_tolerance_ms") if tolerance_ms is None else tolerance_ms
-    if not (_is_number(tolerance_ms) and tolerance_ms >= 0):
+    if not (is_number(tolerance_ms) and tolerance_ms >= 0):
         raise DeepSpikeError(f"tolerance_ms must be >= 0 ms (e.g. 0.4), got {tolerance_ms!r}")
     fs = check_recording(recording, spec)
     name = recording_name(recording)

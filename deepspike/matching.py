@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from deepspike.defaults import conf_field
+from deepspike.defaults import conf_field, is_number
 from deepspike.errors import DeepSpikeError
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,10 @@ class MatchParams:
                 raise bad(name, "must be true or false")
         if self.method not in METHODS:
             raise bad("method", f"unknown matching method; choose one of {METHODS} (SpikeInterface matchers)")
-        if not _number(self.threshold) or self.threshold <= 0:
+        if not is_number(self.threshold) or self.threshold <= 0:
             raise bad("threshold", "must be > 0 noise sigmas (the matcher's detection threshold, e.g. 4.0)")
         for name in ("ms_before", "ms_after"):
-            if not _number(getattr(self, name)) or getattr(self, name) <= 0:
+            if not is_number(getattr(self, name)) or getattr(self, name) <= 0:
                 raise bad(name, "must be > 0 ms (template extent around the peak, e.g. 1.0 before, 1.5 after)")
         if isinstance(self.max_spikes_per_unit, bool) or int(self.max_spikes_per_unit) < 10:
             raise bad("max_spikes_per_unit", "must be an integer >= 10 (spikes averaged into each template)")
@@ -85,10 +85,6 @@ class MatchParams:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _number(x: Any) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
 
 
 def find_unit_spikes(
