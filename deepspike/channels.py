@@ -120,6 +120,11 @@ def neighbourhoods(recording: Any, params: MultichannelParams) -> np.ndarray:
     return near
 
 
+def is_multichannel(near: np.ndarray | None) -> bool:
+    """Whether some channel has a neighbour: the multi-channel path; else every channel is sorted alone."""
+    return near is not None and bool(near.sum(axis=1).max() > 1)
+
+
 def neighbourhood_channels(near: np.ndarray, peak_channel: int) -> np.ndarray:
     """The channels of ``peak_channel``'s neighbourhood in a fixed order (ascending): feature layout of its events."""
     return np.flatnonzero(near[peak_channel])

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from deepspike.channels import is_multichannel
 from deepspike.defaults import conf_field, is_number
 from deepspike.errors import DeepSpikeError
 
@@ -114,8 +115,7 @@ def find_unit_spikes(
     units = np.asarray(sorted(int(u) for u in np.unique(labels) if u >= 0), dtype=np.int64)
     if units.size == 0:
         return np.zeros(0, dtype=SPIKE_DTYPE)
-    multi = near is not None and near.sum(axis=1).max() > 1
-    rec = _in_noise_units(filtered if multi else _per_channel_geometry(filtered), noise)
+    rec = _in_noise_units(filtered if is_multichannel(near) else _per_channel_geometry(filtered), noise)
     templates, unit_channel = unit_templates(rec, sample_index, labels, channel, units, params, seed, near)
     kwargs = _method_kwargs(params, rec.get_num_channels())
     found = find_spikes_from_templates(

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from deepspike.channels import MultichannelParams
+from deepspike.channels import MultichannelParams, is_multichannel
 from deepspike.cluster import NOISE, ClusterParams, cluster_spikes, secondary_peaks, templates
 from deepspike.defaults import conf_field
 from deepspike.errors import DeepSpikeError, OutputExistsError, RecordingError, SpecMismatchError, cli_errors
@@ -237,6 +237,7 @@ def run_sort(
     spikes, extract_timings = _extract(filtered, params, spec)
     timings.update(extract_timings)
     near, spikes = _one_event_per_spike(recording, spikes, params)
+    multi = is_multichannel(near)
     waves = np.asarray(spikes.waves, dtype=np.float32)
     finetuned = None
     if params.finetune and encoder is not None:
@@ -257,7 +258,7 @@ def run_sort(
         ok = ~echo
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            if near.sum(axis=1).max() > 1:
+            if multi:
                 clustered = _cluster_neighbourhoods(
                     filtered, encoder, params, spec, near, noise, sample_index[ok], channel[ok], amp_noise[ok]
                 )
@@ -307,7 +308,7 @@ def run_sort(
         info=clustered.info,
         finetuned=finetuned,
     )
-    if near.sum(axis=1).max() > 1 and (labels >= 0).any():
+    if multi and (labels >= 0).any():
         with _timed(timings, "write"):
             result.templates = _multichannel_templates(result, filtered, params)
     result.sorting = build_sorting(result)
@@ -477,7 +478,7 @@ def _one_event_per_spike(recording: Any, spikes: Any, params: SortParams) -> tup
     from deepspike.channels import deduplicate_events, neighbourhoods
 
     near = neighbourhoods(recording, params.multichannel)
-    if near.sum(axis=1).max() <= 1 or len(spikes) == 0:
+    if not is_multichannel(near) or len(spikes) == 0:
         return near, spikes
     fs = float(recording.get_sampling_frequency())
     window = round(params.multichannel.dedup_ms * fs / 1000)
