@@ -18,6 +18,7 @@ works on a fixed output grid, so windows lose the sub-sample peak alignment (err
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,11 @@ def window_margins(spec: WindowSpec, sampling_frequency: float) -> tuple[int, in
     before = math.ceil(spec.n_before * ratio + 0.5) + 1
     after = math.ceil((spec.n_after - 1) * ratio + 0.5) + 3
     return before, max(after, 2)
+
+
+def grid_offsets(spec: WindowSpec, sampling_frequency: float) -> np.ndarray:
+    """The canonical grid's points relative to the peak, in native-rate samples."""
+    return (np.arange(spec.length) - spec.n_before) * (sampling_frequency / spec.sampling_frequency)
 
 
 def subsample_offset(prev: np.ndarray, center: np.ndarray, nxt: np.ndarray) -> np.ndarray:
@@ -105,6 +111,27 @@ def _cut_at(
     return (np.einsum("nlk,nlk->nl", vals, weights) * scale[:, None]).astype(np.float32)
 
 
+def _blocks(
+    filtered: Any, sorted_samples: np.ndarray, spec: WindowSpec, chunk_duration_s: float, skip_empty: bool
+) -> Iterator[tuple[int, int, np.ndarray, int]]:
+    """The recording in chunks with the margins a window needs: ``(lo, hi, traces, r0)``, where rows ``lo:hi`` of
+    ``sorted_samples`` peak inside the chunk and ``traces`` starts at sample ``r0``. Every chunk read is checked for
+    NaN/Inf; ``skip_empty`` does not read chunks without a peak."""
+    fs = sampling_frequency_of(filtered)
+    n_total = filtered.get_num_samples(0)
+    before, after = window_margins(spec, fs)
+    chunk = max(int(chunk_duration_s * fs), 1)
+    for start in range(0, n_total, chunk):
+        stop = min(n_total, start + chunk)
+        lo, hi = np.searchsorted(sorted_samples, [start, stop])
+        if skip_empty and hi <= lo:
+            continue
+        r0, r1 = max(0, start - before), min(n_total, stop + after)
+        traces = filtered.get_traces(segment_index=0, start_frame=r0, end_frame=r1)
+        check_finite(traces, recording_name(filtered), f" between {r0 / fs:.3f} s and {r1 / fs:.3f} s")
+        yield int(lo), int(hi), traces, r0
+
+
 def extract_neighbour_windows(
     filtered: Any,
     sample_index: np.ndarray,
@@ -127,19 +154,11 @@ def extract_neighbour_windows(
     before, after = window_margins(spec, fs)
     if n and (samples.min() - before < 0 or samples.max() + after > n_total):
         raise DeepSpikeError("extract_neighbour_windows: an event's window leaves the recording")
-    offsets = (np.arange(spec.length) - spec.n_before) * (fs / spec.sampling_frequency)
+    offsets = grid_offsets(spec, fs)
     inv_noise = np.where(noise > 0, 1.0 / np.where(noise > 0, noise, 1.0), 0.0)
     waves = np.zeros((n, k, spec.length), dtype=np.float32)
     order = np.argsort(samples, kind="stable")
-    sorted_samples = samples[order]
-    chunk = max(int(chunk_duration_s * fs), 1)
-    for start in range(0, n_total, chunk):
-        lo, hi = np.searchsorted(sorted_samples, [start, min(n_total, start + chunk)])
-        if hi <= lo:
-            continue
-        r0, r1 = max(0, start - before), min(n_total, start + chunk + after)
-        traces = filtered.get_traces(segment_index=0, start_frame=r0, end_frame=r1)
-        check_finite(traces, recording_name(filtered), f" between {r0 / fs:.3f} s and {r1 / fs:.3f} s")
+    for lo, hi, traces, r0 in _blocks(filtered, samples[order], spec, chunk_duration_s, skip_empty=True):
         sel = order[lo:hi]
         local = samples[sel] - r0
         x0 = local + _delta(traces, local, peak_channel[sel], True)
@@ -177,21 +196,13 @@ def extract_windows(
     noise = check_noise(noise, filtered.get_num_channels())
     samples, chans = _check_peaks(peaks, filtered.get_num_channels())
     n_total = filtered.get_num_samples(0)
-    before, after = window_margins(spec, fs)
     kept = window_kept(samples, chans, noise, n_total, spec, fs)
     waves = np.zeros((len(samples), spec.length), dtype=np.float32)
-    offsets = (np.arange(spec.length) - spec.n_before) * (fs / spec.sampling_frequency)
+    offsets = grid_offsets(spec, fs)
     inv_noise = 1.0 / np.where(noise > 0, noise, 1.0)
     order = np.argsort(samples, kind="stable")
     order = order[kept[order]]
-    sorted_samples = samples[order]
-    chunk = max(int(chunk_duration_s * fs), 1)
-    for start in range(0, n_total, chunk):
-        stop = min(n_total, start + chunk)
-        lo, hi = np.searchsorted(sorted_samples, [start, stop])
-        r0, r1 = max(0, start - before), min(n_total, stop + after)
-        traces = filtered.get_traces(segment_index=0, start_frame=r0, end_frame=r1)
-        check_finite(traces, recording_name(filtered), f" between {r0 / fs:.3f} s and {r1 / fs:.3f} s")
+    for lo, hi, traces, r0 in _blocks(filtered, samples[order], spec, chunk_duration_s, skip_empty=False):
         if hi > lo:
             sel = order[lo:hi]
             waves[sel] = _cut(traces, samples[sel] - r0, chans[sel], offsets, inv_noise[chans[sel]], align)
@@ -224,7 +235,7 @@ class WindowNode(PipelineNode):
         PipelineNode.__init__(self, recording, return_output=True, parents=parents)
         self.fs = sampling_frequency_of(recording)
         self.margin = max(window_margins(spec, self.fs))
-        self.offsets = (np.arange(spec.length) - spec.n_before) * (self.fs / spec.sampling_frequency)
+        self.offsets = grid_offsets(spec, self.fs)
         self.inv_noise = 1.0 / np.where(noise > 0, noise, 1.0)
         self.align, self.length, self.name = align, spec.length, recording_name(recording)
 
@@ -304,6 +315,6 @@ def conform_snippets(
     c = int(peak_index) + pad
     sign = np.where(xp[:, c] < 0, -1.0, 1.0)[:, None]
     local = c - int(search) + np.argmax(sign * xp[:, c - int(search) : c + int(search) + 1], axis=1)
-    offsets = (np.arange(spec.length) - spec.n_before) * (fs / spec.sampling_frequency)
+    offsets = grid_offsets(spec, fs)
     waves = _cut(xp.T, local, np.arange(len(xp)), offsets, np.full(len(xp), 1.0 / sigma), True)
     return waves, sigma
