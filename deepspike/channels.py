@@ -334,12 +334,18 @@ def one_neuron(ta: np.ndarray, tb: np.ndarray, window: float, span: float, max_f
     expected = len(ta) * len(tb) * 2.0 * window / span
     if expected < 2.0:
         return True
-    pos = np.searchsorted(tb, ta)
-    near = np.zeros(len(ta), dtype=bool)
-    for side in (pos - 1, pos):
-        ok = (side >= 0) & (side < len(tb))
-        near[ok] |= np.abs(tb[side[ok]] - ta[ok]) < window
-    return int(near.sum()) <= max_fraction * expected
+    return int((nearest_gap(tb, ta) < window).sum()) <= max_fraction * expected
+
+
+def nearest_gap(ref: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Distance (samples) from each of ``t`` to the nearest of the sorted ``ref`` (inf when ``ref`` is empty)."""
+    t = np.asarray(t)
+    if len(ref) == 0:
+        return np.full(len(t), np.inf)
+    pos = np.searchsorted(ref, t)
+    before = np.abs(t - ref[np.clip(pos - 1, 0, len(ref) - 1)])
+    after = np.abs(ref[np.clip(pos, 0, len(ref) - 1)] - t)
+    return np.minimum(before, after)
 
 
 def _renumber(labels: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from deepspike.channels import MultichannelParams, is_multichannel
+from deepspike.channels import MultichannelParams, is_multichannel, nearest_gap
 from deepspike.cluster import NOISE, ClusterParams, cluster_spikes, secondary_peaks, templates
 from deepspike.defaults import conf_field
 from deepspike.errors import DeepSpikeError, OutputExistsError, RecordingError, SpecMismatchError, cli_errors
@@ -597,13 +597,7 @@ def _not_repeated(added: np.ndarray, sample_index: np.ndarray, labels: np.ndarra
         rows = np.flatnonzero(added["unit"] == u)
         rows = rows[np.argsort(added["sample_index"][rows], kind="stable")]
         t = added["sample_index"][rows]
-        own = np.sort(sample_index[labels == u])
-        if own.size:
-            pos = np.searchsorted(own, t)
-            gap = np.minimum(
-                np.abs(t - own[np.clip(pos - 1, 0, own.size - 1)]), np.abs(own[np.clip(pos, 0, own.size - 1)] - t)
-            )
-            keep[rows[gap <= dead]] = False
+        keep[rows[nearest_gap(np.sort(sample_index[labels == u]), t) <= dead]] = False
         last = -(10**18)
         for r, ti in zip(rows, t, strict=True):
             if keep[r] and ti - last <= dead:
