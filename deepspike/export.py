@@ -32,9 +32,9 @@ from deepspike.inference import (  # the artifact format, shared with the torch-
     META_KEY,
     EncoderBase,
     EncoderSpec,
+    check_weight_shapes,
     nonfinite_problem,
     open_artifact,
-    weights_problem,
 )
 from deepspike.inference import make_spec as _make_spec
 from deepspike.inference import read_header as read_header  # public here too (export's API before inference)
@@ -114,17 +114,8 @@ def check_finite(sd: dict[str, torch.Tensor], where: str) -> None:
 
 def _load_weights(net: nn.Module, sd: dict[str, torch.Tensor], path: Path, arch: dict[str, Any]) -> None:
     """``load_state_dict(strict=True)`` with a message naming the file and the tensors that do not fit."""
-    want = net.state_dict()
-    problems = [f"{k}: missing" for k in want if k not in sd] + [
-        f"{k}: not in the architecture" for k in sd if k not in want
-    ]
-    problems += [
-        f"{k}: architecture needs {list(want[k].shape)}, file holds {list(sd[k].shape)}"
-        for k in want
-        if k in sd and want[k].shape != sd[k].shape
-    ]
-    if problems:
-        raise weights_problem(path, arch, problems)
+    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    check_weight_shapes(path, arch, want, {k: tuple(v.shape) for k, v in sd.items()})
     net.load_state_dict(sd, strict=True)
 
 

@@ -96,10 +96,23 @@ def check_sidecar(path: Path, header: dict[str, Any]) -> None:
         )
 
 
-def weights_problem(path: Path, arch: dict[str, Any], problems: list[str]) -> DeepSpikeError:
-    """The error for weights that do not fit the header's architecture (both loaders raise it)."""
+def check_weight_shapes(
+    path: Path, arch: dict[str, Any], want: dict[str, tuple[int, ...]], held: dict[str, tuple[int, ...]]
+) -> None:
+    """Raise, naming the file and the tensors, unless the file holds exactly the tensors (name: shape) the
+    header's architecture needs: a strict load's check, with a message instead of torch's (both loaders)."""
+    problems = [f"{k}: missing" for k in want if k not in held] + [
+        f"{k}: not in the architecture" for k in held if k not in want
+    ]
+    problems += [
+        f"{k}: architecture needs {list(s)}, file holds {list(held[k])}"
+        for k, s in want.items()
+        if k in held and tuple(held[k]) != tuple(s)
+    ]
+    if not problems:
+        return
     shown = "; ".join(problems[:4]) + (f"; ... ({len(problems)} in all)" if len(problems) > 4 else "")
-    return DeepSpikeError(
+    raise DeepSpikeError(
         f"{path}: the weights do not fit the architecture in the file's header ({shown}; header arch: "
         f"{json.dumps(arch, sort_keys=True)}). The file was edited or damaged: re-export it from its "
         "checkpoint (`python train.py train=false ckpt_path=RUN_DIR/checkpoints/last.ckpt`)"
@@ -319,17 +332,7 @@ def load_numpy_encoder(path: str | Path) -> NumpyEncoder:
     if bad:
         kinds = sorted({"NaN" if np.isnan(sd[k]).any() else "Inf" for k in bad})
         raise nonfinite_problem(str(p), bad, kinds, len(sd))
-    want = mlp_shapes(arch)
-    problems = [f"{k}: missing" for k in want if k not in sd] + [
-        f"{k}: not in the architecture" for k in sd if k not in want
-    ]
-    problems += [
-        f"{k}: architecture needs {list(s)}, file holds {list(sd[k].shape)}"
-        for k, s in want.items()
-        if k in sd and tuple(sd[k].shape) != s
-    ]
-    if problems:
-        raise weights_problem(p, arch, problems)
+    check_weight_shapes(p, arch, mlp_shapes(arch), {k: tuple(v.shape) for k, v in sd.items()})
     return NumpyEncoder(spec=make_spec(header), **_blocks(sd, arch), path=p)
 
 
