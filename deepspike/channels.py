@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -169,22 +170,21 @@ def deduplicate_events(
 
 def neighbourhood_features(
     waves: np.ndarray,
-    encoder: Any,
+    embed: Callable[[np.ndarray], np.ndarray] | None,
     params: MultichannelParams,
     spec: Any,
     seed: int,
-    embed: Any,
 ) -> np.ndarray:
     """Features ``[n, D]`` of events from their windows ``[n, K, L]`` on the neighbourhood's K channels.
 
-    With an encoder, the frozen single-channel model embeds every channel's window (``embed``: windows ``[m, L]``
-    -> ``[m, d]``) and ``params.combine`` joins them; without one (``features=pca``), the baseline is PCA of the
-    concatenated normalized windows. Then at most ``params.n_components`` principal components are kept.
+    With an encoder, ``embed`` (the frozen single-channel model: windows ``[m, L]`` -> ``[m, d]``) embeds every
+    channel's window and ``params.combine`` joins them; without one (None: ``features=pca``), the baseline is PCA
+    of the concatenated normalized windows. Then at most ``params.n_components`` principal components are kept.
     """
     from deepspike.spec import normalize
 
     n, k, length = waves.shape
-    if encoder is None:
+    if embed is None:
         feats = normalize(np.ascontiguousarray(waves.reshape(n, k * length)), spec)
     else:
         emb = np.asarray(embed(waves.reshape(n * k, length)), dtype=np.float32).reshape(n, k, -1)
@@ -196,7 +196,7 @@ def neighbourhood_features(
             feats = (emb * weight[:, :, None]).reshape(n, -1)
         else:  # pooled: one embedding for the event, plus where it is (each channel's peak, scaled as model input)
             pooled = (emb * weight[:, :, None]).sum(axis=1) / np.maximum(weight.sum(axis=1, keepdims=True), 1e-6)
-            feats = np.concatenate([pooled, peak / float(getattr(spec, "norm_scale", 10.0))], axis=1)
+            feats = np.concatenate([pooled, peak / float(spec.norm_scale)], axis=1)
     return _reduce(np.asarray(feats, dtype=np.float32), params.n_components, seed)
 
 

@@ -514,6 +514,7 @@ def _cluster_neighbourhoods(
         layout[c, : near[c].sum()] = np.flatnonzero(near[c])
     every = extract_neighbour_windows(filtered, sample_index, channel, layout[channel], noise, spec, chunk)  # one pass
     cluster = replace(params.cluster, covariance_type=params.multichannel.covariance_type)
+    embed = None if encoder is None else (lambda x: _features(encoder, x, params, spec))
     labels = np.full(len(sample_index), NOISE, dtype=np.int64)
     info: dict[str, Any] = {"method": params.cluster.method, "neighbourhoods": {}}
     next_id = 0
@@ -521,9 +522,7 @@ def _cluster_neighbourhoods(
         idx = np.flatnonzero(keys == key)
         chans = np.flatnonzero(near[channel[idx[0]]])
         w = every[idx, : len(chans)]
-        feats = neighbourhood_features(
-            w, encoder, params.multichannel, spec, params.seed, lambda x: _features(encoder, x, params, spec)
-        )
+        feats = neighbourhood_features(w, embed, params.multichannel, spec, params.seed)
         res = cluster_spikes(feats, w.reshape(len(idx), -1), None, amplitude[idx], cluster, _threshold(params.extract))
         info["neighbourhoods"][int(key)] = {"channels": chans.tolist(), **res.info}
         lab = res.labels
