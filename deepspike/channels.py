@@ -43,6 +43,7 @@ class MultichannelParams:
     merge_similarity: float = conf_field(CONF, "multichannel.merge_similarity")
     merge_amplitude_ratio: float = conf_field(CONF, "multichannel.merge_amplitude_ratio")
     merge_refractory_ms: float = conf_field(CONF, "multichannel.merge_refractory_ms")
+    footprint_sigma: float = conf_field(CONF, "multichannel.footprint_sigma")
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> DeepSpikeError:
@@ -68,6 +69,10 @@ class MultichannelParams:
             raise bad("merge_amplitude_ratio", "must be >= 1")
         if not is_number(self.merge_refractory_ms) or self.merge_refractory_ms < 0:
             raise bad("merge_refractory_ms", "must be >= 0 ms (0 = no refractory check)")
+        if not is_number(self.footprint_sigma) or self.footprint_sigma < 0:
+            raise bad(
+                "footprint_sigma", "must be >= 0 noise sigmas (e.g. 1.0; 0 = templates on the neighbourhood only)"
+            )
 
     @classmethod
     def from_dict(cls, d: Any) -> MultichannelParams:

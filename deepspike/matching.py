@@ -6,10 +6,11 @@ Clustering only sees spikes the detector caught, cut one by one. Template matchi
 again: those below the detection threshold (low-SNR units) and those hidden in overlaps, which a peeler
 subtracts before looking again. Each found spike keeps the unit of its template.
 
-Units stay per channel, as DeepSpike clusters them: a template is zero outside its unit's channel and the
-matcher sees the channels as far apart (each one a contact 10 mm from the next), so a neuron seen on two
-channels stays one unit per channel. The options are declared once, with comments, in ``conf/sort.yaml``
-(``matching:``); the choice of method and defaults is measured by ``bench/sorter_v2.py``.
+Without a probe, units stay per channel, as DeepSpike clusters them: a template is zero outside its unit's
+channel and the matcher sees the channels as far apart (each one a contact 10 mm from the next). On a probe
+(``near``), a template spans the unit's neighbourhood and the channels beyond it where the unit still shows
+(``multichannel.footprint_sigma``), on the probe's own geometry. The options are declared once, with comments,
+in ``conf/sort.yaml`` (``matching:``); the choice of method and defaults is measured by ``bench/sorter_v2.py``.
 """
 
 from __future__ import annotations
@@ -98,13 +99,15 @@ def find_unit_spikes(
     seed: int = 0,
     near: np.ndarray | None = None,
     n_jobs: int = 1,
+    footprint_sigma: float = 0.0,
 ) -> np.ndarray:
     """Spikes of the clustered units found by template matching in ``filtered`` (band-passed, one segment).
 
     ``sample_index``/``labels``/``channel``: the clustered spikes (label ``-1`` = noise, not a template);
     ``noise``: robust sigma per channel in the traces' units (matching runs on the traces in noise units).
     ``near`` (``[C, C]`` neighbourhoods, ``deepspike.channels``): a unit's template spans its main channel's
-    neighbourhood on the recording's own probe; None (or one channel each): per-channel templates.
+    neighbourhood on the recording's own probe, and its footprint beyond (``footprint_sigma``, see
+    ``unit_templates``); None (or one channel each): per-channel templates.
     ``n_jobs``: worker processes of the matcher (SpikeInterface's job_kwargs).
     Returns a ``SPIKE_DTYPE`` array sorted by time: sample, unit (a label of the input), channel (the unit's),
     scale (fitted amplitude / template's, where the method reports it, else 1).
@@ -116,7 +119,9 @@ def find_unit_spikes(
     if units.size == 0:
         return np.zeros(0, dtype=SPIKE_DTYPE)
     rec = _in_noise_units(filtered if is_multichannel(near) else _per_channel_geometry(filtered), noise)
-    templates, unit_channel = unit_templates(rec, sample_index, labels, channel, units, params, seed, near)
+    templates, unit_channel = unit_templates(
+        rec, sample_index, labels, channel, units, params, seed, near, footprint_sigma
+    )
     kwargs = _method_kwargs(params, rec.get_num_channels())
     found = find_spikes_from_templates(
         rec,
@@ -188,10 +193,13 @@ def unit_templates(
     params: MatchParams,
     seed: int = 0,
     near: np.ndarray | None = None,
+    footprint_sigma: float = 0.0,
 ) -> tuple[Any, np.ndarray]:
     """SpikeInterface ``Templates`` of ``units`` at the native rate (mean of at most ``max_spikes_per_unit``
-    spikes each, chunked), zero outside each unit's channel (its neighbourhood, given ``near``); and each unit's
-    channel (where most of its spikes peak)."""
+    spikes each, chunked), zero outside each unit's channel (given ``near``: its neighbourhood, and with
+    ``footprint_sigma`` > 0 every channel of its group where the template peaks at least that many noise sigmas:
+    the matcher then subtracts the whole spike, leaving no far-channel remnant for another unit to claim); and each
+    unit's channel (where most of its spikes peak)."""
     from spikeinterface.core import Templates
     from spikeinterface.core.waveform_tools import estimate_templates
 
@@ -215,6 +223,12 @@ def unit_templates(
     own[np.arange(len(units)), unit_channel] = True
     if near is not None:
         own |= np.asarray(near, dtype=bool)[unit_channel]
+        if footprint_sigma > 0:
+            from deepspike.channels import channel_groups
+
+            groups = channel_groups(filtered)
+            same = groups[None, :] == groups[unit_channel][:, None]
+            own |= same & (np.abs(arr).max(axis=1) >= footprint_sigma)
     arr = np.where(own[:, None, :], arr, 0.0).astype(np.float32)
     templates = Templates(
         templates_array=arr, sampling_frequency=fs, nbefore=nb, is_in_uV=False, channel_ids=filtered.channel_ids,

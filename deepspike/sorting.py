@@ -562,8 +562,9 @@ def _match(
 
     ex = ExtractParams.from_config(params.extract)
     fs = float(filtered.get_sampling_frequency())
+    footprint = params.multichannel.footprint_sigma if is_multichannel(near) else 0.0
     found = find_unit_spikes(
-        filtered, sample_index, labels, channel, noise, params.matching, params.seed, near, params.workers()
+        filtered, sample_index, labels, channel, noise, params.matching, params.seed, near, params.workers(), footprint
     )
     pair, new = pair_with_detected(sample_index, channel, found, dead_time_samples(ex.dead_time_ms, fs), near)
     take = (pair >= 0) & (params.matching.relabel | (labels < 0))

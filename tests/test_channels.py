@@ -184,3 +184,25 @@ def test_one_neuron_split_in_two_keeps_its_refractory_period_two_neurons_do_not(
     other = np.sort(rng.uniform(0, span, len(train)))  # an independent neuron of the same rate
     assert not one_neuron(np.sort(train), other, window, span)
     assert one_neuron(np.array([10.0, 5000.0]), np.array([20.0]), window, span)  # too sparse to tell: allowed
+
+
+def test_a_large_unit_matched_on_its_whole_footprint_is_not_reported_twice() -> None:
+    """A unit that reaches past radius_um: with its matching template cut at its neighbourhood, the spike's remnant
+    on the far channels stayed in the residual and a second unit took those spikes again (redundant)."""
+    from spikeinterface.comparison import compare_sorter_to_ground_truth
+
+    from deepspike.sorting import SortParams, run_sort
+    from deepspike.synthetic import generate_probe_recording
+
+    rec, gt = generate_probe_recording(0, duration_s=20.0, probe="shank", num_channels=16, num_units=6,
+                                       snr_range=(10.0, 25.0))  # fmt: skip
+    outcome = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for sigma in (0.0, MultichannelParams().footprint_sigma):
+            res = run_sort(rec, None, SortParams(multichannel={"footprint_sigma": sigma}))
+            cmp = compare_sorter_to_ground_truth(gt, res.sorting, exhaustive_gt=True)
+            outcome[sigma] = (len(cmp.get_redundant_units()), float(cmp.get_performance()["accuracy"].mean()))
+    cut, whole = outcome[0.0], outcome[MultichannelParams().footprint_sigma]
+    assert cut[0] >= 1  # the failure this guards against, reproduced
+    assert whole[0] == 0 and whole[1] >= cut[1] + 0.1
