@@ -46,6 +46,7 @@ class MatchParams:
     ms_before: float = conf_field(CONF, "matching.ms_before")
     ms_after: float = conf_field(CONF, "matching.ms_after")
     max_spikes_per_unit: int = conf_field(CONF, "matching.max_spikes_per_unit")
+    approx_rank: int = conf_field(CONF, "matching.approx_rank")
     relabel: bool = conf_field(CONF, "matching.relabel")
     method_kwargs: dict[str, Any] = conf_field(CONF, "matching.method_kwargs")
 
@@ -65,6 +66,12 @@ class MatchParams:
                 raise bad(name, "must be > 0 ms (template extent around the peak, e.g. 1.0 before, 1.5 after)")
         if isinstance(self.max_spikes_per_unit, bool) or int(self.max_spikes_per_unit) < 10:
             raise bad("max_spikes_per_unit", "must be an integer >= 10 (spikes averaged into each template)")
+        if (
+            not isinstance(self.approx_rank, (int, np.integer))
+            or isinstance(self.approx_rank, bool)
+            or self.approx_rank < 1
+        ):
+            raise bad("approx_rank", "must be an integer >= 1 (wobble: spatial components kept of each template)")
         if not isinstance(self.method_kwargs, dict):
             raise bad("method_kwargs", "must be a mapping of extra arguments of the matcher, e.g. {max_peeler_loop: 2}")
         reserved = {"noise_levels", "templates", "return_output"} & set(self.method_kwargs)
@@ -171,7 +178,8 @@ def _method_kwargs(params: MatchParams, num_channels: int) -> dict[str, Any]:
                "detect_threshold": params.threshold}  # fmt: skip
         return {**own, **user}
     if params.method == "wobble":
-        return {**user, "parameters": {"threshold": params.threshold, **dict(user.get("parameters") or {})}}
+        own = {"threshold": params.threshold, "approx_rank": int(params.approx_rank)}
+        return {**user, "parameters": {**own, **dict(user.get("parameters") or {})}}
     return user
 
 

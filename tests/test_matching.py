@@ -119,3 +119,13 @@ def test_added_spikes_are_embedded_in_place(low_snr_recording) -> None:
     assert result.info["n_matched_new"] > 0
     again = embed_waves(_load_encoder(None), result.waves)
     np.testing.assert_allclose(result.embeddings, again, rtol=1e-4, atol=1e-4)
+
+
+def test_wobble_rank_is_deepspikes_default_and_the_users_parameters_win() -> None:
+    from deepspike.matching import MatchParams, _method_kwargs
+
+    assert _method_kwargs(MatchParams(), 4)["parameters"]["approx_rank"] == MatchParams().approx_rank
+    mine = MatchParams(method_kwargs={"parameters": {"approx_rank": 5}})
+    assert _method_kwargs(mine, 4)["parameters"] == {"threshold": mine.threshold, "approx_rank": 5}
+    with pytest.raises(DeepSpikeError, match=r"matching\.approx_rank"):
+        MatchParams(approx_rank=0)
