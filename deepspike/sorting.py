@@ -18,6 +18,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -517,17 +518,21 @@ def _cluster_neighbourhoods(
     embed = None if encoder is None else (lambda x: _features(encoder, x, params, spec))
     labels = np.full(len(sample_index), NOISE, dtype=np.int64)
     info: dict[str, Any] = {"method": params.cluster.method, "neighbourhoods": {}}
-    next_id = 0
-    for key in np.unique(keys):
+
+    def one(key: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         idx = np.flatnonzero(keys == key)
         chans = np.flatnonzero(near[channel[idx[0]]])
         w = every[idx, : len(chans)]
         feats = neighbourhood_features(w, embed, params.multichannel, spec, params.seed)
         res = cluster_spikes(feats, w.reshape(len(idx), -1), None, amplitude[idx], cluster, _threshold(params.extract))
-        info["neighbourhoods"][int(key)] = {"channels": chans.tolist(), **res.info}
-        lab = res.labels
-        labels[idx[lab >= 0]] = lab[lab >= 0] + next_id
-        next_id += int(lab.max()) + 1 if (lab >= 0).any() else 0
+        return idx, res.labels, {"channels": chans.tolist(), **res.info}
+
+    next_id = 0
+    with ThreadPoolExecutor(max_workers=params.workers()) as pool:  # numpy and scikit-learn release the GIL
+        for key, (idx, lab, key_info) in zip(np.unique(keys), pool.map(one, np.unique(keys)), strict=True):
+            info["neighbourhoods"][int(key)] = key_info
+            labels[idx[lab >= 0]] = lab[lab >= 0] + next_id
+            next_id += int(lab.max()) + 1 if (lab >= 0).any() else 0
     labels, info["merged_across"] = merge_across_neighbourhoods(
         filtered, labels, sample_index, channel, near, noise, spec, params.multichannel, chunk, params.seed
     )

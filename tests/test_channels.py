@@ -206,3 +206,15 @@ def test_a_large_unit_matched_on_its_whole_footprint_is_not_reported_twice() -> 
     cut, whole = outcome[0.0], outcome[MultichannelParams().footprint_sigma]
     assert cut[0] >= 1  # the failure this guards against, reproduced
     assert whole[0] == 0 and whole[1] >= cut[1] + 0.1
+
+
+def test_neighbourhoods_clustered_in_threads_give_the_labels_of_one_thread() -> None:
+    from deepspike.sorting import SortParams, run_sort
+
+    rec, _ = _recording("linear", 4, 6, 10.0)  # 8 channels: several neighbourhoods, clustered concurrently
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = run_sort(rec, None, SortParams(n_jobs=1))
+        two = run_sort(rec, None, SortParams(n_jobs=2))
+    assert len(one.info["neighbourhoods"]) > 1
+    np.testing.assert_array_equal(one.labels, two.labels)
