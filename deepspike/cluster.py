@@ -35,7 +35,11 @@ Everything is seeded by ``seed``: the same input and parameters give the same la
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -160,9 +164,11 @@ def cluster_spikes(
     amplitude: np.ndarray | None = None,
     params: ClusterParams | None = None,
     threshold: float | None = None,
+    n_jobs: int = 1,
 ) -> ClusterResult:
     """Cluster spikes channel by channel; ``waves`` (noise units) enable the SNR check and the merge;
-    ``amplitude`` (noise units) with the detection ``threshold`` the pile-up check (``cluster.noise_margin``)."""
+    ``amplitude`` (noise units) with the detection ``threshold`` the pile-up check (``cluster.noise_margin``);
+    ``n_jobs`` threads fit the mixtures of the BIC sweep (same result for any count)."""
     params = params or ClusterParams()
     emb = np.asarray(embeddings, dtype=np.float64)
     if emb.ndim != 2:
@@ -175,7 +181,7 @@ def cluster_spikes(
 
     # Small dense algebra (d <= ~16): BLAS threads only add overhead (measured 3-6x slower with 2+ threads).
     with threadpool_limits(limits=1):
-        return _cluster_channels(emb, waves, channel, amplitude, params, threshold)
+        return _cluster_channels(emb, waves, channel, amplitude, params, threshold, n_jobs)
 
 
 def _cluster_channels(
@@ -185,6 +191,7 @@ def _cluster_channels(
     amplitude: np.ndarray | None,
     params: ClusterParams,
     threshold: float | None = None,
+    n_jobs: int = 1,
 ) -> ClusterResult:
     n = emb.shape[0]
     labels = np.full(n, NOISE, dtype=np.int64)
@@ -194,7 +201,7 @@ def _cluster_channels(
         idx = np.flatnonzero(channel == ch)
         w = None if waves is None else waves[idx]
         a = None if amplitude is None else np.asarray(amplitude)[idx]
-        lab, ch_info = _cluster_one_channel(emb[idx], w, a, params, threshold)
+        lab, ch_info = _cluster_one_channel(emb[idx], w, a, params, threshold, n_jobs)
         info["channels"][int(ch)] = ch_info
         lab = _renumber_by_size(lab)
         labels[idx[lab >= 0]] = lab[lab >= 0] + next_id
@@ -205,7 +212,12 @@ def _cluster_channels(
 
 
 def _cluster_one_channel(
-    emb: np.ndarray, waves: np.ndarray | None, amplitude: np.ndarray | None, p: ClusterParams, threshold: float | None
+    emb: np.ndarray,
+    waves: np.ndarray | None,
+    amplitude: np.ndarray | None,
+    p: ClusterParams,
+    threshold: float | None,
+    n_jobs: int = 1,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     n = emb.shape[0]
     labels = np.full(n, NOISE, dtype=np.int64)
@@ -230,7 +242,7 @@ def _cluster_one_channel(
             f"(cluster.max_units={p.max_units})",
             stacklevel=3,
         )
-    sub, sub_info = _propose(X[keep], kmax, p)
+    sub, sub_info = _propose(X[keep], kmax, p, n_jobs)
     info.update(sub_info)
     labels[keep] = sub
     labels = _drop_small(labels, p.min_spikes)
@@ -260,14 +272,14 @@ def _fit_subset(n: int, p: ClusterParams, salt: int = 0) -> np.ndarray:
     return np.sort(rng.choice(n, size=p.max_fit_spikes, replace=False))
 
 
-def _propose(X: np.ndarray, kmax: int, p: ClusterParams) -> tuple[np.ndarray, dict[str, Any]]:
+def _propose(X: np.ndarray, kmax: int, p: ClusterParams, n_jobs: int = 1) -> tuple[np.ndarray, dict[str, Any]]:
     """Run the chosen method; returns labels (``-1`` for noise) and what it chose."""
     if p.method == "hdbscan":
         return _hdbscan(X, p)
     if p.method == "kmeans":
         return _kmeans(X, kmax, p)
     fit = _fit_subset(len(X), p)
-    model = _gmm_bic(X[fit], kmax, p) if p.method == "gmm" else _dpgmm(X[fit], kmax, p)
+    model = _gmm_bic(X[fit], kmax, p, n_jobs) if p.method == "gmm" else _dpgmm(X[fit], kmax, p)
     labels = model.predict(X).astype(np.int64)
     info: dict[str, Any] = {"n_components": int(model.n_components)}
     if hasattr(model, "bic_curve"):
@@ -294,9 +306,37 @@ def gaussian_mixture(
 
 def fit_gmm(X: np.ndarray, k: int, seed: int = 0, n_init: int = 1, **kw: Any) -> Any:
     """``gaussian_mixture(k, ...)`` fitted on ``X`` (float64); convergence warnings on tiny components muted."""
+    with quiet_fit():
+        return gaussian_mixture(k, seed=seed, n_init=n_init, **kw).fit(np.asarray(X, dtype=np.float64))
+
+
+@contextmanager
+def quiet_fit() -> Iterator[None]:
+    """Every warning muted around a mixture fit (scikit-learn's ConvergenceWarning on tiny components is expected).
+
+    ``warnings.catch_warnings`` swaps process-wide state, so two threads inside it at once can leave each other's
+    filters behind: a worker thread enters nothing and runs under the filter its spawning thread set with
+    ``fits_in_threads``."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return gaussian_mixture(k, seed=seed, n_init=n_init, **kw).fit(np.asarray(X, dtype=np.float64))
+        yield
+
+
+@contextmanager
+def fits_in_threads() -> Iterator[None]:
+    """Around a thread pool that fits mixtures: scikit-learn's ConvergenceWarning muted for its workers (see
+    ``quiet_fit``); DeepSpike's own warnings from them still show."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
 
 
 def _gmm(k: int, p: ClusterParams) -> Any:
@@ -304,23 +344,36 @@ def _gmm(k: int, p: ClusterParams) -> Any:
     return gaussian_mixture(k, seed=p.seed, covariance_type=p.covariance_type, n_init=p.n_init, tol=1e-2)
 
 
-def _gmm_bic(X: np.ndarray, kmax: int, p: ClusterParams) -> Any:
-    """Fit 1..kmax components and keep the lowest BIC; stop after 2 non-improving k (BIC is near convex)."""
+def _gmm_bic(X: np.ndarray, kmax: int, p: ClusterParams, n_jobs: int = 1) -> Any:
+    """Fit 1..kmax components and keep the lowest BIC; stop after 2 non-improving k (BIC is near convex).
+
+    ``n_jobs`` consecutive k are fitted at once in threads (numpy releases the GIL: 33 fits of a 4,289-event
+    tetrode, 12-D, 1.73 -> 1.25 s with 2); the stopping rule reads them in order, so the choice is the same."""
+    n_jobs = max(1, min(int(n_jobs), kmax))
     best, best_bic, curve, worse = None, np.inf, {}, 0
-    for k in range(1, kmax + 1):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # ConvergenceWarning on tiny components is expected and harmless
-            model = _gmm(k, p).fit(X)
-        bic = float(model.bic(X))
-        curve[k] = bic
-        if bic < best_bic:
-            best, best_bic, worse = model, bic, 0
-        else:
-            worse += 1
-            if worse >= 2:
-                break
+    with fits_in_threads(), ThreadPoolExecutor(max_workers=n_jobs) if n_jobs > 1 else nullcontext() as pool:
+        fit_all = pool.map if pool is not None else map
+        for start in range(1, kmax + 1, n_jobs):
+            batch = range(start, min(kmax, start + n_jobs - 1) + 1)
+            for k, model in zip(batch, fit_all(lambda k: _fit_bic(X, k, p), batch), strict=True):
+                curve[k] = model.bic_value
+                if model.bic_value < best_bic:
+                    best, best_bic, worse = model, model.bic_value, 0
+                else:
+                    worse += 1
+                    if worse >= 2:
+                        best.bic_curve = curve
+                        return best
     best.bic_curve = curve
     return best
+
+
+def _fit_bic(X: np.ndarray, k: int, p: ClusterParams) -> Any:
+    """A ``k``-component mixture fitted on ``X``, its BIC in ``bic_value``."""
+    with quiet_fit():  # ConvergenceWarning on tiny components is expected and harmless
+        model = _gmm(k, p).fit(X)
+    model.bic_value = float(model.bic(X))
+    return model
 
 
 def _dpgmm(X: np.ndarray, kmax: int, p: ClusterParams) -> Any:
@@ -336,8 +389,7 @@ def _dpgmm(X: np.ndarray, kmax: int, p: ClusterParams) -> Any:
         max_iter=500,
         random_state=p.seed,
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_fit():
         return model.fit(X)
 
 
@@ -466,8 +518,7 @@ def _iterative_prune(X: np.ndarray, waves: np.ndarray | None, amp: np.ndarray, p
 
 def _split_two(X: np.ndarray, p: ClusterParams, salt: int) -> np.ndarray | None:
     fit = _fit_subset(len(X), p, salt=salt)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_fit():
         lab = _gmm(2, p).fit(X[fit]).predict(X)
     return lab if len(np.unique(lab)) == 2 else None
 

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from deepspike.channels import MultichannelParams, is_multichannel, nearest_gap
-from deepspike.cluster import NOISE, ClusterParams, cluster_spikes, secondary_peaks, templates
+from deepspike.cluster import NOISE, ClusterParams, cluster_spikes, fits_in_threads, secondary_peaks, templates
 from deepspike.defaults import conf_field
 from deepspike.errors import DeepSpikeError, OutputExistsError, RecordingError, SpecMismatchError, cli_errors
 from deepspike.matching import MatchParams
@@ -265,7 +265,13 @@ def run_sort(
                 )
             else:
                 clustered = cluster_spikes(
-                    emb[ok], waves[ok], channel[ok], amp_noise[ok], params.cluster, _threshold(params.extract)
+                    emb[ok],
+                    waves[ok],
+                    channel[ok],
+                    amp_noise[ok],
+                    params.cluster,
+                    _threshold(params.extract),
+                    params.workers(),
                 )
         labels = np.full(len(waves), NOISE, dtype=np.int64)
         labels[ok] = clustered.labels
@@ -379,7 +385,7 @@ def sort_snippets(
     with _timed(timings, "encode"):
         emb = _features(encoder, waves, params, spec)
     with _timed(timings, "cluster"):
-        clustered = cluster_spikes(emb, waves, None, waves[:, spec.n_before], params.cluster)
+        clustered = cluster_spikes(emb, waves, None, waves[:, spec.n_before], params.cluster, n_jobs=params.workers())
     return SnippetSortResult(
         labels=clustered.labels, embeddings=np.asarray(emb, dtype=np.float32), waves=waves, noise=sigma, spec=spec,
         params=params, timings=timings, info=clustered.info, finetuned=finetuned,
@@ -524,11 +530,15 @@ def _cluster_neighbourhoods(
         chans = np.flatnonzero(near[channel[idx[0]]])
         w = every[idx, : len(chans)]
         feats = neighbourhood_features(w, embed, params.multichannel, spec, params.seed)
-        res = cluster_spikes(feats, w.reshape(len(idx), -1), None, amplitude[idx], cluster, _threshold(params.extract))
+        res = cluster_spikes(
+            feats, w.reshape(len(idx), -1), None, amplitude[idx], cluster, _threshold(params.extract), inner
+        )
         return idx, res.labels, {"channels": chans.tolist(), **res.info}
 
     next_id = 0
-    with ThreadPoolExecutor(max_workers=params.workers()) as pool:  # numpy and scikit-learn release the GIL
+    outer = max(1, min(params.workers(), len(np.unique(keys))))  # threads: numpy and scikit-learn release the GIL
+    inner = max(1, params.workers() // outer)  # a tetrode (one neighbourhood): its BIC sweep in threads instead
+    with fits_in_threads(), ThreadPoolExecutor(max_workers=outer) as pool:
         for key, (idx, lab, key_info) in zip(np.unique(keys), pool.map(one, np.unique(keys)), strict=True):
             info["neighbourhoods"][int(key)] = key_info
             labels[idx[lab >= 0]] = lab[lab >= 0] + next_id

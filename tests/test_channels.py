@@ -218,3 +218,17 @@ def test_neighbourhoods_clustered_in_threads_give_the_labels_of_one_thread() -> 
         two = run_sort(rec, None, SortParams(n_jobs=2))
     assert len(one.info["neighbourhoods"]) > 1
     np.testing.assert_array_equal(one.labels, two.labels)
+
+
+def test_threaded_clustering_leaves_the_warning_filters_as_they_were() -> None:
+    """catch_warnings swaps process-wide state: entered by several threads at once it can leave a thread's "ignore"
+    filter behind after the sort, silencing the user's warnings."""
+    from deepspike.sorting import SortParams, run_sort
+
+    rec, _ = _recording("linear", 4, 6, 10.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        before = list(warnings.filters)
+        for _ in range(3):
+            run_sort(rec, None, SortParams(n_jobs=2))
+        assert warnings.filters == before
