@@ -327,8 +327,8 @@ def quiet_fit() -> Iterator[None]:
 
 @contextmanager
 def fits_in_threads() -> Iterator[None]:
-    """Around a thread pool that fits mixtures: scikit-learn's ConvergenceWarning muted for its workers (see
-    ``quiet_fit``); DeepSpike's own warnings from them still show."""
+    """Around a thread pool that fits mixtures: scikit-learn's ConvergenceWarning and numpy's RuntimeWarnings of
+    degenerate components muted for its workers (see ``quiet_fit``); DeepSpike's own warnings from them still show."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -336,6 +336,7 @@ def fits_in_threads() -> Iterator[None]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
         yield
 
 
