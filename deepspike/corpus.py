@@ -301,12 +301,17 @@ def _check_settings(out: Path, record: Path, saved: dict[str, Any], asked: dict[
 # ------------------------------------------------------------------------------------------- build
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
+def _refuse_built(out: Path, overwrite: bool) -> None:
+    """A finished corpus is never added to or rebuilt without ``overwrite``: checked before any work."""
     if (out / MANIFEST).exists() and not overwrite:
         raise OutputExistsError(
             f"{out / MANIFEST} exists: a corpus is already built in {out}. Use another `out=` or pass "
             "`overwrite=true` to delete and rebuild it."
         )
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    _refuse_built(out, overwrite)
     if overwrite and ((out / MANIFEST).exists() or (out / DONE_DIR).is_dir()):  # a corpus, or a started build
         log.warning("overwrite=true: deleting the corpus in %s", out)
         for name in (SHARD_DIR, DONE_DIR):
@@ -413,6 +418,8 @@ def build_corpus(cfg: CorpusConfig) -> Path | None:
     from tqdm.auto import tqdm
 
     out = Path(cfg.out)
+    if not cfg.merge_only:
+        _refuse_built(out, cfg.overwrite)  # before generating any synthetic source recording (minutes)
     paths = expand_recordings(cfg.recordings) + synthetic_recordings(cfg.synthetic, cfg.progress, cfg.workers)
     if not paths:
         raise DeepSpikeError("no recordings given: pass `recordings='[PATH_OR_GLOB,...]'` or `synthetic.n=N`")

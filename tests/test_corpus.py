@@ -97,6 +97,19 @@ def test_existing_corpus_is_not_overwritten(clean: Path, recordings: list[Path])
     assert (clean / MANIFEST).read_bytes() == before
 
 
+def test_a_built_corpus_is_refused_before_any_synthetic_recording_is_generated(
+    recordings: list[Path], tmp_path: Path
+) -> None:
+    """Growing a finished synthetic corpus (synthetic.n 4200 -> 5000) generated the 800 new recordings (2 min) and
+    only then said the corpus exists."""
+    out = tmp_path / "c"
+    build_corpus(_cfg(recordings[:1], out))
+    source = tmp_path / "synth"
+    with pytest.raises(OutputExistsError, match="overwrite=true"):
+        build_corpus(_cfg([], out, synthetic={"n": 1, "dir": str(source), "duration_s": 2.0}))
+    assert not source.exists()
+
+
 def test_overwrite_rebuilds(recordings: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "c"
     build_corpus(_cfg(recordings[:2], out))
