@@ -354,17 +354,20 @@ def _gmm_bic(X: np.ndarray, kmax: int, p: ClusterParams, n_jobs: int = 1) -> Any
     best, best_bic, curve, worse = None, np.inf, {}, 0
     with fits_in_threads(), ThreadPoolExecutor(max_workers=n_jobs) if n_jobs > 1 else nullcontext() as pool:
         fit_all = pool.map if pool is not None else map
-        for start in range(1, kmax + 1, n_jobs):
-            batch = range(start, min(kmax, start + n_jobs - 1) + 1)
-            for k, model in zip(batch, fit_all(lambda k: _fit_bic(X, k, p), batch), strict=True):
-                curve[k] = model.bic_value
-                if model.bic_value < best_bic:
-                    best, best_bic, worse = model, model.bic_value, 0
-                else:
-                    worse += 1
-                    if worse >= 2:
-                        best.bic_curve = curve
-                        return best
+
+        def fitted() -> Iterator[tuple[int, Any]]:  # (k, model) in order of k, n_jobs at a time
+            for start in range(1, kmax + 1, n_jobs):
+                batch = range(start, min(kmax, start + n_jobs - 1) + 1)
+                yield from zip(batch, fit_all(lambda k: _fit_bic(X, k, p), batch), strict=True)
+
+        for k, model in fitted():
+            curve[k] = model.bic_value
+            if model.bic_value < best_bic:
+                best, best_bic, worse = model, model.bic_value, 0
+            else:
+                worse += 1
+                if worse >= 2:
+                    break
     best.bic_curve = curve
     return best
 

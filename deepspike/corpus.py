@@ -311,7 +311,7 @@ def _refuse_built(out: Path, overwrite: bool) -> None:
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
-    _refuse_built(out, overwrite)
+    """Empty the corpus folders for ``overwrite``, create them; ``_refuse_built`` has run before any work."""
     if overwrite and ((out / MANIFEST).exists() or (out / DONE_DIR).is_dir()):  # a corpus, or a started build
         log.warning("overwrite=true: deleting the corpus in %s", out)
         for name in (SHARD_DIR, DONE_DIR):

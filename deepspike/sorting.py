@@ -536,10 +536,11 @@ def _cluster_neighbourhoods(
         return idx, res.labels, {"channels": chans.tolist(), **res.info}
 
     next_id = 0
-    outer = max(1, min(params.workers(), len(np.unique(keys))))  # threads: numpy and scikit-learn release the GIL
+    unique_keys = np.unique(keys)
+    outer = max(1, min(params.workers(), len(unique_keys)))  # threads: numpy and scikit-learn release the GIL
     inner = max(1, params.workers() // outer)  # a tetrode (one neighbourhood): its BIC sweep in threads instead
     with fits_in_threads(), ThreadPoolExecutor(max_workers=outer) as pool:
-        for key, (idx, lab, key_info) in zip(np.unique(keys), pool.map(one, np.unique(keys)), strict=True):
+        for key, (idx, lab, key_info) in zip(unique_keys, pool.map(one, unique_keys), strict=True):
             info["neighbourhoods"][int(key)] = key_info
             labels[idx[lab >= 0]] = lab[lab >= 0] + next_id
             next_id += int(lab.max()) + 1 if (lab >= 0).any() else 0
