@@ -71,6 +71,7 @@ class SpikeAutoencoder(pl.LightningModule):
         objective: str = "reconstruction",
         recon_weight: float = 1.0,
         contrastive: dict[str, Any] | None = None,
+        recon_target: str = "window",
     ) -> None:
         super().__init__()
         if recon not in RECON:
@@ -81,7 +82,9 @@ class SpikeAutoencoder(pl.LightningModule):
         self.pretext = pretext if pretext is not None else Pretext(tasks=())
         self.spec = WindowSpec.from_dict(window or {})
         latent = int(getattr(net, "latent", 8))  # net=None while fine-tuning: setup() fits the head to the parent
-        self.objective = Objective(objective, latent, recon_weight, seed=seed, **dict(contrastive or {}))
+        self.objective = Objective(
+            objective, latent, recon_weight, seed=seed, recon_target=recon_target, **dict(contrastive or {})
+        )
         self._val_gen: torch.Generator | None = None
         if getattr(net, "arch", {}).get("in_dim", self.spec.length) != self.spec.length:
             raise ValueError(f"net in_dim {net.arch['in_dim']} != window length {self.spec.length} of the corpus")
@@ -131,8 +134,8 @@ class SpikeAutoencoder(pl.LightningModule):
         if self.objective.needs_labels:
             if "label" not in batch:
                 raise DeepSpikeError(
-                    "model.contrastive.positives=units needs unit labels in the training batches; train on a labelled "
-                    "corpus (e.g. deepspike-corpus synthetic=broad) or set model.contrastive.positives=views"
+                    f"{self.objective.label_options} needs unit labels in the training batches; train on a labelled "
+                    "corpus (e.g. deepspike-corpus synthetic=broad) or change the setting as shown"
                 )
             groups = unit_groups(batch["label"], batch["rec"])
         wave = batch["wave"]

@@ -33,6 +33,7 @@ from deepspike.spec import WindowSpec, normalize
 
 RECON = {"mse": F.mse_loss, "l1": F.l1_loss}
 OBJECTIVES = ("reconstruction", "contrastive", "both")
+RECON_TARGETS = ("window", "unit_mean")  # what the decoder reconstructs (conf/model/vae_mlp.yaml: recon_target)
 # views of the contrastive objective: what confounds sorting, not what changes a unit (conf/model/vae_mlp.yaml)
 AUGMENT_TASKS = ("collide", "time_shift", "amplitude", "colored_noise")
 
@@ -51,6 +52,22 @@ def loss_terms(
 
 POSITIVES = ("views", "units")
 LOSSES = ("ntxent", "prototype")
+
+
+def unit_mean_target(target: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Leave-one-out mean of the (normalized, clean) windows of the same unit in the batch: the unit's template as
+    far as the batch can tell, with noise independent of the window's own (Noise2Noise across spikes).
+
+    Reconstructing it from a corrupted window trains a denoiser toward the template: what the sorter needs, every
+    spike of a unit mapped to one code. A window whose unit has no other window in the batch (and unlabelled
+    background, unique ``groups``) keeps its own window as target.
+    """
+    t = target.float()
+    _, inv, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    sums = t.new_zeros(len(counts), t.shape[1]).index_add_(0, inv, t)
+    n = counts[inv].to(t.dtype).unsqueeze(1)
+    loo = (sums[inv] - t) / (n - 1).clamp(min=1)
+    return torch.where(n >= 2, loo, t)
 
 
 def prototype_loss(z: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
@@ -128,6 +145,7 @@ class Objective(nn.Module):
         seed: int = 0,
         positives: str = "views",
         loss: str = "ntxent",
+        recon_target: str = "window",
     ) -> None:
         super().__init__()
         checks = [
@@ -140,6 +158,10 @@ class Objective(nn.Module):
             (positives in POSITIVES,
              f"model.contrastive.positives={positives!r}: choose one of {', '.join(POSITIVES)}"),
             (loss in LOSSES, f"model.contrastive.loss={loss!r}: choose one of {', '.join(LOSSES)}"),
+            (recon_target in RECON_TARGETS,
+             f"model.recon_target={recon_target!r}: choose one of {', '.join(RECON_TARGETS)}"),
+            (recon_target == "window" or kind != "contrastive",
+             f"model.recon_target={recon_target} is a reconstruction target: model.objective=contrastive has none"),
             (loss != "prototype" or positives == "units",
              "model.contrastive.loss=prototype classifies windows among their units: "
              "set model.contrastive.positives=units"),
@@ -149,7 +171,7 @@ class Objective(nn.Module):
                 raise DeepSpikeError(msg)
         self.kind, self.recon_weight = kind, float(recon_weight)
         self.temperature, self.weight = float(temperature), float(weight)
-        self.positives, self.loss = positives, loss
+        self.positives, self.loss, self.recon_target = positives, loss, recon_target
         aug = dict(augment or {})
         try:
             self.augment = Pretext(aug.get("tasks", AUGMENT_TASKS), aug.get("params"), seed=seed)
@@ -170,8 +192,20 @@ class Objective(nn.Module):
 
     @property
     def needs_labels(self) -> bool:
-        """SupCon positives come from the corpus's unit labels: the training stream must carry them."""
-        return self.contrasts and self.positives == "units"
+        """SupCon positives and the unit-mean target come from the corpus's unit labels: the stream must carry them."""
+        return (self.contrasts and self.positives == "units") or (
+            self.reconstructs and self.recon_target == "unit_mean"
+        )
+
+    @property
+    def label_options(self) -> str:
+        """The settings that make this objective read unit labels, for error messages (and how to drop them)."""
+        named = []
+        if self.contrasts and self.positives == "units":
+            named.append("model.contrastive.positives=units (or model.contrastive.positives=views: SimCLR)")
+        if self.reconstructs and self.recon_target == "unit_mean":
+            named.append("model.recon_target=unit_mean (or model.recon_target=window)")
+        return " and ".join(named)
 
     @property
     def reconstructs(self) -> bool:
@@ -240,7 +274,10 @@ def autoencoder_loss(
     if objective is None or objective.reconstructs:
         inp = normalize(pretext(wave), spec) if pretext is not None else target
         x_hat, mu, logvar = net(inp)
-        rec, kl = loss_terms(x_hat, target, mu, logvar, recon)
+        goal = target
+        if objective is not None and objective.recon_target == "unit_mean" and groups is not None:
+            goal = unit_mean_target(target, groups)
+        rec, kl = loss_terms(x_hat, goal, mu, logvar, recon)
         w = objective.recon_weight if objective is not None else 1.0
         out = {"loss": w * (rec + beta * kl), "recon": rec, "kl": kl, "mu": mu}
     else:

@@ -140,14 +140,14 @@ def _continue_parent_objective(mcfg: dict[str, Any], parent: Any) -> None:
         pcfg.update(tasks=obj["pretext_tasks"], params=obj["pretext_params"])
 
 
-def _require_labels(manifest: dict[str, Any], shards: str) -> None:
-    """SupCon (``model.contrastive.positives=units``) draws positives from unit labels: refuse an unlabelled corpus."""
+def _require_labels(manifest: dict[str, Any], shards: str, options: str) -> None:
+    """SupCon (``model.contrastive.positives=units``) and the unit-mean target read unit labels: refuse an unlabelled
+    corpus; ``options`` names the settings that need them (``Objective.label_options``)."""
     recs = [r for r in manifest.get("recordings", []) if r.get("split", "train") == "train"]
     if recs and not any(r.get("has_labels") for r in recs):
         raise DeepSpikeError(
-            f"corpus {shards}: model.contrastive.positives=units needs unit labels, but no training recording of the "
-            "corpus has ground truth. Use a labelled corpus (e.g. deepspike-corpus synthetic=broad ...) or "
-            "model.contrastive.positives=views (SimCLR: the other view of the same window)"
+            f"corpus {shards}: {options} needs unit labels, but no training recording of the corpus has ground "
+            "truth. Use a labelled corpus (e.g. deepspike-corpus synthetic=broad ...) or change the setting as shown"
         )
 
 
@@ -282,7 +282,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     window = model_window(cfg, WindowSpec.from_dict(manifest.get("window", {})), parent)
     model = build_model(cfg, window, parent)
     if model.objective.needs_labels:
-        _require_labels(manifest, str(cfg.data.get("shards")))
+        _require_labels(manifest, str(cfg.data.get("shards")), model.objective.label_options)
         datamodule.train_labels = True
     has_val = datamodule.split_size("val") > 0
     callbacks = [*_instantiate_group(cfg.get("callbacks")), SaveOnSigterm(Path(cfg.paths.output_dir) / "checkpoints")]

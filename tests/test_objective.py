@@ -13,7 +13,14 @@ from test_train import TINY, cfg_for, make_corpus
 
 from deepspike.errors import DeepSpikeError
 from deepspike.models import MLPNet
-from deepspike.objective import Objective, autoencoder_loss, nt_xent, prototype_loss, unit_groups
+from deepspike.objective import (
+    Objective,
+    autoencoder_loss,
+    nt_xent,
+    prototype_loss,
+    unit_groups,
+    unit_mean_target,
+)
 from deepspike.pretext import Pretext, collide, colored_noise
 from deepspike.spec import WindowSpec
 
@@ -171,6 +178,45 @@ def test_supcon_trains_on_labels_and_refuses_an_unlabelled_corpus(corpus: Path, 
     (unlabelled / "manifest.json").write_text(json.dumps(manifest).replace('"shards/', f'"{corpus}/shards/'))
     with pytest.raises(DeepSpikeError, match=r"positives=units.*positives=views"):
         run(cfg_for(tmp_path / "no", [*over, f"data.shards={unlabelled}"]))
+
+
+def test_unit_mean_target_is_the_leave_one_out_mean_of_the_unit() -> None:
+    x = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 4.0], [7.0, 7.0], [9.0, 1.0]])
+    groups = torch.tensor([4, 4, 4, -1, 9])  # unit 4 three times; an unlabelled window; a lone window of unit 9
+    t = unit_mean_target(x, groups)
+    assert torch.equal(t[0], torch.tensor([4.0, 3.0]))  # mean of rows 1 and 2, not of itself
+    assert torch.equal(t[1], torch.tensor([3.0, 2.0]))
+    assert torch.equal(t[2], torch.tensor([2.0, 1.0]))
+    assert torch.equal(t[3:], x[3:])  # nothing to average with: its own window
+
+
+def test_unit_mean_target_trains_on_labels_and_refuses_an_unlabelled_corpus(corpus: Path, tmp_path: Path) -> None:
+    """The loss changes with the target (it reconstructs the template, not the window); no labels: a clear error."""
+    from deepspike.train import run
+
+    net = MLPNet(hidden=16, latent=2, depth=2)
+    g = torch.Generator().manual_seed(0)
+    wave = torch.randn(64, 20, generator=g) * 3
+    groups = torch.arange(64) % 4
+    spec = WindowSpec()
+    own = autoencoder_loss(net, wave, spec, None, "mse", 0.0, Objective("reconstruction"), groups=groups)
+    mean = autoencoder_loss(
+        net, wave, spec, None, "mse", 0.0, Objective("reconstruction", recon_target="unit_mean"), groups=groups
+    )
+    assert mean["recon"].item() != pytest.approx(own["recon"].item(), rel=1e-3)
+    over = [*TINY, "model.recon_target=unit_mean", "trainer.max_steps=6"]
+    res = run(cfg_for(tmp_path / "ok", [*over, f"data.shards={corpus}", "trainer.val_check_interval=3"]))
+    assert np.isfinite(res["metric"])
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    for r in manifest["recordings"]:
+        r["has_labels"] = False
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    (unlabelled / "manifest.json").write_text(json.dumps(manifest).replace('"shards/', f'"{corpus}/shards/'))
+    with pytest.raises(DeepSpikeError, match=r"model.recon_target=unit_mean.*model.recon_target=window"):
+        run(cfg_for(tmp_path / "no", [*over, f"data.shards={unlabelled}"]))
+    with pytest.raises(DeepSpikeError, match=r"model\.recon_target"):
+        Objective("contrastive", recon_target="unit_mean")
 
 
 @pytest.mark.parametrize(
