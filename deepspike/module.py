@@ -72,6 +72,7 @@ class SpikeAutoencoder(pl.LightningModule):
         recon_weight: float = 1.0,
         contrastive: dict[str, Any] | None = None,
         recon_target: str = "window",
+        band: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         if recon not in RECON:
@@ -83,7 +84,7 @@ class SpikeAutoencoder(pl.LightningModule):
         self.spec = WindowSpec.from_dict(window or {})
         latent = int(getattr(net, "latent", 8))  # net=None while fine-tuning: setup() fits the head to the parent
         self.objective = Objective(
-            objective, latent, recon_weight, seed=seed, recon_target=recon_target, **dict(contrastive or {})
+            objective, latent, recon_weight, seed=seed, recon_target=recon_target, band=band, **dict(contrastive or {})
         )
         self._val_gen: torch.Generator | None = None
         if getattr(net, "arch", {}).get("in_dim", self.spec.length) != self.spec.length:
@@ -130,17 +131,17 @@ class SpikeAutoencoder(pl.LightningModule):
     ) -> dict[str, torch.Tensor]:
         pretext = self.pretext if corrupt else None
         net = self._compiled or self.net
-        groups = None
+        groups = rec = None
         if self.objective.needs_labels:
             if "label" not in batch:
                 raise DeepSpikeError(
                     f"{self.objective.label_options} needs unit labels in the training batches; train on a labelled "
                     "corpus (e.g. deepspike-corpus synthetic=broad) or change the setting as shown"
                 )
-            groups = unit_groups(batch["label"], batch["rec"])
+            groups, rec = unit_groups(batch["label"], batch["rec"]), batch["rec"]
         wave = batch["wave"]
         return autoencoder_loss(
-            net, wave, self.spec, pretext, self.hparams.recon, beta, self.objective, generator, groups
+            net, wave, self.spec, pretext, self.hparams.recon, beta, self.objective, generator, groups, rec
         )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

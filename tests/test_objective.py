@@ -16,8 +16,10 @@ from deepspike.models import MLPNet
 from deepspike.objective import (
     Objective,
     autoencoder_loss,
+    band_augment,
     nt_xent,
     prototype_loss,
+    smooth_windows,
     unit_groups,
     unit_mean_target,
 )
@@ -217,6 +219,46 @@ def test_unit_mean_target_trains_on_labels_and_refuses_an_unlabelled_corpus(corp
         run(cfg_for(tmp_path / "no", [*over, f"data.shards={unlabelled}"]))
     with pytest.raises(DeepSpikeError, match=r"model\.recon_target"):
         Objective("contrastive", recon_target="unit_mean")
+
+
+def test_band_augment_smooths_each_recording_alike_and_keeps_noise_units() -> None:
+    g = torch.Generator().manual_seed(3)
+    tmpl = torch.zeros(20)
+    tmpl[8], tmpl[9] = -8.0, 3.0
+    wave = tmpl + torch.randn(3000, 20, generator=g)
+    rec = torch.arange(3000) // 1000  # three recordings of one unit each
+    out = band_augment(wave, rec, rec, sigma_max=3.0, p=1.0, g=g)
+    lag1 = []
+    for r in range(3):
+        before, after = wave[rec == r], out[rec == r]
+        res_b, res_a = before - before.mean(0), after - after.mean(0)
+        assert float(res_a.pow(2).sum()) == pytest.approx(float(res_b.pow(2).sum()), rel=1e-4)  # noise units kept
+        lag1.append(float((res_a[:, :-1] * res_a[:, 1:]).mean() / res_a.pow(2).mean()))
+    assert max(lag1) > 0.3  # white noise (lag-1 ~0) came out low-passed (sigma is drawn per recording, from 0)
+    same = wave[:500].repeat(2, 1)  # one recording holding each window twice, a second one holding it once
+    rec2 = torch.arange(1500) // 1000
+    two = band_augment(torch.cat([same, wave[:500]]), rec2, rec2, 3.0, 1.0, g)
+    assert torch.equal(two[:500], two[500:1000])  # one smoothing per recording
+    assert not torch.allclose(two[:500], two[1000:], atol=1e-3)  # another recording draws another
+    assert torch.equal(band_augment(wave, rec, rec, 3.0, 0.0, g), wave)  # p = 0: unchanged
+    assert torch.equal(smooth_windows(wave, torch.zeros(3000)), wave)
+
+
+def test_band_augment_applies_in_training_only() -> None:
+    net = MLPNet(hidden=16, latent=2, depth=2, variational=False)  # deterministic
+    g = torch.Generator().manual_seed(0)
+    wave = torch.randn(64, 20, generator=g) * 3
+    rec, spec = torch.arange(64) % 2, WindowSpec()
+    groups = unit_groups(torch.arange(64) % 4, rec)
+    kw = {"recon_target": "unit_mean"}
+    off, on = Objective("reconstruction", **kw), Objective("reconstruction", band={"p": 1.0}, **kw)
+    val = [autoencoder_loss(net, wave, spec, None, "mse", 0.0, o, groups=groups, rec=rec)["recon"] for o in (off, on)]
+    assert val[0].item() == val[1].item()  # validation (no pretext): the data as it is
+    ident = Pretext(tasks=())
+    tr = [autoencoder_loss(net, wave, spec, ident, "mse", 0.0, o, groups=groups, rec=rec)["recon"] for o in (off, on)]
+    assert tr[0].item() != pytest.approx(tr[1].item(), rel=1e-3)
+    with pytest.raises(DeepSpikeError, match="recon_target=unit_mean"):
+        Objective("reconstruction", band={"p": 0.5})
 
 
 @pytest.mark.parametrize(
