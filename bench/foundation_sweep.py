@@ -12,6 +12,9 @@ accuracy, mean over recordings. The same metric is computed here, on the same wi
   embedding a ``linear_skip`` net starts from, i.e. the best a fixed linear encoder does without training;
 - ``bundled``: the encoder ``sort.py`` uses by default.
 
+With ``--bench`` every run's exported encoder also goes through ``bench/embedding.py``'s dev draw (its Quiroga,
+Martinez and generated tiers, ``sort_snippets`` with the default clustering): mean accuracy per set beside PCA's.
+
 Writes ``bench/results/foundation_sweep.json`` and ``.md`` (the table of the model card).
 """
 
@@ -33,9 +36,12 @@ sys.path.insert(0, str(REPO))
 from bench._common import RESULTS, machine  # noqa: E402
 
 KEYS = (
-    "model.objective", "model.contrastive.loss", "model.contrastive.positives", "model.input_norm.norm_clip",
-    "model.net.linear_skip", "data.shuffle_buffer", "model/net", "model.latent", "model.hidden", "data.shards",
+    "model.objective", "model.recon_target", "model.contrastive.loss", "model.contrastive.positives",
+    "model.pretext.tasks", "model.input_norm.normalization", "model.input_norm.norm_clip", "model.band.p",
+    "model.net.linear_skip", "model.net.variational", "data.shuffle_buffer", "model/net", "model.latent",
+    "model.hidden", "trainer.limit_val_batches", "data.shards",
 )  # fmt: skip
+BENCH_SETS = ("quiroga", "martinez", "synth_few", "synth_many", "synth_similar", "synth_low_snr", "synth_overlap")
 
 
 def run_dirs(paths: list[str]) -> list[Path]:
@@ -73,7 +79,7 @@ def describe(run: Path) -> dict[str, Any]:
     }
 
 
-def baselines(corpus: str) -> dict[str, float]:
+def baselines(corpus: str, max_recordings: int | None = None) -> dict[str, float]:
     import torch
     from sklearn.decomposition import PCA
 
@@ -88,7 +94,7 @@ def baselines(corpus: str) -> dict[str, float]:
     enc = load_encoder(DEFAULT_CHECKPOINT)
     scores: dict[str, list[float]] = {"pca": [], "pca_global": [], "bundled": []}
     torch.set_num_threads(1)
-    for w, lab in val_windows(corpus, 3000):
+    for w, lab in val_windows(corpus, 3000)[:max_recordings]:
         if lab is None:
             continue
         feats = {"pca": pca_features(w, spec, 8, 0), "pca_global": glob_pca.transform(normalize(w, spec)),
@@ -98,13 +104,49 @@ def baselines(corpus: str) -> dict[str, float]:
     return {k: round(float(np.nanmean(v)), 4) for k, v in scores.items()}
 
 
+def bench_runs(runs: list[Path], draw: str) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Mean accuracy per ``BENCH_SETS`` set of PCA features and of each run's encoder (``bench/embedding.py`` cases)."""
+    from bench import embedding as eb
+
+    cases = [c for c in eb.quiroga_cases() + eb.martinez_cases() + eb.synthetic_cases(draw) if c[0] in BENCH_SETS]
+    pca: dict[str, list[float]] = {}
+    per_run: dict[str, dict[str, float]] = {}
+    for i, run in enumerate(runs):
+        enc = str(run / "encoder.safetensors")
+        acc: dict[str, list[float]] = {}
+        for ds, _, frames, gt, fs, peak, noise in cases:
+            r = eb.score_case(frames, gt, fs, peak, enc, "gmm", noise) if i == 0 else None
+            if r is not None:
+                pca.setdefault(ds, []).append(r["pca"])
+                acc.setdefault(ds, []).append(r["encoder"])
+            else:
+                acc.setdefault(ds, []).append(encoder_accuracy(frames, gt, fs, peak, enc, noise))
+        per_run[f"{run.parent.name}/{run.name}"] = {d: round(float(np.mean(v)), 4) for d, v in acc.items()}
+        print(f"bench {run}: {per_run[f'{run.parent.name}/{run.name}']}", flush=True)
+    return {d: round(float(np.mean(v)), 4) for d, v in pca.items()}, per_run
+
+
+def encoder_accuracy(frames: np.ndarray, gt: np.ndarray, fs: float, peak: int, enc: str, noise: float | None) -> float:
+    from bench.embedding import mean_accuracy
+    from deepspike import sort_snippets
+
+    return mean_accuracy(gt, sort_snippets(frames, fs, peak, checkpoint=enc, noise=noise, features="encoder").labels)
+
+
 def table(doc: dict[str, Any]) -> str:
-    rows = ["| run | settings | steps | val/score last | best |", "|---|---|---|---|---|"]
+    sets = list(doc.get("bench_pca") or {})
+    head = "| run | settings | steps | val/score last | best |" + "".join(f" {d} |" for d in sets)
+    rows = [head, "|---|---|---|---|---|" + "---|" * len(sets)]
     for name, v in doc["baselines"].items():
-        rows.append(f"| baseline `{name}` | (no training) | 0 | {v:.3f} | {v:.3f} |")
+        extra = "".join(f" {doc['bench_pca'][d]:.3f} |" for d in sets) if name == "pca" else " |" * len(sets)
+        rows.append(f"| baseline `{name}` | (no training) | 0 | {v:.3f} | {v:.3f} |{extra}")
     for r in doc["runs"]:
         s = ", ".join(f"{k}={v}" for k, v in r["settings"].items() if k != "data.shards")
-        rows.append(f"| {r['run']} | {s} | {r['steps']} | {r['val_score_last']:.3f} | {r['val_score_best']:.3f} |")
+        b = r.get("bench") or {}
+        extra = "".join(f" {b[d]:.3f} |" if d in b else " |" for d in sets)
+        rows.append(
+            f"| {r['run']} | {s} | {r['steps']} | {r['val_score_last']:.3f} | {r['val_score_best']:.3f} |{extra}"
+        )
     return "\n".join(rows) + "\n"
 
 
@@ -113,15 +155,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("runs", nargs="+", help="run or sweep directories written by train.py")
     ap.add_argument("--corpus", required=True, help="the corpus the runs validated on (for the baselines)")
     ap.add_argument("--out", default=str(RESULTS / "foundation_sweep.json"))
+    ap.add_argument(
+        "--val-recordings",
+        type=int,
+        default=None,
+        help="baselines on the first N validation recordings (what a run's trainer.limit_val_batches covers: about "
+        "limit x batch size / spikes per recording; default: all)",
+    )
+    ap.add_argument(
+        "--bench",
+        choices=("dev", "report"),
+        default=None,
+        help="also score every run's encoder on bench/embedding.py's sets of this draw (dev: choosing)",
+    )
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
+    runs = run_dirs(args.runs)
     doc = {
         "machine": machine(),
         "corpus": args.corpus,
         "metric": "val/gmm_acc: GMM at the true unit count per labelled validation recording, mean matched accuracy",
-        "baselines": baselines(args.corpus),
-        "runs": [describe(r) for r in run_dirs(args.runs)],
+        "baselines": baselines(args.corpus, args.val_recordings),
+        "baseline_val_recordings": args.val_recordings or "all",
+        "runs": [describe(r) for r in runs],
     }
+    if args.bench:
+        doc["bench_draw"] = args.bench
+        doc["bench_pca"], per_run = bench_runs(runs, args.bench)
+        for r in doc["runs"]:
+            r["bench"] = per_run[r["run"]]
     doc["wall_s"] = round(time.perf_counter() - t0, 1)
     out = Path(args.out)
     tmp = out.with_suffix(".json.tmp")

@@ -428,7 +428,7 @@ def objective(model: Any) -> dict[str, Any]:
         "recon": hp.get("recon"), "beta": hp.get("beta"),
         "pretext_tasks": list(getattr(pretext, "tasks", [])), "pretext_params": dict(getattr(pretext, "params", {})),
         "objective": hp.get("objective", "reconstruction"), "recon_weight": hp.get("recon_weight", 1.0),
-        "contrastive": hp.get("contrastive"),
+        "recon_target": hp.get("recon_target", "window"), "band": hp.get("band"), "contrastive": hp.get("contrastive"),
     }  # fmt: skip
 
 
