@@ -86,3 +86,17 @@ def test_cpu_sort_runs_without_importing_torch_and_matches_the_torch_sort(tmp_pa
     np.testing.assert_allclose(np.load(emb_f), torch_emb, rtol=1e-4, atol=2e-5)
     assert type(_load_encoder(None)).__name__ == "NumpyEncoder"
     assert matched_accuracy(np.load(lab_f), here.labels) == 1.0
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "checkpoints").glob("*.safetensors")), ids=lambda p: p.stem)
+def test_shipped_checkpoints_load_embed_alike_and_carry_no_machine_paths(path: Path) -> None:
+    """Every bundled artifact (the default and the opt-in ones): numpy and torch embed alike, the JSON sidecar is the
+    header, and the provenance names no absolute path (artifacts travel between machines)."""
+    enc = load_encoder(path)
+    header = json.loads(path.with_suffix(".json").read_text())
+    assert header["arch"] == enc.spec["arch"] and header["window"] == enc.spec["window"]
+    x = np.random.default_rng(0).normal(size=(256, enc.window_spec.length)).astype(np.float32) * 3
+    x[:, enc.window_spec.n_before] -= 12.0  # a spike-like trough at the peak index
+    np.testing.assert_allclose(load_numpy_encoder(path).embed(x), enc.embed(x), rtol=1e-4, atol=2e-5)
+    text = json.dumps(header)
+    assert '"/' not in text and ":\\\\" not in text, "absolute path in the provenance"
