@@ -166,18 +166,24 @@ def test_prototype_loss_is_scale_free_and_rewards_separated_units() -> None:
         Objective("contrastive", loss="prototype", positives="views")
 
 
-def test_supcon_trains_on_labels_and_refuses_an_unlabelled_corpus(corpus: Path, tmp_path: Path) -> None:
-    from deepspike.train import run
-
-    over = [*TINY, "model.objective=both", "model.contrastive.positives=units", "trainer.max_steps=6"]
-    res = run(cfg_for(tmp_path / "ok", [*over, f"data.shards={corpus}", "trainer.val_check_interval=3"]))
-    assert "val/contrastive" in res["metrics"] and np.isfinite(res["metric"])
+def unlabelled_copy(corpus: Path, tmp_path: Path) -> Path:
+    """The corpus's manifest with every recording marked unlabelled (same shards)."""
     manifest = json.loads((corpus / "manifest.json").read_text())
     for r in manifest["recordings"]:
         r["has_labels"] = False
     unlabelled = tmp_path / "unlabelled"
     unlabelled.mkdir()
     (unlabelled / "manifest.json").write_text(json.dumps(manifest).replace('"shards/', f'"{corpus}/shards/'))
+    return unlabelled
+
+
+def test_supcon_trains_on_labels_and_refuses_an_unlabelled_corpus(corpus: Path, tmp_path: Path) -> None:
+    from deepspike.train import run
+
+    over = [*TINY, "model.objective=both", "model.contrastive.positives=units", "trainer.max_steps=6"]
+    res = run(cfg_for(tmp_path / "ok", [*over, f"data.shards={corpus}", "trainer.val_check_interval=3"]))
+    assert "val/contrastive" in res["metrics"] and np.isfinite(res["metric"])
+    unlabelled = unlabelled_copy(corpus, tmp_path)
     with pytest.raises(DeepSpikeError, match=r"positives=units.*positives=views"):
         run(cfg_for(tmp_path / "no", [*over, f"data.shards={unlabelled}"]))
 
@@ -209,12 +215,7 @@ def test_unit_mean_target_trains_on_labels_and_refuses_an_unlabelled_corpus(corp
     over = [*TINY, "model.recon_target=unit_mean", "trainer.max_steps=6"]
     res = run(cfg_for(tmp_path / "ok", [*over, f"data.shards={corpus}", "trainer.val_check_interval=3"]))
     assert np.isfinite(res["metric"])
-    manifest = json.loads((corpus / "manifest.json").read_text())
-    for r in manifest["recordings"]:
-        r["has_labels"] = False
-    unlabelled = tmp_path / "unlabelled"
-    unlabelled.mkdir()
-    (unlabelled / "manifest.json").write_text(json.dumps(manifest).replace('"shards/', f'"{corpus}/shards/'))
+    unlabelled = unlabelled_copy(corpus, tmp_path)
     with pytest.raises(DeepSpikeError, match=r"model.recon_target=unit_mean.*model.recon_target=window"):
         run(cfg_for(tmp_path / "no", [*over, f"data.shards={unlabelled}"]))
     with pytest.raises(DeepSpikeError, match=r"model\.recon_target"):
