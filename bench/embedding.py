@@ -87,19 +87,33 @@ def lda_labels(waves: np.ndarray, gt: np.ndarray, seed: int = 0) -> np.ndarray:
     return cross_val_predict(LinearDiscriminantAnalysis(), waves, gt, cv=cv)
 
 
+def snippet_accuracy(
+    frames: np.ndarray,
+    gt: np.ndarray,
+    fs: float,
+    peak: int,
+    checkpoint: str | None,
+    cluster: str,
+    noise: float | None,
+    features: str,
+) -> tuple[float, np.ndarray]:
+    """Mean GT-unit accuracy of ``sort_snippets`` with ``features``, and the conformed windows it clustered."""
+    from deepspike import sort_snippets
+
+    res = sort_snippets(frames, fs, peak, checkpoint=checkpoint, noise=noise, features=features, cluster=cluster)
+    return mean_accuracy(gt, res.labels), res.waves
+
+
 def score_case(
     frames: np.ndarray, gt: np.ndarray, fs: float, peak: int, checkpoint: str | None, cluster: str, noise: float | None
 ) -> dict[str, Any]:
     """Encoder, PCA and LDA accuracies on one set of GT-labelled snippets (same windows, same clustering)."""
-    from deepspike import sort_snippets
-
     t0 = time.perf_counter()
-    enc = sort_snippets(frames, fs, peak, checkpoint=checkpoint, noise=noise, features="encoder", cluster=cluster)
-    pca = sort_snippets(frames, fs, peak, checkpoint=checkpoint, noise=noise, features="pca", cluster=cluster)
+    enc, waves = snippet_accuracy(frames, gt, fs, peak, checkpoint, cluster, noise, "encoder")
     out = {
-        "encoder": mean_accuracy(gt, enc.labels),
-        "pca": mean_accuracy(gt, pca.labels),
-        "lda": mean_accuracy(gt, lda_labels(enc.waves, gt)),
+        "encoder": enc,
+        "pca": snippet_accuracy(frames, gt, fs, peak, checkpoint, cluster, noise, "pca")[0],
+        "lda": mean_accuracy(gt, lda_labels(waves, gt)),
     }
     out["encoder_minus_pca"] = out["encoder"] - out["pca"]
     out.update(n_spikes=len(gt), n_units=len(np.unique(gt)), wall_s=round(time.perf_counter() - t0, 2))

@@ -105,32 +105,25 @@ def baselines(corpus: str, max_recordings: int | None = None) -> dict[str, float
 
 
 def bench_runs(runs: list[Path], draw: str) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Mean accuracy per ``BENCH_SETS`` set of PCA features and of each run's encoder (``bench/embedding.py`` cases)."""
+    """Mean accuracy per ``BENCH_SETS`` set of PCA features and of each run's encoder (``bench/embedding.py`` cases,
+    scored as it scores them)."""
     from bench import embedding as eb
 
     cases = [c for c in eb.quiroga_cases() + eb.martinez_cases() + eb.synthetic_cases(draw) if c[0] in BENCH_SETS]
-    pca: dict[str, list[float]] = {}
-    per_run: dict[str, dict[str, float]] = {}
-    for i, run in enumerate(runs):
-        enc = str(run / "encoder.safetensors")
+
+    def means(checkpoint: str | None, features: str) -> dict[str, float]:
         acc: dict[str, list[float]] = {}
         for ds, _, frames, gt, fs, peak, noise in cases:
-            r = eb.score_case(frames, gt, fs, peak, enc, "gmm", noise) if i == 0 else None
-            if r is not None:
-                pca.setdefault(ds, []).append(r["pca"])
-                acc.setdefault(ds, []).append(r["encoder"])
-            else:
-                acc.setdefault(ds, []).append(encoder_accuracy(frames, gt, fs, peak, enc, noise))
-        per_run[f"{run.parent.name}/{run.name}"] = {d: round(float(np.mean(v)), 4) for d, v in acc.items()}
+            acc.setdefault(ds, []).append(
+                eb.snippet_accuracy(frames, gt, fs, peak, checkpoint, "gmm", noise, features)[0]
+            )
+        return {d: round(float(np.mean(v)), 4) for d, v in acc.items()}
+
+    per_run: dict[str, dict[str, float]] = {}
+    for run in runs:
+        per_run[f"{run.parent.name}/{run.name}"] = means(str(run / "encoder.safetensors"), "encoder")
         print(f"bench {run}: {per_run[f'{run.parent.name}/{run.name}']}", flush=True)
-    return {d: round(float(np.mean(v)), 4) for d, v in pca.items()}, per_run
-
-
-def encoder_accuracy(frames: np.ndarray, gt: np.ndarray, fs: float, peak: int, enc: str, noise: float | None) -> float:
-    from bench.embedding import mean_accuracy
-    from deepspike import sort_snippets
-
-    return mean_accuracy(gt, sort_snippets(frames, fs, peak, checkpoint=enc, noise=noise, features="encoder").labels)
+    return means(None, "pca"), per_run
 
 
 def table(doc: dict[str, Any]) -> str:
