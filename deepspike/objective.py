@@ -54,6 +54,14 @@ POSITIVES = ("views", "units")
 LOSSES = ("ntxent", "prototype")
 
 
+def unit_sums(x: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the sum of its group's rows ``[B, L]`` and the group's size ``[B, 1]`` (in ``x``'s dtype);
+    ``groups``: one id per row (``unit_groups``)."""
+    _, inv, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    sums = x.new_zeros(len(counts), x.shape[1]).index_add_(0, inv, x)
+    return sums[inv], counts[inv].to(x.dtype).unsqueeze(1)
+
+
 def unit_mean_target(target: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     """Leave-one-out mean of the (normalized, clean) windows of the same unit in the batch: the unit's template as
     far as the batch can tell, with noise independent of the window's own (Noise2Noise across spikes).
@@ -63,11 +71,8 @@ def unit_mean_target(target: torch.Tensor, groups: torch.Tensor) -> torch.Tensor
     background, unique ``groups``) keeps its own window as target.
     """
     t = target.float()
-    _, inv, counts = torch.unique(groups, return_inverse=True, return_counts=True)
-    sums = t.new_zeros(len(counts), t.shape[1]).index_add_(0, inv, t)
-    n = counts[inv].to(t.dtype).unsqueeze(1)
-    loo = (sums[inv] - t) / (n - 1).clamp(min=1)
-    return torch.where(n >= 2, loo, t)
+    sums, n = unit_sums(t, groups)
+    return torch.where(n >= 2, (sums - t) / (n - 1).clamp(min=1), t)
 
 
 BAND_RADIUS = 8  # taps each side of the smoothing kernel (sigma <= 3 samples: +-2.7 sigma, > 99 % of its mass)
@@ -100,10 +105,9 @@ def band_augment(
     sig = torch.where(draw[:, 0] < p, draw[:, 1] * sigma_max, torch.zeros_like(draw[:, 1]))[r_inv]
     w = wave.float()
     out = smooth_windows(w, sig)
-    _, inv, counts = torch.unique(groups, return_inverse=True, return_counts=True)
-    mean = w.new_zeros(len(counts), w.shape[1]).index_add_(0, inv, w) / counts[:, None].to(w.dtype)
-    resid = w - mean[inv]
-    has_unit = (counts[inv] >= 2).to(w.dtype)[:, None]  # lone windows have no residual to measure the noise with
+    sums, n = unit_sums(w, groups)
+    resid = w - sums / n
+    has_unit = (n >= 2).to(w.dtype)  # lone windows have no residual to measure the noise with
     ss_before = w.new_zeros(n_rec).index_add_(0, r_inv, (resid.pow(2) * has_unit).sum(1))
     ss_after = w.new_zeros(n_rec).index_add_(0, r_inv, (smooth_windows(resid, sig).pow(2) * has_unit).sum(1))
     gain = torch.where(ss_after > 0, (ss_before / ss_after.clamp(min=1e-12)).sqrt(), torch.ones_like(ss_after))
@@ -241,9 +245,7 @@ class Objective(nn.Module):
     @property
     def needs_labels(self) -> bool:
         """SupCon positives and the unit-mean target come from the corpus's unit labels: the stream must carry them."""
-        return (self.contrasts and self.positives == "units") or (
-            self.reconstructs and self.recon_target == "unit_mean"
-        )
+        return bool(self.label_options)
 
     @property
     def label_options(self) -> str:
@@ -262,6 +264,15 @@ class Objective(nn.Module):
     @property
     def contrasts(self) -> bool:
         return self.kind != "reconstruction"
+
+    def band_limited(
+        self, wave: torch.Tensor, pretext: Any, rec: torch.Tensor | None, groups: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``wave`` through ``model.band``'s per-recording low-pass, in training only (a ``pretext`` is given;
+        validation sees the data as it is), when the step has the recordings and units (``rec``, ``groups``)."""
+        if self.band_p <= 0 or pretext is None or rec is None or groups is None:
+            return wave
+        return band_augment(wave, rec, groups, self.band_sigma_max, self.band_p, self.augment.generator(wave.device))
 
     def freeze_unused(self, net: nn.Module) -> None:
         """Contrastive only: the decoder never runs, so it is frozen (out of the optimizer, ignored by DDP)."""
@@ -319,15 +330,8 @@ def autoencoder_loss(
     of the clean window without reconstruction.
     """
     wave = wave.float()
-    if (
-        objective is not None
-        and objective.band_p > 0
-        and pretext is not None
-        and rec is not None
-        and groups is not None
-    ):
-        g = objective.augment.generator(wave.device)  # training only (pretext given): validation sees the data as is
-        wave = band_augment(wave, rec, groups, objective.band_sigma_max, objective.band_p, g)
+    if objective is not None:
+        wave = objective.band_limited(wave, pretext, rec, groups)
     target = normalize(wave, spec)
     zero = wave.new_zeros(())
     if objective is None or objective.reconstructs:
