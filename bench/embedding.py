@@ -75,8 +75,9 @@ def mean_accuracy(gt: np.ndarray, labels: np.ndarray) -> float:
     return float(compare_labels(gt, labels)["accuracy"].mean())
 
 
-def lda_labels(waves: np.ndarray, gt: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Supervised ceiling: 5-fold cross-validated LDA predictions (fewer folds when a unit has < 5 spikes)."""
+def supervised_labels(waves: np.ndarray, gt: np.ndarray, estimator: Any = None, seed: int = 0) -> np.ndarray:
+    """Supervised ceiling: 5-fold cross-validated predictions of ``estimator`` (default: scikit-learn's
+    ``LinearDiscriminantAnalysis``; fewer folds when a unit has < 5 spikes)."""
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
@@ -84,7 +85,7 @@ def lda_labels(waves: np.ndarray, gt: np.ndarray, seed: int = 0) -> np.ndarray:
     if folds < 2:
         return np.asarray(gt).copy()  # a unit of one spike cannot be held out; the ceiling is then trivially 1
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return cross_val_predict(LinearDiscriminantAnalysis(), waves, gt, cv=cv)
+    return cross_val_predict(estimator if estimator is not None else LinearDiscriminantAnalysis(), waves, gt, cv=cv)
 
 
 def snippet_accuracy(
@@ -113,7 +114,7 @@ def score_case(
     out = {
         "encoder": enc,
         "pca": snippet_accuracy(frames, gt, fs, peak, checkpoint, cluster, noise, "pca")[0],
-        "lda": mean_accuracy(gt, lda_labels(waves, gt)),
+        "lda": mean_accuracy(gt, supervised_labels(waves, gt)),
     }
     out["encoder_minus_pca"] = out["encoder"] - out["pca"]
     out.update(n_spikes=len(gt), n_units=len(np.unique(gt)), wall_s=round(time.perf_counter() - t0, 2))
