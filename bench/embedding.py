@@ -97,23 +97,35 @@ def snippet_accuracy(
     cluster: str,
     noise: float | None,
     features: str,
+    pca_components: int | None = None,
 ) -> tuple[float, np.ndarray]:
-    """Mean GT-unit accuracy of ``sort_snippets`` with ``features``, and the conformed windows it clustered."""
+    """Mean GT-unit accuracy of ``sort_snippets`` with ``features``, and the conformed windows it clustered;
+    ``pca_components`` None keeps the sorter's default (``conf/sort.yaml``)."""
     from deepspike import sort_snippets
 
-    res = sort_snippets(frames, fs, peak, checkpoint=checkpoint, noise=noise, features=features, cluster=cluster)
+    opts = {} if pca_components is None else {"pca_components": pca_components}
+    res = sort_snippets(
+        frames, fs, peak, checkpoint=checkpoint, noise=noise, features=features, cluster=cluster, **opts
+    )
     return mean_accuracy(gt, res.labels), res.waves
 
 
 def score_case(
-    frames: np.ndarray, gt: np.ndarray, fs: float, peak: int, checkpoint: str | None, cluster: str, noise: float | None
+    frames: np.ndarray,
+    gt: np.ndarray,
+    fs: float,
+    peak: int,
+    checkpoint: str | None,
+    cluster: str,
+    noise: float | None,
+    pca_components: int | None = None,
 ) -> dict[str, Any]:
     """Encoder, PCA and LDA accuracies on one set of GT-labelled snippets (same windows, same clustering)."""
     t0 = time.perf_counter()
     enc, waves = snippet_accuracy(frames, gt, fs, peak, checkpoint, cluster, noise, "encoder")
     out = {
         "encoder": enc,
-        "pca": snippet_accuracy(frames, gt, fs, peak, checkpoint, cluster, noise, "pca")[0],
+        "pca": snippet_accuracy(frames, gt, fs, peak, checkpoint, cluster, noise, "pca", pca_components)[0],
         "lda": mean_accuracy(gt, supervised_labels(waves, gt)),
     }
     out["encoder_minus_pca"] = out["encoder"] - out["pca"]
@@ -211,10 +223,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default=None, help="encoder artifact (default: the bundled one)")
     ap.add_argument("--cluster", default="gmm", help="clustering method for both features (gmm|dpgmm|hdbscan|kmeans)")
+    ap.add_argument(
+        "--pca-components",
+        type=int,
+        default=None,
+        help="dimensions of the PCA baseline (default: the sorter's pca_components, conf/sort.yaml)",
+    )
     ap.add_argument("--datasets", default=",".join(DATASETS), help=f"comma-separated subset of {','.join(DATASETS)}")
     ap.add_argument("--draw", choices=sorted(DRAW_SEEDS), default="report", help="seeds of the generated recordings")
     ap.add_argument("--out", default=str(RESULTS / "embedding.json"), help="JSON path (the PNG goes beside it)")
     args = ap.parse_args(argv)
+    if args.pca_components is not None and args.pca_components < 1:
+        ap.error(f"--pca-components must be >= 1, got {args.pca_components}")
     chosen = [d.strip() for d in args.datasets.split(",") if d.strip()]
     unknown = sorted(set(chosen) - set(DATASETS))
     if unknown:
@@ -229,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cases += synthetic_cases(args.draw) if "synthetic" in chosen else []
     datasets: dict[str, Any] = {}
     for ds, name, frames, gt, fs, peak, noise in cases:
-        r = score_case(frames, gt, fs, peak, args.checkpoint, args.cluster, noise)
+        r = score_case(frames, gt, fs, peak, args.checkpoint, args.cluster, noise, args.pca_components)
         datasets.setdefault(ds, {"files": {}})["files"][name] = r
         print(f"{ds:14s} {name:28s} encoder {r['encoder']:.3f}  pca {r['pca']:.3f}  lda {r['lda']:.3f}  "
               f"({r['n_spikes']} spikes, {r['n_units']} units, {r['wall_s']:.1f} s)", flush=True)  # fmt: skip
@@ -240,6 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine(),
         "checkpoint": args.checkpoint or "bundled (deepspike.sorting.DEFAULT_CHECKPOINT)",
         "cluster": args.cluster,
+        "pca_components": args.pca_components or "the sorter's default (conf/sort.yaml pca_components)",
         "draw": args.draw,
         "draw_seed_base": DRAW_SEEDS[args.draw],
         "wall_s": round(time.perf_counter() - t0, 1),
