@@ -56,6 +56,7 @@ MAX_BANDWIDTHS = (
 )
 FEW_UNITS = 5  # a channel whose spikes allow fewer units than this (at cluster.min_spikes each) gets a warning
 NOISE = -1
+BRANCH_DEPTH = 3  # re-split levels of cluster.branch_dims (the dev draw's choice was made with 3)
 
 
 COMMON = "cluster/common.yaml"  # options of every method; a method's own are in cluster/<method>.yaml
@@ -86,6 +87,7 @@ class ClusterParams:
     hdbscan_min_samples: int | None = conf_field("cluster/hdbscan.yaml", "hdbscan_min_samples")
     kmeans_criterion: str = conf_field("cluster/kmeans.yaml", "kmeans_criterion")
     kmeans_min_silhouette: float = conf_field("cluster/kmeans.yaml", "kmeans_min_silhouette")
+    branch_dims: int = conf_field(COMMON, "branch_dims")
     iterative: bool = conf_field(COMMON, "iterative")
     iterative_thresholds: list[float] = conf_field(COMMON, "iterative_thresholds")
     seed: int = conf_field("sort.yaml", "seed")  # the run's seed (top-level `seed`), not a cluster.* key
@@ -125,6 +127,8 @@ class ClusterParams:
             raise bad("noise_margin", "must be in [0, 5) noise sigmas (0 = keep units piled up at the threshold)")
         if self.min_snr < 0 or self.dpgmm_concentration <= 0:
             raise DeepSpikeError("cluster.min_snr must be >= 0 and cluster.dpgmm_concentration > 0")
+        if not isinstance(self.branch_dims, (int, np.integer)) or self.branch_dims < 0:
+            raise bad("branch_dims", "must be an integer >= 0 (principal components of each unit's re-split; 0 = off)")
         if self.hdbscan_min_samples is not None and self.hdbscan_min_samples < 1:
             raise bad("hdbscan_min_samples", "must be null or a positive integer")
         self.iterative_thresholds = sorted((float(t) for t in self.iterative_thresholds), reverse=True)
@@ -244,6 +248,9 @@ def _cluster_one_channel(
         )
     sub, sub_info = _propose(X[keep], kmax, p, n_jobs)
     info.update(sub_info)
+    if p.branch_dims:
+        sub = _branch(X[keep], sub, p, n_jobs=n_jobs)
+        info["branch_units"] = int(sub.max()) + 1 if (sub >= 0).any() else 0
     labels[keep] = sub
     labels = _drop_small(labels, p.min_spikes)
     if amplitude is not None and threshold is not None:
@@ -287,6 +294,38 @@ def _propose(X: np.ndarray, kmax: int, p: ClusterParams, n_jobs: int = 1) -> tup
     labels, info["outliers"] = _drop_outliers(model, X, labels, p.outlier_quantile)
     labels, info["broad_components"] = _drop_broad(model, labels, p.broad_factor)
     return labels, info
+
+
+def _branch(X: np.ndarray, labels: np.ndarray, p: ClusterParams, depth: int = 1, n_jobs: int = 1) -> np.ndarray:
+    """Each unit of ``labels`` re-clustered on its own (``_local_split``); returns the refined labels, renumbered.
+
+    A global fit spends its dimensions on what separates the big or distant units; two units that differ only in a
+    direction of small global variance stay one. In the unit's own principal components that direction is a top one.
+    """
+    out = np.full(len(labels), NOISE, dtype=np.int64)
+    next_id = 0
+    for u in np.unique(labels[labels >= 0]):
+        idx = np.flatnonzero(labels == u)
+        sub = _local_split(X[idx], p, depth, n_jobs)
+        kept = sub >= 0
+        out[idx[kept]] = sub[kept] + next_id
+        next_id += int(sub.max()) + 1 if kept.any() else 0
+    return out
+
+
+def _local_split(X: np.ndarray, p: ClusterParams, depth: int, n_jobs: int) -> np.ndarray:
+    """One unit's spikes clustered in their top ``p.branch_dims`` principal components; parts split again, down to
+    ``BRANCH_DEPTH`` levels. Outliers of the local fit are noise; too few spikes for two units: left whole."""
+    n = len(X)
+    if depth > BRANCH_DEPTH or n < 2 * p.min_spikes:
+        return np.zeros(n, dtype=np.int64)
+    from sklearn.decomposition import PCA
+
+    local = PCA(n_components=p.branch_dims, random_state=p.seed).fit_transform(X) if X.shape[1] > p.branch_dims else X
+    sub, _ = _propose(local, max(1, min(p.max_units, n // p.min_spikes)), p, n_jobs)
+    if len(np.unique(sub[sub >= 0])) <= 1:
+        return np.where(sub >= 0, 0, NOISE)
+    return _branch(X, sub, p, depth + 1, n_jobs)
 
 
 def gaussian_mixture(

@@ -138,6 +138,7 @@ def test_per_channel_units_are_distinct() -> None:
         ({"merge_similarity": 1.5}, "merge_similarity"),
         ({"merge_valley": 0}, "merge_valley"),
         ({"bogus": 1}, "unknown cluster option"),
+        ({"branch_dims": -1}, "branch_dims"),
     ],
 )
 def test_params_are_validated(options: dict, match: str) -> None:
@@ -235,3 +236,46 @@ def test_valley_ratio_of_tight_far_clusters_is_a_gap() -> None:
     rng = np.random.default_rng(0)
     a, b = rng.normal(0, 1e-9, (200, 2)), rng.normal(0, 1e-9, (200, 2)) + np.array([5.0, 0.0])
     assert valley_ratio(a, b) == 0.0
+
+
+def test_branch_splits_a_unit_whose_parts_differ_in_a_low_variance_direction() -> None:
+    """Two units 6 sigma apart along one axis, sharing a broad spread along another: re-clustered in their own
+    principal components they come apart; a single Gaussian cloud stays whole."""
+    from deepspike.cluster import _branch
+
+    rng = np.random.default_rng(0)
+    truth = np.repeat([0, 1], 400)
+    x = rng.normal(0, 1, (800, 8))
+    x[:, 0] *= 4.0  # the shared broad direction (e.g. amplitude)
+    x[:, 5] += np.where(truth == 0, -3.0, 3.0)
+    p = ClusterParams(branch_dims=3)
+    split = _branch(x, np.zeros(800, dtype=np.int64), p)
+    assert len(np.unique(split[split >= 0])) == 2
+    assert adjusted_rand_score(truth[split >= 0], split[split >= 0]) > 0.95
+    whole = _branch(x[truth == 0], np.zeros(400, dtype=np.int64), p)
+    assert set(np.unique(whole)) <= {0, NOISE} and (whole == 0).mean() > 0.99
+
+
+def test_branch_finds_more_of_a_crowded_channel() -> None:
+    """Ten generated units on one channel (a seed outside bench/embedding.py's draws): the re-split recovers units
+    the global fit leaves merged."""
+    from deepspike.evaluate import compare_labels
+    from deepspike.extract import extract_spikes
+    from deepspike.sorting import pca_features
+    from deepspike.spec import WindowSpec
+    from deepspike.synthetic import generate_recording
+
+    rec, gt = generate_recording(4242, duration_s=20.0, num_units=10, snr_range=(5.0, 30.0))
+    spikes = extract_spikes(rec, spec=WindowSpec(), gt=gt)
+    keep = spikes.labels >= 0
+    waves, truth = spikes.waves[keep], spikes.labels[keep]
+    feats = pca_features(waves, WindowSpec(), 8)
+    acc = {
+        dims: float(
+            compare_labels(truth, cluster_spikes(feats, waves, params=ClusterParams(branch_dims=dims)).labels)[
+                "accuracy"
+            ].mean()
+        )
+        for dims in (0, 4)
+    }
+    assert acc[4] > acc[0] + 0.1, acc
