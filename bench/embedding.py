@@ -94,7 +94,7 @@ def snippet_accuracy(
     fs: float,
     peak: int,
     checkpoint: str | None,
-    cluster: str,
+    cluster: str | dict[str, Any],
     noise: float | None,
     features: str,
     pca_components: int | None = None,
@@ -116,7 +116,7 @@ def score_case(
     fs: float,
     peak: int,
     checkpoint: str | None,
-    cluster: str,
+    cluster: str | dict[str, Any],
     noise: float | None,
     pca_components: int | None = None,
 ) -> dict[str, Any]:
@@ -219,10 +219,30 @@ def plot(datasets: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def cluster_option(text: str) -> str | dict[str, Any]:
+    """``--cluster``: a method name, or a JSON object of cluster options (checked by ``ClusterParams``)."""
+    from deepspike.cluster import ClusterParams
+
+    if not text.lstrip().startswith("{"):
+        return text
+    try:
+        opts = json.loads(text)
+        ClusterParams.from_dict(opts)
+    except Exception as e:  # bad JSON or a refused option: argparse names the flag
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+    return opts
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default=None, help="encoder artifact (default: the bundled one)")
-    ap.add_argument("--cluster", default="gmm", help="clustering method for both features (gmm|dpgmm|hdbscan|kmeans)")
+    ap.add_argument(
+        "--cluster",
+        default="gmm",
+        type=cluster_option,
+        help="clustering for both features: a method (gmm|dpgmm|hdbscan|kmeans) or cluster options as JSON, e.g. "
+        "'{\"branch_dims\": 4}'",
+    )
     ap.add_argument(
         "--pca-components",
         type=int,
