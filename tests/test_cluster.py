@@ -279,3 +279,17 @@ def test_branch_finds_more_of_a_crowded_channel() -> None:
         for dims in (0, 4)
     }
     assert acc[4] > acc[0] + 0.1, acc
+
+
+def test_branch_never_splits_off_a_part_too_small_to_be_a_unit() -> None:
+    """A 30-spike unit whose local fit would cut off 10 spikes stays whole: the part would be dropped as noise below
+    cluster.min_spikes=15, losing those spikes (a whole unit of the Quiroga excerpt was lost this way)."""
+    from deepspike.cluster import _branch
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (30, 6))
+    x[:10, 2] += 8.0
+    labels = _branch(x, np.zeros(30, dtype=np.int64), ClusterParams(branch_dims=3, min_spikes=15))
+    assert (labels == 0).all()
+    bigger = np.r_[x, rng.normal(0, 1, (20, 6)) + np.eye(6)[2] * 8.0]  # now 30 + 20: both parts are units
+    assert len(np.unique(_branch(bigger, np.zeros(50, dtype=np.int64), ClusterParams(branch_dims=3)))) == 2
