@@ -50,10 +50,13 @@ def _purity(labels: np.ndarray, truth: np.ndarray) -> float:
     return good / len(truth)
 
 
+@pytest.mark.parametrize("branch_dims", [0, 4])
 @pytest.mark.parametrize("method", METHODS)
-def test_methods_recover_three_units(method: str) -> None:
+def test_methods_recover_three_units(method: str, branch_dims: int) -> None:
+    """Every method, with and without the branch re-split (whose local fits are GMM-BIC for any method: HDBSCAN's
+    own made each lone unit noise, a DP mixture cut each into pieces)."""
     x, waves, y = _blobs()
-    res = cluster_spikes(x, waves, params=ClusterParams(method=method))
+    res = cluster_spikes(x, waves, params=ClusterParams(method=method, branch_dims=branch_dims))
     assert res.n_units == 3, res.info
     assert _purity(res.labels, y) > 0.95
 

@@ -239,8 +239,9 @@ def test_no_spike_gives_empty_sorting() -> None:
 QUIROGA_FLOORS = {"pca": (0.90, 0.82), "encoder": (0.85, 0.80)}  # (mean accuracy, worst unit)
 
 
-@pytest.mark.parametrize("features", ["pca", "encoder"])
-def test_quiroga_ground_truth_is_scored(tmp_path, features: str) -> None:
+@pytest.mark.parametrize(("features", "branch_dims"), [("pca", 0), ("encoder", 0), ("pca", 4)])
+def test_quiroga_ground_truth_is_scored(tmp_path, features: str, branch_dims: int) -> None:
+    """branch_dims=4 once lost the excerpt's 30-spike unit (a split leaving a part below min_spikes)."""
     if not QUIROGA.exists():
         pytest.skip(f"{QUIROGA} not found (third-party data lives in ../shared/data)")
     if features == "encoder" and not DEFAULT_CHECKPOINT.exists():
@@ -248,7 +249,7 @@ def test_quiroga_ground_truth_is_scored(tmp_path, features: str) -> None:
     from deepspike.io import load_ground_truth, open_recording
 
     rec = open_recording(QUIROGA, sampling_frequency=24000.0)
-    result = run_sort(rec, params=SortParams(features=features))
+    result = run_sort(rec, params=SortParams(features=features, cluster={"branch_dims": branch_dims}))
     gt = load_ground_truth(QUIROGA, recording=rec)
     assert gt is not None and len(gt.unit_ids) == 3
     write_outputs(result, tmp_path / "q", gt_sorting=gt, data_file=QUIROGA.name, plots=False)
