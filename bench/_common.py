@@ -29,10 +29,15 @@ def write_results(name: str, figures: dict[str, Any]) -> Path:
     width = max(len(k) for k in figures)
     for k, v in figures.items():
         print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{name}.json"
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(figures, indent=1) + "\n")
-    os.replace(tmp, out)
+    out = write_json(RESULTS / f"{name}.json", figures)
     print(f"-> {out}")
+    return out
+
+
+def write_json(out: Path, doc: dict[str, Any]) -> Path:
+    """Write ``doc`` to ``out`` through a temporary name (a killed bench never leaves half a file)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, out)
     return out

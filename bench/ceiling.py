@@ -29,7 +29,6 @@ Writes ``bench/results/ceiling.json`` (per file and per dataset mean, with each 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -40,7 +39,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench._common import RESULTS, machine  # noqa: E402
+from bench._common import RESULTS, machine, write_json  # noqa: E402
 from bench.embedding import (  # noqa: E402
     MARTINEZ,
     QUIROGA,
@@ -213,11 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "score": "deepspike.compare_labels mean accuracy over GT units (tp / (tp + fn + fp)), mean over files",
         "datasets": datasets,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, out)
+    out = write_json(Path(args.out), doc)
     plot(datasets, out.with_suffix(".png"))
     for ds, d in datasets.items():
         m = d["mean"]

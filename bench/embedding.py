@@ -48,7 +48,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench._common import RESULTS, machine  # noqa: E402
+from bench._common import RESULTS, machine, write_json  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 QUIROGA = SHARED / "quiroga" / "quiroga_easy1_easy2_gt_frames_denspp.npz"
@@ -291,11 +291,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "probably multi-unit), martinez_all keeps class 0; headline = mean over the datasets listed",
         "datasets": datasets,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, out)
+    out = write_json(Path(args.out), doc)
     plot(datasets, out.with_suffix(".png"))
     for name, d in datasets.items():
         m = d["mean"]
