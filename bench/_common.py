@@ -41,3 +41,14 @@ def write_json(out: Path, doc: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     os.replace(tmp, out)
     return out
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 100) -> Path:
+    """Save a matplotlib figure through a temporary name, then close it (a killed bench never leaves half a PNG)."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -29,7 +29,6 @@ Writes ``bench/results/ceiling.json`` (per file and per dataset mean, with each 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench._common import RESULTS, machine, write_json  # noqa: E402
+from bench._common import RESULTS, machine, save_figure, write_json  # noqa: E402
 from bench.embedding import (  # noqa: E402
     MARTINEZ,
     QUIROGA,
@@ -158,10 +157,7 @@ def plot(datasets: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{name}: mean accuracy (compare_labels)")
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def parse_windows(text: str) -> list[tuple[int, int]]:

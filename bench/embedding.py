@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -48,7 +47,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench._common import RESULTS, machine, write_json  # noqa: E402
+from bench._common import RESULTS, machine, save_figure, write_json  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 QUIROGA = SHARED / "quiroga" / "quiroga_easy1_easy2_gt_frames_denspp.npz"
@@ -213,10 +212,7 @@ def plot(datasets: dict[str, Any], path: Path) -> None:
     ax.set_ylim(0, 1.05)
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def cluster_option(text: str) -> str | dict[str, Any]:

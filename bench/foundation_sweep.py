@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench._common import RESULTS, machine  # noqa: E402
+from bench._common import RESULTS, machine, write_json  # noqa: E402
+from bench.embedding import TIERS  # noqa: E402
 
 KEYS = (
     "model.objective", "model.recon_target", "model.contrastive.loss", "model.contrastive.positives",
@@ -41,7 +41,7 @@ KEYS = (
     "model.net.linear_skip", "model.net.variational", "data.shuffle_buffer", "model/net", "model.latent",
     "model.hidden", "trainer.limit_val_batches", "data.shards",
 )  # fmt: skip
-BENCH_SETS = ("quiroga", "martinez", "synth_few", "synth_many", "synth_similar", "synth_low_snr", "synth_overlap")
+BENCH_SETS = ("quiroga", "martinez", *(f"synth_{t}" for t in TIERS))  # bench/embedding.py's headline sets
 
 
 def run_dirs(paths: list[str]) -> list[Path]:
@@ -178,10 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for r in doc["runs"]:
             r["bench"] = per_run[r["run"]]
     doc["wall_s"] = round(time.perf_counter() - t0, 1)
-    out = Path(args.out)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, out)
+    out = write_json(Path(args.out), doc)
     out.with_suffix(".md").write_text(table(doc))
     print(table(doc))
     return doc

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CACHE, RESULTS, write_results
+from _common import CACHE, RESULTS, save_figure, write_results
 
 TARGET_SPIKES = 20_000_000
 
@@ -111,9 +111,7 @@ def gallery(path: Path, rows: int = 6, cols: int = 6) -> None:
                  "main channel, main peak scaled to \u00b11; tri = triphasic, near-copy = a slightly changed copy of "
                  "the unit before it", x=0.02, ha="left", fontsize=10)  # fmt: skip
     fig.tight_layout(rect=(0, 0, 1, 0.93))
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=110)
     print(f"-> {path}")
 
 
