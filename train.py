@@ -1,9 +1,9 @@
 """Pretrain a spike autoencoder: ``python train.py [hydra overrides]`` (config: conf/train.yaml).
 
-All logic lives in ``deepspike.train``; this file only runs the Hydra app (same as ``deepspike-train``).
+All logic lives in ``deepspike.model.train``; this file only runs the Hydra app (same as ``deepspike-train``).
 """
 
-from deepspike.train import main
+from deepspike.model.train import main
 
 if __name__ == "__main__":
     main()

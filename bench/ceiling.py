@@ -90,8 +90,8 @@ def clustered_projection(waves: np.ndarray, gt: np.ndarray) -> float:
     """Default clustering of the supervised LDA projection (all labels used): the best linear feature there is."""
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-    from deepspike.cluster import cluster_spikes
-    from deepspike.sorting import SortParams
+    from deepspike.sorting.clustering.cluster import cluster_spikes
+    from deepspike.sorting.params import SortParams
     from deepspike.spec import WindowSpec
 
     proj = LinearDiscriminantAnalysis().fit(waves, gt).transform(waves).astype(np.float32)
@@ -104,7 +104,7 @@ def score_file(
 ) -> dict[str, float]:
     """Every figure of one GT file (see the module docstring)."""
     from deepspike.spec import WindowSpec
-    from deepspike.windows import conform_snippets
+    from deepspike.spikes.windows import conform_snippets
 
     pca, waves = snippet_accuracy(frames, gt, fs, peak, None, "gmm", None, "pca")
     out: dict[str, float] = {"pca": pca}

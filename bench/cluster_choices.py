@@ -32,7 +32,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def recordings(seed_base: int, n: int) -> list[tuple[str, Any, Any]]:
-    from deepspike.synthetic import generate_recording
+    from deepspike.recording.synthetic import generate_recording
 
     out = []
     for i in range(n):
@@ -50,8 +50,10 @@ def main() -> None:
 
     from _common import write_results
 
-    from deepspike.evaluate import compare_to_ground_truth
-    from deepspike.sorting import DEFAULT_CHECKPOINT, SortParams, run_sort
+    from deepspike.evaluation.compare import compare_to_ground_truth
+    from deepspike.sorting.features import DEFAULT_CHECKPOINT
+    from deepspike.sorting.params import SortParams
+    from deepspike.sorting.pipeline import run_sort
 
     figures: dict[str, Any] = {"checkpoint": Path(DEFAULT_CHECKPOINT).name, "draws": DRAWS, "variants": VARIANTS}
     print(f"{'recording':<14} " + " ".join(f"{v:>22}" for v in VARIANTS))

@@ -1,12 +1,12 @@
 """Hand-written components against the library functions that could replace them: speed AND quality, same data.
 
-1. Detection (deepspike.detect vs spikeinterface.sortingcomponents.peak_detection.detect_peaks, methods
+1. Detection (deepspike.spikes.detect vs spikeinterface.sortingcomponents.peak_detection.detect_peaks, methods
    ``by_channel`` and ``locally_exclusive``): 10 min of one 24 kHz channel from SpikeInterface's ground-truth
-   generator (deepspike.synthetic.generate_recording: 5 units, peak SNR 4-20), band-passed once and held in memory
+   generator (recording.synthetic.generate_recording: 5 units, peak SNR 4-20), band-passed once and held in memory
    so only the detector is timed. Same threshold (5 sigma, same noise levels), both polarities, same 0.5 ms sweep.
    A detection is a hit when it is the first within ``TOL_MS`` of a ground-truth spike; every other detection
    is a false positive. SpikeInterface's peaks are also scored after deepspike's one-peak-per-event step.
-2. Resampling onto the canonical grid (Keys cubic convolution in deepspike.windows vs scipy's CubicSpline,
+2. Resampling onto the canonical grid (Keys cubic convolution in deepspike.spikes.windows vs scipy's CubicSpline,
    ndimage.map_coordinates (cubic B-spline) and signal.resample_poly): a trace of analytic spikes (known
    continuous waveform, peak at a known sub-sample time) sampled at 20/25/30/30.03/40 kHz; windows on the 24 kHz
    grid around the true peak are compared with the analytic waveform there (RMS error / peak amplitude), and the
@@ -63,9 +63,9 @@ def bench_detection(duration_s: float) -> dict[str, Any]:
     from spikeinterface.core import NumpyRecording
     from spikeinterface.sortingcomponents.peak_detection import detect_peaks as si_detect_peaks
 
-    from deepspike.detect import dead_time_samples, detect_peaks, event_index
-    from deepspike.preprocess import bandpass, noise_levels
-    from deepspike.synthetic import generate_recording
+    from deepspike.recording.preprocess import bandpass, noise_levels
+    from deepspike.recording.synthetic import generate_recording
+    from deepspike.spikes.detect import dead_time_samples, detect_peaks, event_index
 
     rec, gt = generate_recording(7, duration_s=duration_s, sampling_frequency=24000.0, num_units=5, snr_range=(4, 20))
     fs = rec.get_sampling_frequency()
@@ -98,7 +98,7 @@ def bench_detection(duration_s: float) -> dict[str, Any]:
             "seconds": round(t + t_nms, 3),
             "same_peaks_as_deepspike": same,
         }
-    out["import_s_deepspike_detect"], out["import_torch_deepspike_detect"] = _import_cost("deepspike.detect")
+    out["import_s_deepspike_detect"], out["import_torch_deepspike_detect"] = _import_cost("deepspike.spikes.detect")
     out["import_s_si_peak_detection"], out["import_torch_si_peak_detection"] = _import_cost(
         "spikeinterface.sortingcomponents.peak_detection"
     )
@@ -140,8 +140,8 @@ def analytic_trace(fs: float, seconds: float, rate_hz: float, seed: int) -> tupl
 
 
 def keys(trace: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """deepspike.windows' Keys cubic convolution at fractional sample positions x (same arithmetic as ``_cut``)."""
-    from deepspike.windows import _TAPS, keys_weights
+    """spikes.windows' Keys cubic convolution at fractional sample positions x (same arithmetic as ``_cut``)."""
+    from deepspike.spikes.windows import _TAPS, keys_weights
 
     base = np.floor(x)
     return np.einsum("nlk,nlk->nl", trace[base.astype(np.int64)[..., None] + _TAPS], keys_weights(x - base))
@@ -184,7 +184,7 @@ def _cut_chunked(f: Any, trace: np.ndarray, x: np.ndarray, chunk: int, margin: i
 
 def bench_resampling() -> dict[str, Any]:
     from deepspike.spec import WindowSpec
-    from deepspike.windows import window_margins
+    from deepspike.spikes.windows import window_margins
 
     spec = WindowSpec()
     k_ms = (np.arange(spec.length) - spec.n_before) / spec.sampling_frequency * 1000.0

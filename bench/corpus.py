@@ -26,7 +26,7 @@ def make_recording(duration_s: float) -> Path:
     folder = CACHE / f"recording_{int(duration_s)}s_24k"
     if (folder / "si_folder.json").exists() or (folder / "binary.json").exists():
         return folder
-    from deepspike.synthetic import generate_recording
+    from deepspike.recording.synthetic import generate_recording
 
     gc.freeze()  # SpikeInterface's save collects garbage per chunk: very slow once torch is imported
     rec, _ = generate_recording(seed=1, duration_s=duration_s, sampling_frequency=24000.0, num_units=3)
@@ -37,7 +37,7 @@ def make_recording(duration_s: float) -> Path:
 
 def build_once(recording: Path, out: Path) -> None:
     """The measured work: one corpus build, in this (child) process."""
-    from deepspike.corpus import CorpusConfig, build_corpus
+    from deepspike.data.corpus import CorpusConfig, build_corpus
 
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()

@@ -17,8 +17,8 @@ Datasets (``--datasets``, comma separated):
   32 samples at 24 kHz, peak at index 14). Class 0 (about 18 Hz in every simulation) is probably multi-unit or
   background activity, so each simulation is scored twice: ``martinez`` (classes 1 and 2 only: the headline,
   because a clustering that splits a multi-unit class is right, yet is scored as wrong) and ``martinez_all``.
-- ``synthetic``: recordings from ``deepspike.synthetic.generate_recording`` (24 kHz, one channel, 30 s), cut with
-  ``deepspike.extract.extract_spikes(gt=...)``; only detections matched to a GT spike are scored. Five tiers of
+- ``synthetic``: recordings from ``recording.synthetic.generate_recording`` (24 kHz, one channel, 30 s), cut with
+  ``deepspike.spikes.extract.extract_spikes(gt=...)``; only detections matched to a GT spike are scored. Five tiers of
   ``RECORDINGS_PER_TIER`` recordings each: ``few`` (2-4 units), ``many`` (10 units), ``similar`` (4 units whose
   peak SNRs lie within 9-11: they differ by shape only), ``low_snr`` (3 units at SNR 4-7) and ``overlap``
   (6 units at 40 Hz each: frequent collisions in the window).
@@ -156,9 +156,9 @@ def martinez_cases() -> list[tuple[str, str, np.ndarray, np.ndarray, float, int,
 
 def synthetic_cases(draw: str) -> list[tuple[str, str, np.ndarray, np.ndarray, float, int, float | None]]:
     """Windows of GT-matched detections, in noise units on the default window grid (``noise=1``)."""
-    from deepspike.extract import extract_spikes
+    from deepspike.recording.synthetic import generate_recording
     from deepspike.spec import WindowSpec
-    from deepspike.synthetic import generate_recording
+    from deepspike.spikes.extract import extract_spikes
 
     spec = WindowSpec()
     cases = []
@@ -217,7 +217,7 @@ def plot(datasets: dict[str, Any], path: Path) -> None:
 
 def cluster_option(text: str) -> str | dict[str, Any]:
     """``--cluster``: a method name, or a JSON object of cluster options (checked by ``ClusterParams``)."""
-    from deepspike.cluster import ClusterParams
+    from deepspike.sorting.clustering.params import ClusterParams
 
     if not text.lstrip().startswith("{"):
         return text
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     headline = [d for d in datasets if d != "martinez_all"]
     doc = {
         "machine": machine(),
-        "checkpoint": args.checkpoint or "bundled (deepspike.sorting.DEFAULT_CHECKPOINT)",
+        "checkpoint": args.checkpoint or "bundled (deepspike.sorting.features.DEFAULT_CHECKPOINT)",
         "cluster": args.cluster,
         "pca_components": args.pca_components or "the sorter's default (conf/sort.yaml pca_components)",
         "draw": args.draw,

@@ -11,7 +11,7 @@ the 8 Easy1/Easy2 files of GT-labelled snippets (``sort_snippets``: 32-sample fr
 Besides sort accuracy, each row has the "true-k" accuracy: a GMM with the true unit count on the embeddings, i.e.
 how separable the (adapted) encoder makes the units, apart from the sorter's choice of the number of units.
 Each recording is sorted twice in this process with the same encoder and seed: frozen, then fine-tuned on its
-own spikes (default options of ``deepspike.finetune.FinetuneParams``, no ground truth used). Accuracy is
+own spikes (default options of ``deepspike.model.finetune.FinetuneParams``, no ground truth used). Accuracy is
 SpikeInterface's matched accuracy averaged over ground-truth units. The encoder is the bundled checkpoint, or
 ``--checkpoint``. Writes bench/results/finetune.json. Goal (issue 5): mean gain >= 0.03, none worse by > 0.01.
 """
@@ -47,7 +47,7 @@ CASES: list[tuple[int, tuple[float, float], tuple[float, float]]] = [
 
 def generated(seed_base: int, duration_s: float) -> list[tuple[str, Any, Any]]:
     """(name, recording, gt) for each case, seeds ``seed_base + i``."""
-    from deepspike.synthetic import generate_recording
+    from deepspike.recording.synthetic import generate_recording
 
     out = []
     for i, (units, snr, (lo, hi)) in enumerate(CASES):
@@ -65,7 +65,8 @@ def quiroga() -> list[tuple[str, Any, Any]]:
     if not QUIROGA.exists():
         print(f"(skipping Quiroga: {QUIROGA} not found)")
         return []
-    from deepspike.io import load_ground_truth, open_recording
+    from deepspike.recording.ground_truth import load_ground_truth
+    from deepspike.recording.readers import open_recording
 
     rec = open_recording(QUIROGA, sampling_frequency=24000.0)
     return [(QUIROGA.name, rec, load_ground_truth(QUIROGA, recording=rec))]
@@ -83,8 +84,8 @@ def snippet_sets() -> list[tuple[str, np.ndarray, np.ndarray]]:
 
 def true_k_accuracy(emb: np.ndarray, gt: np.ndarray, seed: int = 0) -> float:
     """Embedding separability apart from model selection: GMM with the true unit count (4 inits), matched accuracy."""
-    from deepspike.cluster import fit_gmm
-    from deepspike.evaluate import compare_labels
+    from deepspike.evaluation.compare import compare_labels
+    from deepspike.sorting.clustering.mixture import fit_gmm
 
     keep = gt >= 0
     x = np.asarray(emb, dtype=np.float64)[keep]
@@ -96,8 +97,8 @@ def score_snippets(
     frames: np.ndarray, gt: np.ndarray, checkpoint: str, cluster: str, finetune: bool, options: dict[str, Any]
 ) -> tuple[float, float, Any]:
     """(mean accuracy, seconds, result) of one clustering of a snippet set."""
-    from deepspike.evaluate import compare_labels
-    from deepspike.sorting import sort_snippets
+    from deepspike.evaluation.compare import compare_labels
+    from deepspike.sorting.pipeline import sort_snippets
 
     t0 = time.perf_counter()
     res = sort_snippets(frames, SNIPPET_FS, SNIPPET_PEAK, checkpoint, cluster=cluster, finetune=finetune,
@@ -109,8 +110,9 @@ def score(
     recording: Any, gt: Any, checkpoint: str | None, cluster: str, finetune: bool, options: dict[str, Any]
 ) -> tuple[float, float, Any]:
     """(mean accuracy, seconds, result) of one sort."""
-    from deepspike.evaluate import compare_to_ground_truth
-    from deepspike.sorting import SortParams, run_sort
+    from deepspike.evaluation.compare import compare_to_ground_truth
+    from deepspike.sorting.params import SortParams
+    from deepspike.sorting.pipeline import run_sort
 
     t0 = time.perf_counter()
     params = SortParams(cluster=cluster, finetune=finetune, finetune_options=options if finetune else {})
@@ -121,7 +123,7 @@ def score(
 
 def case_rows(args: Any, checkpoint: str, options: dict[str, Any]) -> list[dict[str, Any]]:
     """Sort every case before and after fine-tuning; one row of figures each."""
-    from deepspike.extract import gt_labels
+    from deepspike.spikes.extract import gt_labels
 
     cases: list[tuple[str, str, Any, Any]] = [
         ("generated", n, r, g) for n, r, g in generated(args.seed_base, args.duration)
@@ -191,7 +193,7 @@ def main() -> None:
 
     from _common import write_results
 
-    from deepspike.sorting import DEFAULT_CHECKPOINT
+    from deepspike.sorting.features import DEFAULT_CHECKPOINT
 
     checkpoint = args.checkpoint or str(DEFAULT_CHECKPOINT)
     options = json.loads(args.options)

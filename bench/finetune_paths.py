@@ -37,7 +37,7 @@ def write_cases(root: Path, seed_base: int, n: int) -> list[Path]:
     """bench/finetune.py's generated cases as recording folders (``NAME/`` + ``NAME.gt/``), reused when present."""
     from finetune import CASES
 
-    from deepspike.synthetic import generate_recording, save_pair
+    from deepspike.recording.synthetic import generate_recording, save_pair
 
     paths = []
     for i, (units, snr, (lo, hi)) in enumerate(CASES[:n]):
@@ -54,9 +54,11 @@ def write_cases(root: Path, seed_base: int, n: int) -> list[Path]:
 
 def accuracy(folder: Path, checkpoint: str, finetune: bool, cluster: str) -> tuple[float, float]:
     """(mean GT accuracy, seconds) of one sort of ``folder``."""
-    from deepspike.evaluate import compare_to_ground_truth
-    from deepspike.io import load_ground_truth, open_recording
-    from deepspike.sorting import SortParams, run_sort
+    from deepspike.evaluation.compare import compare_to_ground_truth
+    from deepspike.recording.ground_truth import load_ground_truth
+    from deepspike.recording.readers import open_recording
+    from deepspike.sorting.params import SortParams
+    from deepspike.sorting.pipeline import run_sort
 
     rec = open_recording(folder)
     gt = load_ground_truth(folder, recording=rec)
@@ -88,7 +90,7 @@ def main() -> None:
 
     from _common import CACHE, write_results
 
-    from deepspike.sorting import DEFAULT_CHECKPOINT
+    from deepspike.sorting.features import DEFAULT_CHECKPOINT
 
     work = CACHE / "finetune_paths"
     rows: list[dict[str, Any]] = []

@@ -8,7 +8,7 @@ the true number of units on each labelled validation recording's embeddings (at 
 accuracy, mean over recordings. The same metric is computed here, on the same windows, for the baselines:
 
 - ``pca``: PCA-8 of each recording's normalized windows (what ``features="pca"`` does);
-- ``pca_global``: one PCA-8 fitted on a sample of the corpus's training windows (``corpus.sample_windows``): the
+- ``pca_global``: one PCA-8 fitted on a sample of the corpus's training windows (``data.sample.sample_windows``): the
   embedding a ``linear_skip`` net starts from, i.e. the best a fixed linear encoder does without training;
 - ``bundled``: the encoder ``sort.py`` uses by default.
 
@@ -83,10 +83,10 @@ def baselines(corpus: str, max_recordings: int | None = None) -> dict[str, float
     import torch
     from sklearn.decomposition import PCA
 
-    from deepspike.corpus import sample_windows, val_windows
-    from deepspike.evaluate import gmm_scores
-    from deepspike.export import load_encoder
-    from deepspike.sorting import DEFAULT_CHECKPOINT, pca_features
+    from deepspike.data.sample import sample_windows, val_windows
+    from deepspike.model.collapse import gmm_scores
+    from deepspike.model.export import load_encoder
+    from deepspike.sorting.features import DEFAULT_CHECKPOINT, pca_features
     from deepspike.spec import WindowSpec, normalize
 
     spec = WindowSpec()

@@ -29,10 +29,10 @@ WINDOW = 20
 def build_corpus(shards: int, rows: int, block: int) -> Path:
     """A cached corpus of ``shards`` x ``rows`` random float16 spikes (one recording per shard).
 
-    Like ``deepspike.corpus``, rows are stored in a seeded random order (times permuted) and the manifest says
+    Like ``deepspike.data.corpus``, rows are stored in a seeded random order (times permuted) and the manifest says
     ``"row_order": "shuffled"``, so the stream mixes batches by runs of rows.
     """
-    from deepspike.shards import Block, write_shard
+    from deepspike.data.shards import Block, write_shard
 
     root = CACHE / f"loader_corpus_{shards}x{rows}_b{block}_shuffled"
     if (root / "manifest.json").exists():
@@ -77,7 +77,7 @@ def measure(root: Path, workers: int, shuffle: bool, max_batches: int | None, ba
     """Spikes per wall second, per main-process CPU second and per CPU second of all processes (main + workers)
     over one epoch (or ``max_batches``), start-up included. The wall figure depends on what else runs on the
     (shared, 2-core) box; the CPU figures say what free cores would do."""
-    from deepspike.stream import make_loader
+    from deepspike.data.loader import make_loader
 
     loader = make_loader(root, batch_size=batch, num_workers=workers, shuffle=shuffle, rank=0, world_size=1)
     n = 0

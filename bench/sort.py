@@ -36,7 +36,7 @@ def generate(duration_s: float, folder: Path) -> None:
     """Write the recording folder (and NAME.gt/) unless it is already there."""
     if (folder / "si_folder.json").exists():
         return
-    from deepspike.synthetic import templated_recording
+    from deepspike.recording.synthetic import templated_recording
 
     units = [(-160.0, 0.10, 0.15, 0.4), (110.0, 0.20, 0.15, 0.6), (-100.0, 0.28, 0.1, 0.8)]
     rec, gt = templated_recording(units, [20.0, 25.0, 15.0], duration_s, seed=0)
@@ -46,14 +46,14 @@ def generate(duration_s: float, folder: Path) -> None:
 
 
 def encoder_path() -> tuple[Path, str]:
-    from deepspike.sorting import DEFAULT_CHECKPOINT
+    from deepspike.sorting.features import DEFAULT_CHECKPOINT
 
     if DEFAULT_CHECKPOINT.exists():
         return DEFAULT_CHECKPOINT, f"bundled {DEFAULT_CHECKPOINT.name}"
     stand_in = DATA / "standin_mlp512.safetensors"
     if not stand_in.exists():
-        from deepspike.export import export_encoder
-        from deepspike.models import build_net
+        from deepspike.model.export import export_encoder
+        from deepspike.model.nets import build_net
 
         net = build_net({"kind": "mlp", "in_dim": 20, "hidden": 512, "latent": 8})
         export_encoder(net, stand_in, provenance={"note": "untrained bench stand-in"})
@@ -79,10 +79,12 @@ def run_case(folder: Path) -> dict:
     import spikeinterface.preprocessing  # noqa: F401
     import torch  # noqa: F401
 
-    import deepspike.preprocess as pre
-    from deepspike.evaluate import compare_to_ground_truth
-    from deepspike.io import load_ground_truth
-    from deepspike.sorting import SortParams, run_sort, write_outputs
+    import deepspike.recording.preprocess as pre
+    from deepspike.evaluation.compare import compare_to_ground_truth
+    from deepspike.recording.ground_truth import load_ground_truth
+    from deepspike.sorting.outputs import write_outputs
+    from deepspike.sorting.params import SortParams
+    from deepspike.sorting.pipeline import run_sort
 
     gc.freeze()  # SpikeInterface collects garbage per chunk; slow once torch is imported
     traced = {"filter": 0.0}

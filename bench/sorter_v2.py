@@ -52,10 +52,12 @@ def main() -> None:
 
     from _common import write_results
 
-    from deepspike.cluster import ClusterParams
-    from deepspike.evaluate import compare_to_ground_truth
-    from deepspike.io import load_ground_truth, open_recording
-    from deepspike.sorting import SortParams, run_sort
+    from deepspike.evaluation.compare import compare_to_ground_truth
+    from deepspike.recording.ground_truth import load_ground_truth
+    from deepspike.recording.readers import open_recording
+    from deepspike.sorting.clustering.params import ClusterParams
+    from deepspike.sorting.params import SortParams
+    from deepspike.sorting.pipeline import run_sort
 
     folder = Path(args.set)
     index = json.loads((folder / "bench_set.json").read_text())["recordings"]

@@ -47,7 +47,7 @@ def cpu_seconds() -> float:
 
 def measure(n: int, workers: int, root: Path) -> dict[str, Any]:
     """Generate ``n`` recordings, then build their corpus, as the CLI does; wall and CPU seconds, spikes, bytes."""
-    from deepspike.corpus import CorpusConfig, build_corpus, synthetic_recordings
+    from deepspike.data.corpus import CorpusConfig, build_corpus, synthetic_recordings
 
     shutil.rmtree(root, ignore_errors=True)
     cfg = CorpusConfig.from_cfg(corpus_config(n, workers, root))
@@ -77,7 +77,7 @@ def gallery(path: Path, rows: int = 6, cols: int = 6) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from deepspike.synthetic import generate_recording
+    from deepspike.recording.synthetic import generate_recording
 
     picked = []
     for seed in range(1000):

@@ -1,8 +1,8 @@
 """Training throughput of the real stack: corpus shards -> stream -> ``SpikeAutoencoder.training_step`` in Lightning.
 
 What is measured: a short ``Trainer.fit`` of the published-size MLP VAE (20-2048-1024-512-512-8, shuffle pretext)
-over a corpus built here with deepspike's shard and manifest writers (``deepspike.shards.write_shard``,
-``deepspike.corpus.write_manifest``) from random spike-like windows. The corpus (default 1,048,576 spikes in 32
+over a corpus built here with deepspike's shard and manifest writers (``deepspike.data.shards.write_shard``,
+``deepspike.data.corpus.write_manifest``) from random spike-like windows. The corpus (default 1,048,576 spikes in 32
 shards) is 16x the stream's 65,536-row shuffle pool, and the run never reaches the end of an epoch, so every
 measured step is fed by shard reads and pool refills, as in a long pretraining run. The warm-up steps (the
 batches of the first pool fill) are left out; the measured steps should be whole refill cycles (the pool emits half
@@ -41,8 +41,8 @@ FETCH = "[_TrainingEpochLoop].train_dataloader_next"  # profiler action around n
 
 def build_corpus(root: Path, n_spikes: int, n_shards: int, block: int = 4096, seed: int = 0) -> Path:
     """``n_shards`` shards (one recording each) of spike-like random windows, plus the manifest."""
-    from deepspike.corpus import CorpusConfig, write_manifest
-    from deepspike.shards import Block, write_shard
+    from deepspike.data.corpus import CorpusConfig, write_manifest
+    from deepspike.data.shards import Block, write_shard
 
     rng = np.random.default_rng(seed)
     t = np.arange(20) - 8
@@ -126,9 +126,9 @@ def main() -> None:
     if args.spikes < (args.warmup + args.steps) * args.batch + args.pool:
         ap.error("the run would reach the end of the epoch: raise --spikes or lower --steps/--warmup")
 
-    from deepspike.models import MLPNet, count_parameters
-    from deepspike.module import SpikeAutoencoder, SpikeDataModule
-    from deepspike.pretext import Pretext
+    from deepspike.model.module import SpikeAutoencoder, SpikeDataModule
+    from deepspike.model.nets import MLPNet, count_parameters
+    from deepspike.model.pretext import Pretext
     from deepspike.spec import WindowSpec
 
     with tempfile.TemporaryDirectory() as tmp:

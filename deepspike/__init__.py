@@ -13,14 +13,14 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "open_recording": "deepspike.io",
-    "load_ground_truth": "deepspike.io",
-    "load_encoder": "deepspike.export",
-    "sort": "deepspike.sorting",
-    "sort_snippets": "deepspike.sorting",
-    "compare_labels": "deepspike.evaluate",
+    "open_recording": "deepspike.recording.readers",
+    "load_ground_truth": "deepspike.recording.ground_truth",
+    "load_encoder": "deepspike.model.export",
+    "sort": "deepspike.sorting.pipeline",
+    "sort_snippets": "deepspike.sorting.pipeline",
+    "compare_labels": "deepspike.evaluation.compare",
     "WindowSpec": "deepspike.spec",
-    "extract_spikes": "deepspike.extract",
+    "extract_spikes": "deepspike.spikes.extract",
 }
 
 __all__ = ["__version__", *_LAZY]

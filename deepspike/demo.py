@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from deepspike.corpus import MANIFEST, CorpusConfig, build_corpus
+from deepspike.data.corpus import MANIFEST, CorpusConfig, build_corpus
 from deepspike.paths import DATA_DIR
 
 DEMO_CORPUS = DATA_DIR / "demo_corpus"
@@ -38,7 +38,7 @@ def build_demo_corpus(out: Path = DEMO_CORPUS) -> Path:
 
 def stream_epoch(manifest: Path) -> None:
     """One epoch through the training loader; prints throughput and how well batches mix recordings."""
-    from deepspike.stream import make_loader
+    from deepspike.data.loader import make_loader
 
     loader = make_loader(manifest.parent, batch_size=512, num_workers=0, return_labels=True)
     t0 = time.perf_counter()

@@ -4,7 +4,7 @@ Every artifact (corpus manifest, checkpoint, exported encoder) carries a ``Windo
 exchange windows must agree on it, which ``WindowSpec.check_compatible`` enforces.
 
 Windows are *stored* in noise units (sample / robust noise sigma of their channel, see
-``deepspike.preprocess.noise_levels``): that removes recording gain without a whole-recording min-max scale,
+``deepspike.recording.preprocess.noise_levels``): that removes recording gain without a whole-recording min-max scale,
 so one huge artifact cannot squash every other spike (the published pipeline's flaw). The model input is
 then ``normalize(windows, spec)``, a soft clip that keeps ordinary spikes almost linear and bounds artifacts.
 """

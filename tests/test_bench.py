@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepspike.bench import COLUMNS, SUMMARY_COLUMNS, UNIT_COLUMNS, BenchConfig, make_set, parse_sorter, run_bench
 from deepspike.errors import DeepSpikeError, OutputExistsError, RecordingError
+from deepspike.evaluation.bench import COLUMNS, SUMMARY_COLUMNS, UNIT_COLUMNS, BenchConfig, parse_sorter, run_bench
+from deepspike.evaluation.bench_set import make_set
 
 REPO = Path(__file__).resolve().parents[1]
 # Measured on the tiny recording below (3 units, SNR 10-30, 10 s at 24 kHz): deepspike 0.976, mountainsort5 0.987
@@ -22,7 +23,7 @@ DEEPSPIKE_FLOOR = 0.85
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 10 s generator recording with 3 units, saved as NAME/ + NAME.gt/ (what the benchmark set holds)."""
-    from deepspike.synthetic import generate_recording, save_pair
+    from deepspike.recording.synthetic import generate_recording, save_pair
 
     folder = tmp_path_factory.mktemp("bench_data")
     rec, gt = generate_recording(3, duration_s=10.0, sampling_frequency=24000.0, num_units=3, snr_range=(10, 30))
@@ -31,7 +32,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "deepspike.bench", *args]
+    cmd = [sys.executable, "-m", "deepspike.evaluation.bench", *args]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
@@ -159,7 +160,7 @@ def test_peer_sorter_on_a_recording_without_probe(tmp_path: Path) -> None:
     """Recipe recordings (and .mat files) carry no probe: peers get a one-channel line instead of a ValueError."""
     from spikeinterface.sorters import sorter_dict
 
-    from deepspike.synthetic import generate_recording, save_pair
+    from deepspike.recording.synthetic import generate_recording, save_pair
 
     if not sorter_dict["mountainsort5"].is_installed():
         pytest.skip("mountainsort5 not installed (pip install -e '.[bench]')")
@@ -173,7 +174,7 @@ def test_peer_sorter_on_a_recording_without_probe(tmp_path: Path) -> None:
 
 
 def test_a_wrapped_sorter_traceback_becomes_its_root_cause_on_one_line() -> None:
-    from deepspike.bench import error_line
+    from deepspike.evaluation.bench import error_line
 
     wrapped = RuntimeError(
         'Spike sorting error trace:\nTraceback (most recent call last):\n  File "x.py", line 1, in f\n'
@@ -192,8 +193,8 @@ PROBE_TIERS = {
 
 
 def test_make_set_probe_tiers_keep_their_probe_and_leave_single_channel_tiers_unchanged(tmp_path: Path) -> None:
-    from deepspike.bench import _tier_kwargs
-    from deepspike.io import open_recording
+    from deepspike.evaluation.bench_set import _tier_kwargs
+    from deepspike.recording.readers import open_recording
 
     easy = {"n": 1, "num_units": [2, 4], "snr_range": [15.0, 50.0]}
     assert _tier_kwargs(easy, 1234, {}) == {"num_units": 4, "snr_range": (15.0, 50.0)}  # as before probe tiers
@@ -244,7 +245,8 @@ def test_harris_tetrode_include_gets_a_probe_and_gt_on_the_extracellular_troughs
 ) -> None:
     from scipy.signal import butter, sosfiltfilt
 
-    from deepspike.io import load_ground_truth, open_recording
+    from deepspike.recording.ground_truth import load_ground_truth
+    from deepspike.recording.readers import open_recording
 
     item = {"path": str(shared_data / HARRIS), "tier": "harris_tetrode", "probe": "tetrode", "gt_shift_samples": -27}
     spec = {"seed": 0, "duration_s": 1.0, "tiers": {}, "include": [item]}
@@ -265,8 +267,8 @@ def test_harris_tetrode_include_gets_a_probe_and_gt_on_the_extracellular_troughs
 
 
 def test_peer_parameters_follow_the_recording_channel_count() -> None:
-    from deepspike.bench import for_recording
     from deepspike.defaults import conf_values
+    from deepspike.evaluation.bench import for_recording
 
     conf = BenchConfig(recordings=["x"], sorters=["kilosort4"])  # the defaults of conf/bench.yaml
     ks = parse_sorter("kilosort4", conf.sorter_params)
@@ -283,7 +285,7 @@ def test_peer_parameters_follow_the_recording_channel_count() -> None:
 def test_redundant_and_false_positive_units_are_counted_per_recording_and_summarized() -> None:
     from spikeinterface.core import NumpySorting
 
-    from deepspike.bench import Recording, score, summarize
+    from deepspike.evaluation.bench import Recording, score, summarize
 
     fs, rng = 30000.0, np.random.default_rng(0)
     a, b = (np.sort(rng.choice(np.arange(100, 1_800_000, 200), 300, replace=False)) for _ in range(2))

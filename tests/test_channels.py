@@ -7,14 +7,14 @@ import warnings
 import numpy as np
 import pytest
 
-from deepspike.channels import (
+from deepspike.errors import DeepSpikeError
+from deepspike.sorting.multichannel import (
     MultichannelParams,
     clustering_keys,
     deduplicate_events,
     neighbourhoods,
     template_match,
 )
-from deepspike.errors import DeepSpikeError
 
 
 def _recording(kind: str, num_units: int, seed: int, duration_s: float = 30.0):
@@ -88,10 +88,10 @@ def test_bad_multichannel_options_name_the_key() -> None:
 
 
 def test_neighbour_windows_of_the_peak_channel_equal_the_detected_windows() -> None:
-    from deepspike.extract import extract_spikes
-    from deepspike.preprocess import bandpass, noise_levels
+    from deepspike.recording.preprocess import bandpass, noise_levels
     from deepspike.spec import WindowSpec
-    from deepspike.windows import extract_neighbour_windows
+    from deepspike.spikes.extract import extract_spikes
+    from deepspike.spikes.windows import extract_neighbour_windows
 
     rec, _ = _recording("tetrode", 3, 1, 5.0)
     spikes = extract_spikes(rec)
@@ -107,7 +107,7 @@ def test_neighbour_windows_of_the_peak_channel_equal_the_detected_windows() -> N
 
 def _gt_snr(rec, gt) -> dict:
     """Peak |template| of each ground-truth unit on its best channel, in noise sigmas of the band-passed traces."""
-    from deepspike.preprocess import bandpass, noise_levels
+    from deepspike.recording.preprocess import bandpass, noise_levels
 
     filtered = bandpass(rec, 300.0, 5000.0, False)
     traces = filtered.get_traces() / noise_levels(filtered)
@@ -123,7 +123,8 @@ def _gt_snr(rec, gt) -> dict:
 def test_each_neuron_is_one_unit(kind: str, units: int, seed: int, tmp_path) -> None:
     from spikeinterface.comparison import compare_sorter_to_ground_truth
 
-    from deepspike.sorting import SortParams, run_sort
+    from deepspike.sorting.params import SortParams
+    from deepspike.sorting.pipeline import run_sort
 
     rec, gt = _recording(kind, units, seed)
     with warnings.catch_warnings():
@@ -144,15 +145,16 @@ def test_each_neuron_is_one_unit(kind: str, units: int, seed: int, tmp_path) -> 
     for u in multi.unit_ids:  # a spike seen on several channels is reported once
         t = np.sort(multi.sample_index[multi.labels == u])
         assert np.diff(t).min() > 0.0005 * 30000.0
-    from deepspike.sorting import write_outputs
+    from deepspike.sorting.outputs import write_outputs
 
     write_outputs(multi, tmp_path / "out", plots=False)
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "templates.npy"), multi.templates)
 
 
 def test_band_pass_cache_keeps_the_probe_and_the_sort() -> None:
-    from deepspike.preprocess import bandpass, in_memory
-    from deepspike.sorting import SortParams, run_sort
+    from deepspike.recording.preprocess import bandpass, in_memory
+    from deepspike.sorting.params import SortParams
+    from deepspike.sorting.pipeline import run_sort
 
     rec, _ = _recording("tetrode", 3, 5, 10.0)
     lazy = bandpass(rec, 300.0, 5000.0, False)
@@ -172,7 +174,7 @@ def test_band_pass_cache_keeps_the_probe_and_the_sort() -> None:
 
 
 def test_one_neuron_split_in_two_keeps_its_refractory_period_two_neurons_do_not() -> None:
-    from deepspike.channels import one_neuron
+    from deepspike.sorting.multichannel import one_neuron
 
     rng = np.random.default_rng(0)
     span, window = 60 * 30000.0, 45.0  # 60 s at 30 kHz, 1.5 ms
@@ -191,8 +193,9 @@ def test_a_large_unit_matched_on_its_whole_footprint_is_not_reported_twice() -> 
     on the far channels stayed in the residual and a second unit took those spikes again (redundant)."""
     from spikeinterface.comparison import compare_sorter_to_ground_truth
 
-    from deepspike.sorting import SortParams, run_sort
-    from deepspike.synthetic import generate_probe_recording
+    from deepspike.recording.synthetic import generate_probe_recording
+    from deepspike.sorting.params import SortParams
+    from deepspike.sorting.pipeline import run_sort
 
     rec, gt = generate_probe_recording(0, duration_s=20.0, probe="shank", num_channels=16, num_units=6,
                                        snr_range=(10.0, 25.0))  # fmt: skip
@@ -209,7 +212,8 @@ def test_a_large_unit_matched_on_its_whole_footprint_is_not_reported_twice() -> 
 
 
 def test_neighbourhoods_clustered_in_threads_give_the_labels_of_one_thread() -> None:
-    from deepspike.sorting import SortParams, run_sort
+    from deepspike.sorting.params import SortParams
+    from deepspike.sorting.pipeline import run_sort
 
     rec, _ = _recording("linear", 4, 6, 10.0)  # 8 channels: several neighbourhoods, clustered concurrently
     with warnings.catch_warnings():
@@ -223,7 +227,8 @@ def test_neighbourhoods_clustered_in_threads_give_the_labels_of_one_thread() -> 
 def test_threaded_clustering_leaves_the_warning_filters_as_they_were() -> None:
     """catch_warnings swaps process-wide state: entered by several threads at once it can leave a thread's "ignore"
     filter behind after the sort, silencing the user's warnings."""
-    from deepspike.sorting import SortParams, run_sort
+    from deepspike.sorting.params import SortParams
+    from deepspike.sorting.pipeline import run_sort
 
     rec, _ = _recording("linear", 4, 6, 10.0)
     with warnings.catch_warnings():

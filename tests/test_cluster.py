@@ -6,16 +6,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from deepspike.cluster import (
-    METHODS,
-    NOISE,
-    ClusterParams,
-    cluster_spikes,
-    merge_similar_units,
-    secondary_peaks,
-    valley_ratio,
-)
 from deepspike.errors import DeepSpikeError
+from deepspike.sorting.clustering.cleanup import secondary_peaks
+from deepspike.sorting.clustering.cluster import cluster_spikes
+from deepspike.sorting.clustering.merge import merge_similar_units, valley_ratio
+from deepspike.sorting.clustering.params import METHODS, NOISE, ClusterParams
 
 L = 20
 T = np.arange(L) - 8.0
@@ -158,7 +153,7 @@ def test_bad_embeddings() -> None:
 
 def test_merge_keeps_units_the_features_separate() -> None:
     """Same template shape, 10 % apart in size: templates alone merge them; the d' gate keeps them apart."""
-    from deepspike.cluster import dprime, merge_similar_units
+    from deepspike.sorting.clustering.merge import dprime, merge_similar_units
 
     rng = np.random.default_rng(0)
     shape = np.sin(np.linspace(0, np.pi, 20))
@@ -182,7 +177,7 @@ def _banana(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def test_valley_ratio_tells_one_cloud_from_two() -> None:
-    from deepspike.cluster import valley_ratio
+    from deepspike.sorting.clustering.merge import valley_ratio
 
     rng = np.random.default_rng(0)
     arc = _banana(2000, rng)
@@ -244,7 +239,7 @@ def test_valley_ratio_of_tight_far_clusters_is_a_gap() -> None:
 def test_branch_splits_a_unit_whose_parts_differ_in_a_low_variance_direction() -> None:
     """Two units 6 sigma apart along one axis, sharing a broad spread along another: re-clustered in their own
     principal components they come apart; a single Gaussian cloud stays whole."""
-    from deepspike.cluster import _branch
+    from deepspike.sorting.clustering.cluster import _branch
 
     rng = np.random.default_rng(0)
     truth = np.repeat([0, 1], 400)
@@ -262,11 +257,11 @@ def test_branch_splits_a_unit_whose_parts_differ_in_a_low_variance_direction() -
 def test_branch_finds_more_of_a_crowded_channel() -> None:
     """Ten generated units on one channel (a seed outside bench/embedding.py's draws): the re-split recovers units
     the global fit leaves merged."""
-    from deepspike.evaluate import compare_labels
-    from deepspike.extract import extract_spikes
-    from deepspike.sorting import pca_features
+    from deepspike.evaluation.compare import compare_labels
+    from deepspike.recording.synthetic import generate_recording
+    from deepspike.sorting.features import pca_features
     from deepspike.spec import WindowSpec
-    from deepspike.synthetic import generate_recording
+    from deepspike.spikes.extract import extract_spikes
 
     rec, gt = generate_recording(4242, duration_s=20.0, num_units=10, snr_range=(5.0, 30.0))
     spikes = extract_spikes(rec, spec=WindowSpec(), gt=gt)
@@ -287,7 +282,7 @@ def test_branch_finds_more_of_a_crowded_channel() -> None:
 def test_branch_never_splits_off_a_part_too_small_to_be_a_unit() -> None:
     """A 30-spike unit whose local fit would cut off 10 spikes stays whole: the part would be dropped as noise below
     cluster.min_spikes=15, losing those spikes (a whole unit of the Quiroga excerpt was lost this way)."""
-    from deepspike.cluster import _branch
+    from deepspike.sorting.clustering.cluster import _branch
 
     rng = np.random.default_rng(0)
     x = rng.normal(0, 1, (30, 6))

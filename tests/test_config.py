@@ -13,12 +13,15 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from deepspike import cluster, detect, preprocess, pretext, windows
-from deepspike.cluster import METHODS, ClusterParams
-from deepspike.corpus import CorpusConfig
+from deepspike.data.corpus import CorpusConfig
 from deepspike.errors import DeepSpikeError
-from deepspike.extract import ExtractParams
+from deepspike.model import pretext
 from deepspike.paths import CONF_DIR
+from deepspike.recording import preprocess
+from deepspike.sorting.clustering import cluster
+from deepspike.sorting.clustering.params import METHODS, ClusterParams
+from deepspike.spikes import detect, windows
+from deepspike.spikes.extract import ExtractParams
 
 
 def _compose(name: str, overrides: list[str] | None = None) -> Any:
@@ -114,8 +117,9 @@ def test_bad_values_name_their_config_key(build: Any, match: str) -> None:
 
 def test_sort_config_builds_the_default_sort_config() -> None:
     """conf/sort.yaml as composed builds SortConfig() exactly; every key is a field of SortConfig/SortParams."""
-    from deepspike.finetune import FinetuneParams
-    from deepspike.sorting import SortConfig, SortParams
+    from deepspike.model.finetune import FinetuneParams
+    from deepspike.sorting.app import SortConfig
+    from deepspike.sorting.params import SortParams
 
     cfg = _compose("sort")
     assert SortConfig.from_cfg(cfg) == SortConfig()

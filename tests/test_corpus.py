@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepspike.corpus import DONE_DIR, MANIFEST, CorpusConfig, build_corpus, split_recordings
+from deepspike.data.corpus import DONE_DIR, MANIFEST, CorpusConfig, build_corpus, split_recordings
+from deepspike.data.shards import iter_blocks
 from deepspike.errors import DeepSpikeError, OutputExistsError
-from deepspike.shards import iter_blocks
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def recordings(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    from deepspike.synthetic import write_synthetic_recordings
+    from deepspike.recording.synthetic import write_synthetic_recordings
 
     return list(write_synthetic_recordings(tmp_path_factory.mktemp("rec"), 4, seed=3, duration_s=6.0))
 
@@ -148,7 +148,7 @@ def test_split_is_by_recording_and_seeded() -> None:
 def test_cli_builds_from_a_glob(recordings: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "cli"
     pattern = str(recordings[0].parent / "synth_00[01]")
-    cmd = [sys.executable, "-m", "deepspike.corpus", f"recordings=['{pattern}']", f"out={out}", "progress=false"]
+    cmd = [sys.executable, "-m", "deepspike.data.corpus", f"recordings=['{pattern}']", f"out={out}", "progress=false"]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     m = json.loads((out / MANIFEST).read_text())
@@ -160,7 +160,7 @@ def test_cli_multirun_slices_write_one_manifest(recordings: list[Path], tmp_path
     """A sweep over `part` (what a SLURM array does) builds every slice; the last writes the manifest."""
     out = tmp_path / "parts"
     pattern = str(recordings[0].parent / "synth_00[0-2]")
-    cmd = [sys.executable, "-m", "deepspike.corpus", "-m", f"recordings=['{pattern}']", f"out={out}"]
+    cmd = [sys.executable, "-m", "deepspike.data.corpus", "-m", f"recordings=['{pattern}']", f"out={out}"]
     res = subprocess.run([*cmd, "num_parts=2", "part=0,1", "progress=false"], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     m = json.loads((out / MANIFEST).read_text())
@@ -195,7 +195,14 @@ def test_unreadable_recording_stops_or_is_skipped(recordings: list[Path], tmp_pa
 def test_cli_error_is_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "rec.xyz"
     bad.write_text("?")
-    cmd = [sys.executable, "-m", "deepspike.corpus", f"recordings=[{bad}]", f"out={tmp_path / 'o'}", "progress=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepspike.data.corpus",
+        f"recordings=[{bad}]",
+        f"out={tmp_path / 'o'}",
+        "progress=false",
+    ]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0
     assert "error:" in res.stderr and "rec.xyz" in res.stderr and "Traceback" not in res.stderr
@@ -266,10 +273,10 @@ def test_killed_parallel_build_leaves_no_workers(tmp_path: Path, sig: str) -> No
     import signal
     import time
 
-    from deepspike.synthetic import write_synthetic_recordings
+    from deepspike.recording.synthetic import write_synthetic_recordings
 
     recs = list(write_synthetic_recordings(tmp_path / "rec", 6, seed=5, duration_s=40.0))
-    cmd = [sys.executable, "-m", "deepspike.corpus", f"recordings=[{','.join(map(str, recs))}]",
+    cmd = [sys.executable, "-m", "deepspike.data.corpus", f"recordings=[{','.join(map(str, recs))}]",
            f"out={tmp_path / 'out'}", "workers=2", "progress=false"]  # fmt: skip
     log = (tmp_path / "log.txt").open("w")  # not a pipe: orphaned workers would hold it open
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from spikeinterface.core import NumpyRecording
 
-from deepspike.detect import PEAK_DTYPE, dead_time_samples, detect_peaks, one_peak_per_event
 from deepspike.errors import DeepSpikeError
-from deepspike.preprocess import bandpass, noise_levels
-from deepspike.synthetic import generate_recording
+from deepspike.recording.preprocess import bandpass, noise_levels
+from deepspike.recording.synthetic import generate_recording
+from deepspike.spikes.detect import PEAK_DTYPE, dead_time_samples, detect_peaks, one_peak_per_event
 
 TOL_MS = 0.4
 

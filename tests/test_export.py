@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from deepspike.errors import DeepSpikeError, SpecMismatchError
-from deepspike.export import export_encoder, load_encoder, read_header
-from deepspike.inference import load_numpy_encoder
-from deepspike.models import ConvNet, MLPNet
-from deepspike.module import SpikeAutoencoder
+from deepspike.model.export import export_encoder, load_encoder
+from deepspike.model.inference import load_numpy_encoder, read_header
+from deepspike.model.module import SpikeAutoencoder
+from deepspike.model.nets import ConvNet, MLPNet
 from deepspike.spec import WindowSpec
 
 LOADERS = pytest.mark.parametrize("load", [load_encoder, load_numpy_encoder], ids=["torch", "numpy"])

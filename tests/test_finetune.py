@@ -18,13 +18,18 @@ import pandas as pd
 import pytest
 import torch
 
+from deepspike.data.shards import file_digest
 from deepspike.errors import DeepSpikeError, SpecMismatchError
-from deepspike.evaluate import CollapseMetric, compare_to_ground_truth, gmm_scores, split_purity
-from deepspike.export import export_encoder, load_encoder, load_parent, parent_objective, save_encoder
-from deepspike.finetune import FinetuneParams, finetune_on_windows
-from deepspike.models import encoder_layers, freeze_encoder
-from deepspike.shards import file_digest
-from deepspike.sorting import DEFAULT_CHECKPOINT, FINETUNED_NAME, SortParams, run_sort
+from deepspike.evaluation.compare import compare_to_ground_truth
+from deepspike.model.collapse import CollapseMetric, gmm_scores, split_purity
+from deepspike.model.export import export_encoder, load_encoder, save_encoder
+from deepspike.model.finetune import FinetuneParams, finetune_on_windows
+from deepspike.model.lineage import load_parent, parent_objective
+from deepspike.model.nets import encoder_layers, freeze_encoder
+from deepspike.sorting.features import DEFAULT_CHECKPOINT
+from deepspike.sorting.outputs import FINETUNED_NAME
+from deepspike.sorting.params import SortParams
+from deepspike.sorting.pipeline import run_sort
 from deepspike.spec import WindowSpec, normalize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,8 +48,8 @@ def parent(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled checkpoint, else a tiny VAE pretrained here on windows of four generated recordings."""
     if DEFAULT_CHECKPOINT.exists():
         return DEFAULT_CHECKPOINT
-    from deepspike.extract import extract_spikes
-    from deepspike.models import MLPNet
+    from deepspike.model.nets import MLPNet
+    from deepspike.spikes.extract import extract_spikes
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("parent")
@@ -56,7 +61,7 @@ def parent(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def generate(seed: int) -> Any:
-    from deepspike.synthetic import generate_recording
+    from deepspike.recording.synthetic import generate_recording
 
     return generate_recording(seed, duration_s=20.0, num_units=4, sampling_frequency="random")[0]
 
@@ -74,7 +79,8 @@ def recording_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def sorted_pair(parent: Path, recording_folder: Path) -> tuple[Any, Any, Any]:
     """(frozen result, fine-tuned result, ground truth) on the saved recording."""
-    from deepspike.io import load_ground_truth, open_recording
+    from deepspike.recording.ground_truth import load_ground_truth
+    from deepspike.recording.readers import open_recording
 
     rec = open_recording(recording_folder)
     gt = load_ground_truth(recording_folder, recording=rec)
@@ -200,7 +206,7 @@ def _layer_index(net: torch.nn.Module, param_name: str) -> int:
 
 
 def _waves(enc: Any, seed: int = 5) -> np.ndarray:
-    from deepspike.extract import extract_spikes
+    from deepspike.spikes.extract import extract_spikes
 
     rec, _ = gt_recording(seed=seed, duration_s=20.0)
     return extract_spikes(rec, spec=enc.window_spec).waves
@@ -209,7 +215,7 @@ def _waves(enc: Any, seed: int = 5) -> np.ndarray:
 def test_train_path_freeze_excludes_frozen_from_optimizer(parent: Path, tmp_path: Path) -> None:
     from test_train import TINY, cfg_for
 
-    from deepspike.train import build_model
+    from deepspike.model.train import build_model
 
     cfg = cfg_for(tmp_path, [*TINY, "experiment=finetune", f"init_from={parent}", "freeze=2"])
     model = build_model(cfg, WindowSpec())
@@ -229,8 +235,8 @@ def test_train_path_freeze_excludes_frozen_from_optimizer(parent: Path, tmp_path
 def test_window_spec_mismatch_is_refused(parent: Path, tmp_path: Path) -> None:
     from test_train import TINY, cfg_for
 
-    from deepspike.module import FinetuneDataModule
-    from deepspike.train import build_model
+    from deepspike.model.module import FinetuneDataModule
+    from deepspike.model.train import build_model
 
     enc = load_encoder(parent)
     with pytest.raises(SpecMismatchError, match=r"\[n, 20\]"):
@@ -244,7 +250,7 @@ def test_window_spec_mismatch_is_refused(parent: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("with_labels", [True, False], ids=["gt_accuracy", "label_free"])
 def test_collapse_guard_keeps_parent_when_quality_falls(parent: Path, with_labels: bool) -> None:
-    from deepspike.extract import extract_spikes
+    from deepspike.spikes.extract import extract_spikes
 
     enc = load_encoder(parent)
     rec, gt = gt_recording(seed=6, duration_s=20.0)
@@ -291,7 +297,7 @@ def test_options_are_validated() -> None:
 
 
 def test_lightning_checkpoint_as_parent(parent: Path, tmp_path: Path) -> None:
-    from deepspike.module import SpikeAutoencoder
+    from deepspike.model.module import SpikeAutoencoder
 
     enc = load_encoder(parent)
     m = SpikeAutoencoder(enc.net, torch.optim.AdamW, window=enc.window_spec.to_dict())
@@ -312,7 +318,7 @@ def test_train_experiment_finetune_builds_corpus_and_records_provenance(
 ) -> None:
     from test_train import TINY, cfg_for
 
-    from deepspike.train import run
+    from deepspike.model.train import run
 
     small = [o for o in TINY if not o.startswith(("model.hidden", "model.latent"))]  # the parent decides those
     args = [*small, "experiment=finetune", f"init_from={parent}", f"data.recordings=[{recording_folder}]",
@@ -339,7 +345,7 @@ def test_train_experiment_finetune_builds_corpus_and_records_provenance(
 def test_train_finetune_ddp_cpu_with_frozen_layers(parent: Path, recording_folder: Path, tmp_path: Path) -> None:
     from test_train import TINY, cfg_for
 
-    from deepspike.train import run
+    from deepspike.model.train import run
 
     small = [o for o in TINY if not o.startswith(("model.hidden", "model.latent"))]
     args = [*small, "experiment=finetune", f"init_from={parent}", f"data.recordings=[{recording_folder}]",
@@ -358,8 +364,8 @@ def test_both_paths_use_one_recipe(parent: Path, tmp_path: Path) -> None:
     from omegaconf import OmegaConf
     from test_train import TINY, cfg_for
 
+    from deepspike.model.train import build_model
     from deepspike.paths import CONF_DIR
-    from deepspike.train import build_model
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         sort_opts = OmegaConf.to_container(compose("sort").finetune_options, resolve=True)

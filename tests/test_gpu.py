@@ -17,8 +17,8 @@ pytestmark = pytest.mark.gpu
 
 
 def test_bf16_training_on_cuda_lowers_the_loss_and_exports_an_encoder_that_matches_on_cpu(tmp_path: Path) -> None:
-    from deepspike.export import load_encoder
-    from deepspike.train import resolve_precision, run
+    from deepspike.model.export import load_encoder
+    from deepspike.model.train import resolve_precision, run
 
     corpus = make_corpus(tmp_path / "corpus")
     out = tmp_path / "run"
@@ -38,9 +38,10 @@ def test_bf16_training_on_cuda_lowers_the_loss_and_exports_an_encoder_that_match
 
 
 def test_sort_on_cuda_equals_the_cpu_sort() -> None:
-    from deepspike.evaluate import matched_accuracy
-    from deepspike.sorting import SortParams, run_sort
-    from deepspike.synthetic import generate_recording
+    from deepspike.evaluation.compare import matched_accuracy
+    from deepspike.recording.synthetic import generate_recording
+    from deepspike.sorting.params import SortParams
+    from deepspike.sorting.pipeline import run_sort
 
     recording, _ = generate_recording(seed=5, duration_s=10.0)
     cpu = run_sort(recording, None, SortParams.from_options({"device": "cpu"}))

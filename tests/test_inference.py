@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from deepspike.export import export_encoder, load_encoder
-from deepspike.inference import load_numpy_encoder, mlp_shapes, numpy_capable, torch_accelerator_build
-from deepspike.models import ConvNet, MLPNet
+from deepspike.model.export import export_encoder, load_encoder
+from deepspike.model.inference import load_numpy_encoder, mlp_shapes, numpy_capable, torch_accelerator_build
+from deepspike.model.nets import ConvNet, MLPNet
 from deepspike.paths import REPO_ROOT
-from deepspike.sorting import DEFAULT_CHECKPOINT
+from deepspike.sorting.features import DEFAULT_CHECKPOINT
 
 ARCHS = [
     {},
@@ -57,8 +57,9 @@ def test_accelerator_build_is_read_from_the_installed_torch() -> None:
 
 SCRIPT = """
 import sys, numpy as np
-from deepspike.sorting import SortParams, run_sort
-from deepspike.synthetic import generate_recording
+from deepspike.sorting.params import SortParams
+from deepspike.sorting.pipeline import run_sort
+from deepspike.recording.synthetic import generate_recording
 rec, _ = generate_recording(seed=5, duration_s=10.0)
 r = run_sort(rec, None, SortParams.from_options({"device": "cpu"}))
 print("TORCH_LOADED", "torch" in sys.modules, type(r.sorting).__name__)
@@ -67,9 +68,9 @@ np.save(sys.argv[1], r.embeddings); np.save(sys.argv[2], r.labels)
 
 
 def test_cpu_sort_runs_without_importing_torch_and_matches_the_torch_sort(tmp_path: Path) -> None:
-    from deepspike.evaluate import matched_accuracy
-    from deepspike.sorting import _load_encoder, embed_waves
-    from deepspike.synthetic import generate_recording
+    from deepspike.evaluation.compare import matched_accuracy
+    from deepspike.recording.synthetic import generate_recording
+    from deepspike.sorting.features import embed_waves, load_sort_encoder
 
     emb_f, lab_f = tmp_path / "emb.npy", tmp_path / "lab.npy"
     out = subprocess.run(
@@ -78,13 +79,14 @@ def test_cpu_sort_runs_without_importing_torch_and_matches_the_torch_sort(tmp_pa
     assert out.returncode == 0, out.stderr[-2000:]
     assert "TORCH_LOADED False NumpySorting" in out.stdout
     # the same windows through torch: same embeddings, and the sort's labels as in-process (torch imported here)
-    from deepspike.sorting import SortParams, run_sort
+    from deepspike.sorting.params import SortParams
+    from deepspike.sorting.pipeline import run_sort
 
     rec, _ = generate_recording(seed=5, duration_s=10.0)
     here = run_sort(rec, None, SortParams.from_options({"device": "cpu"}))
     torch_emb = embed_waves(load_encoder(DEFAULT_CHECKPOINT), here.waves, device="cpu")
     np.testing.assert_allclose(np.load(emb_f), torch_emb, rtol=1e-4, atol=2e-5)
-    assert type(_load_encoder(None)).__name__ == "NumpyEncoder"
+    assert type(load_sort_encoder(None)).__name__ == "NumpyEncoder"
     assert matched_accuracy(np.load(lab_f), here.labels) == 1.0
 
 

@@ -1,4 +1,4 @@
-"""deepspike.io on real files written here (npy, raw binary, SI folder, Quiroga .mat, Neuroscope) and on the
+"""recording.readers on real files written here (npy, raw binary, SI folder, Quiroga .mat, Neuroscope) and on the
 third-party Quiroga excerpt; every error names the file and the fix."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import pytest
 import scipy.io
 
 from deepspike.errors import RecordingError
-from deepspike.io import SUPPORTED_FORMATS, load_ground_truth, open_recording
+from deepspike.recording.ground_truth import load_ground_truth
+from deepspike.recording.readers import SUPPORTED_FORMATS, open_recording
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 QUIROGA_EXCERPT = SHARED_DATA / "quiroga" / "C_Easy1_noise015_5sec.mat"
@@ -55,7 +56,7 @@ def test_npy_channels_by_samples_is_transposed_with_note(
 ) -> None:
     data = np.random.default_rng(2).normal(size=(3, 1500)).astype(np.float64)
     data = np.asfortranarray(data) if fortran else data
-    with caplog.at_level(logging.INFO, logger="deepspike.io"):
+    with caplog.at_level(logging.INFO, logger="deepspike.recording"):
         rec = open_recording(_save_npy(tmp_path / "c.npy", data), sampling_frequency=10000)
     assert rec.get_num_channels() == 3 and rec.get_num_samples() == 1500
     np.testing.assert_array_equal(_traces(rec), data.T)
@@ -229,7 +230,7 @@ def test_real_harris_excerpt_keeps_times_without_onset_convention(caplog: pytest
         pytest.skip(f"{path} not found")
     rec = open_recording(path)
     assert rec.get_num_channels() == 4 and rec.get_num_samples() == 50000  # 4 x N `data` read as channels first
-    with caplog.at_level(logging.WARNING, logger="deepspike.io"):
+    with caplog.at_level(logging.WARNING, logger="deepspike.recording"):
         sorting = load_ground_truth(path, recording=rec)
     stored = scipy.io.loadmat(path)["true_spike_times"].ravel().astype(np.int64)
     assert sorting.get_annotation("gt_time_reference") == "as_stored"  # GT marks 2.8 ms after the trough
@@ -620,7 +621,7 @@ def test_pickled_recordings_need_allow_pickle(
     saved = NumpyRecording([data], sampling_frequency=1000).save(folder=tmp_path / "saved", verbose=False)
     mine = tmp_path / f"mine{suffix}"
     saved.dump_to_pickle(mine)
-    with caplog.at_level(logging.WARNING, logger="deepspike.io"):
+    with caplog.at_level(logging.WARNING, logger="deepspike.recording"):
         rec = open_recording(mine, allow_pickle=True)  # the user's explicit opt-in
     np.testing.assert_allclose(_traces(rec), data)
     assert "runs code" in caplog.text

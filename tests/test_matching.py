@@ -1,4 +1,4 @@
-"""Sorter v2: template matching after clustering (deepspike.matching) and its options.
+"""Sorter v2: template matching after clustering (deepspike.sorting.matching) and its options.
 
 Real SpikeInterface generator recordings and SpikeInterface's matcher; features="pca" so the figures do not
 depend on which encoder is bundled.
@@ -10,15 +10,17 @@ import numpy as np
 import pytest
 
 from deepspike.errors import DeepSpikeError
-from deepspike.evaluate import compare_to_ground_truth
-from deepspike.matching import SPIKE_DTYPE, MatchParams, pair_with_detected
-from deepspike.sorting import SPIKE_COLUMNS, SortParams, run_sort
+from deepspike.evaluation.compare import compare_to_ground_truth
+from deepspike.sorting.matching import SPIKE_DTYPE, MatchParams, pair_with_detected
+from deepspike.sorting.params import SortParams
+from deepspike.sorting.pipeline import run_sort
+from deepspike.sorting.result import SPIKE_COLUMNS
 
 
 def big_and_small_unit(duration_s: float = 30.0, seed: int = 3, small: float = -48.0):
     """One channel, noise sigma 10: a big unit (trough -160) and a small one (trough ``small``) near the
     detection threshold, so the detector (5 sigma of the band-passed trace) catches only part of its spikes."""
-    from deepspike.synthetic import templated_recording
+    from deepspike.recording.synthetic import templated_recording
 
     units = [(-160.0, 0.10, 0.15, 0.4), (small, 0.22, 0.2, 0.6)]
     return templated_recording(units, [10.0, 15.0], duration_s, seed=seed)
@@ -110,19 +112,19 @@ def test_a_unit_near_the_threshold_is_kept(low_snr_recording) -> None:
 
 def test_added_spikes_are_embedded_in_place(low_snr_recording) -> None:
     """With the encoder, only the spikes matching added are embedded; every row still embeds its own window."""
-    from deepspike.sorting import DEFAULT_CHECKPOINT, _load_encoder, embed_waves
+    from deepspike.sorting.features import DEFAULT_CHECKPOINT, embed_waves, load_sort_encoder
 
     if not DEFAULT_CHECKPOINT.exists():
         pytest.skip(f"bundled checkpoint {DEFAULT_CHECKPOINT.name} not there")
     rec, _ = low_snr_recording
     result = run_sort(rec)
     assert result.info["n_matched_new"] > 0
-    again = embed_waves(_load_encoder(None), result.waves)
+    again = embed_waves(load_sort_encoder(None), result.waves)
     np.testing.assert_allclose(result.embeddings, again, rtol=1e-4, atol=1e-4)
 
 
 def test_wobble_rank_is_deepspikes_default_and_the_users_parameters_win() -> None:
-    from deepspike.matching import MatchParams, _method_kwargs
+    from deepspike.sorting.matching import MatchParams, _method_kwargs
 
     assert _method_kwargs(MatchParams(), 4)["parameters"]["approx_rank"] == MatchParams().approx_rank
     mine = MatchParams(method_kwargs={"parameters": {"approx_rank": 5}})

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepspike import pretext as P
-from deepspike.evaluate import matched_accuracy
-from deepspike.models import ConvNet, MLPNet, build_net, count_parameters, mlp_widths
-from deepspike.module import SpikeAutoencoder
-from deepspike.objective import loss_terms, warmup_cosine
+from deepspike.evaluation.compare import matched_accuracy
+from deepspike.model import pretext as P
+from deepspike.model.module import SpikeAutoencoder
+from deepspike.model.nets import ConvNet, MLPNet, build_net, count_parameters, mlp_widths
+from deepspike.model.objective import loss_terms, warmup_cosine
 
 
 def test_published_architecture() -> None:

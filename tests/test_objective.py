@@ -12,8 +12,8 @@ import torch
 from test_train import TINY, cfg_for, make_corpus
 
 from deepspike.errors import DeepSpikeError
-from deepspike.models import MLPNet
-from deepspike.objective import (
+from deepspike.model.nets import MLPNet
+from deepspike.model.objective import (
     Objective,
     autoencoder_loss,
     band_augment,
@@ -23,7 +23,7 @@ from deepspike.objective import (
     unit_groups,
     unit_mean_target,
 )
-from deepspike.pretext import Pretext, collide, colored_noise
+from deepspike.model.pretext import Pretext, collide, colored_noise
 from deepspike.spec import WindowSpec
 
 
@@ -178,7 +178,7 @@ def unlabelled_copy(corpus: Path, tmp_path: Path) -> Path:
 
 
 def test_supcon_trains_on_labels_and_refuses_an_unlabelled_corpus(corpus: Path, tmp_path: Path) -> None:
-    from deepspike.train import run
+    from deepspike.model.train import run
 
     over = [*TINY, "model.objective=both", "model.contrastive.positives=units", "trainer.max_steps=6"]
     res = run(cfg_for(tmp_path / "ok", [*over, f"data.shards={corpus}", "trainer.val_check_interval=3"]))
@@ -200,7 +200,7 @@ def test_unit_mean_target_is_the_leave_one_out_mean_of_the_unit() -> None:
 
 def test_unit_mean_target_trains_on_labels_and_refuses_an_unlabelled_corpus(corpus: Path, tmp_path: Path) -> None:
     """The loss changes with the target (it reconstructs the template, not the window); no labels: a clear error."""
-    from deepspike.train import run
+    from deepspike.model.train import run
 
     net = MLPNet(hidden=16, latent=2, depth=2)
     g = torch.Generator().manual_seed(0)
@@ -277,8 +277,8 @@ def test_train_exports_an_encoder_that_loads_and_embeds(objective: str, corpus: 
     """train.py model.objective=...: the artifact holds the net only (no projection head) and load_encoder embeds."""
     from safetensors import safe_open
 
-    from deepspike.export import load_encoder
-    from deepspike.train import run
+    from deepspike.model.export import load_encoder
+    from deepspike.model.train import run
 
     res = run(cfg_for(tmp_path, [*TINY, f"data.shards={corpus}", f"model.objective={objective}",
                                  "trainer.max_steps=12", "trainer.val_check_interval=6"]))  # fmt: skip
@@ -299,8 +299,8 @@ def test_train_exports_an_encoder_that_loads_and_embeds(objective: str, corpus: 
 @pytest.mark.slow  # about 45 s on 2 shared cores (process spawn + gloo)
 def test_contrastive_ddp_cpu_two_ranks(corpus: Path, tmp_path: Path) -> None:
     """DDP (2 CPU processes, gloo) with the decoder unused: frozen, so no unused-parameter error."""
-    from deepspike.export import load_encoder
-    from deepspike.train import run
+    from deepspike.model.export import load_encoder
+    from deepspike.model.train import run
 
     res = run(cfg_for(tmp_path, [*TINY, f"data.shards={corpus}", "trainer=ddp_cpu", "model.objective=contrastive",
                                  "trainer.max_steps=6", "trainer.val_check_interval=3"]))  # fmt: skip

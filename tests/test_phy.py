@@ -7,8 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepspike.sorting import SortParams, run_sort, write_outputs
-from deepspike.synthetic import generate_probe_recording, make_probe, save_pair
+from deepspike.recording.probes import make_probe
+from deepspike.recording.synthetic import generate_probe_recording, save_pair
+from deepspike.sorting.outputs import write_outputs
+from deepspike.sorting.params import SortParams
+from deepspike.sorting.pipeline import run_sort
 
 PHY_FILES = ("params.py", "recording.dat", "spike_times.npy", "spike_clusters.npy", "spike_templates.npy",
              "templates.npy", "template_ind.npy", "channel_map.npy", "channel_positions.npy", "amplitudes.npy",
@@ -60,7 +63,7 @@ def test_phy_export_has_the_probe_geometry_and_round_trips(kind: str, num_channe
 
 
 def test_single_channel_phy_export_stays_dense(tmp_path: Path) -> None:
-    from deepspike.synthetic import generate_recording
+    from deepspike.recording.synthetic import generate_recording
 
     rec, gt = generate_recording(4, duration_s=4.0, num_units=2, snr_range=(10.0, 25.0))
     result, phy = _sort_and_export(rec, gt, tmp_path)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deepspike.data.shards import Block, iter_blocks, slug, write_shard
 from deepspike.errors import ShardError
-from deepspike.shards import Block, iter_blocks, slug, write_shard
 
 
 def _blocks(n_blocks: int, size: int, seed: int = 0) -> list[Block]:

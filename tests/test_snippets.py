@@ -7,10 +7,10 @@ import pytest
 from spikeinterface.core import NumpySorting
 
 from deepspike.errors import DeepSpikeError, RecordingError
-from deepspike.evaluate import compare_labels, compare_to_ground_truth
-from deepspike.sorting import sort_snippets
+from deepspike.evaluation.compare import compare_labels, compare_to_ground_truth
+from deepspike.sorting.pipeline import sort_snippets
 from deepspike.spec import WindowSpec
-from deepspike.windows import conform_snippets, snippet_noise
+from deepspike.spikes.windows import conform_snippets, snippet_noise
 
 SPEC = WindowSpec()
 

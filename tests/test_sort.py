@@ -16,18 +16,12 @@ import pandas as pd
 import pytest
 
 from deepspike.errors import DeepSpikeError, OutputExistsError, RecordingError, SpecMismatchError
-from deepspike.evaluate import COLUMNS, compare_to_ground_truth
-from deepspike.sorting import (
-    DEFAULT_CHECKPOINT,
-    RESULT_MARKER,
-    SPIKE_COLUMNS,
-    UNIT_COLUMNS,
-    SortParams,
-    check_output,
-    run_sort,
-    sort,
-    write_outputs,
-)
+from deepspike.evaluation.compare import COLUMNS, compare_to_ground_truth
+from deepspike.sorting.features import DEFAULT_CHECKPOINT
+from deepspike.sorting.outputs import RESULT_MARKER, check_output, write_outputs
+from deepspike.sorting.params import SortParams
+from deepspike.sorting.pipeline import run_sort, sort
+from deepspike.sorting.result import SPIKE_COLUMNS, UNIT_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 QUIROGA = Path(__file__).resolve().parents[2] / "shared" / "data" / "quiroga" / "C_Easy1_noise015_5sec.mat"
@@ -246,7 +240,8 @@ def test_quiroga_ground_truth_is_scored(tmp_path, features: str, branch_dims: in
         pytest.skip(f"{QUIROGA} not found (third-party data lives in ../shared/data)")
     if features == "encoder" and not DEFAULT_CHECKPOINT.exists():
         pytest.skip(f"bundled checkpoint {DEFAULT_CHECKPOINT.name} not trained yet")
-    from deepspike.io import load_ground_truth, open_recording
+    from deepspike.recording.ground_truth import load_ground_truth
+    from deepspike.recording.readers import open_recording
 
     rec = open_recording(QUIROGA, sampling_frequency=24000.0)
     result = run_sort(rec, params=SortParams(features=features, cluster={"branch_dims": branch_dims}))
@@ -282,8 +277,8 @@ def test_missing_checkpoint_is_explained(gt_recording, tmp_path) -> None:
 
 
 def test_spec_mismatched_artifact(gt_recording, tmp_path) -> None:
-    from deepspike.export import export_encoder
-    from deepspike.models import build_net
+    from deepspike.model.export import export_encoder
+    from deepspike.model.nets import build_net
     from deepspike.spec import WindowSpec
 
     net = build_net({"kind": "mlp", "in_dim": 20, "hidden": 32, "depth": 2, "latent": 4})
@@ -365,7 +360,7 @@ def _error_line(run: subprocess.CompletedProcess) -> str:
 def test_config_validation(tmp_path) -> None:
     from hydra import compose, initialize_config_dir
 
-    from deepspike.sorting import run_from_config
+    from deepspike.sorting.app import run_from_config
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("sort", overrides=["finetune=true", "features=pca", f"out={tmp_path / 'x'}"])

@@ -14,9 +14,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from deepspike.data.loader import make_loader
+from deepspike.data.shards import Block, iter_blocks, read_blocks, write_shard
+from deepspike.data.stream import ShardStream, load_manifest
 from deepspike.errors import ShardError
-from deepspike.shards import Block, iter_blocks, write_shard
-from deepspike.stream import ShardStream, load_manifest, make_loader, read_blocks
 
 SIZES = [300, 3000, 1234, 777, 2048, 513, 1999, 900, 640]  # the last shard is the val split
 BLOCK = 256
@@ -349,7 +350,7 @@ def _straight_and_stopped(tmp_path: Path, corpus: Path, common: list[str], k: in
     """Run ``common`` straight into ``a/``, and again into ``b/`` stopped after step ``k``; return b's last.ckpt."""
     from omegaconf import open_dict
 
-    from deepspike.train import run
+    from deepspike.model.train import run
 
     run(_train_cfg(tmp_path / "a", corpus, common))
     killed = _train_cfg(tmp_path / "b", corpus, common)
@@ -375,7 +376,7 @@ def test_resume_mid_epoch_is_bit_identical(
     another max_steps would not be the same run.
     """
 
-    from deepspike.train import run
+    from deepspike.model.train import run
 
     corpus = _train_corpus(tmp_path / "corpus")
     n = 30  # epochs of 12 (2 workers) or 13 batches: k=10 is mid-epoch, 13 an epoch end; n crosses two boundaries
@@ -420,8 +421,8 @@ def test_ddp_two_ranks_two_workers_uneven_shards_three_epochs(
     """
     from omegaconf import open_dict
 
-    from deepspike.stream import ShardStream
-    from deepspike.train import run
+    from deepspike.data.stream import ShardStream
+    from deepspike.model.train import run
 
     corpus = _train_corpus(tmp_path / "corpus")
     stream = ShardStream(corpus, batch_size=64, num_workers=2, rank=0, world_size=2, drop_last=True)
@@ -508,7 +509,7 @@ def test_loader_state_dict_resumes_at_the_same_batch(corpus: Corpus, workers: in
 def test_ddp_resume_is_bit_identical(tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """2 CPU ranks x 2 workers: stop mid-epoch, resume from last.ckpt: both ranks end on the uninterrupted weights."""
 
-    from deepspike.train import run
+    from deepspike.model.train import run
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     corpus = _train_corpus(tmp_path / "corpus")

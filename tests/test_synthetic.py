@@ -11,7 +11,7 @@ import pytest
 from spikeinterface.core import load
 
 from deepspike.errors import DeepSpikeError
-from deepspike.synthetic import (
+from deepspike.recording.synthetic import (
     SAMPLING_RATES,
     SyntheticRecipe,
     coloured_noise,
@@ -289,8 +289,10 @@ def test_recipe_on_a_probe_keeps_near_copies_together() -> None:
 def test_probe_recording_spreads_units_over_neighbouring_contacts_and_keeps_its_probe(
     kind: str, num_channels: int | None, tmp_path: Path
 ) -> None:
-    from deepspike.io import load_ground_truth, open_recording
-    from deepspike.synthetic import generate_probe_recording, make_probe, save_pair
+    from deepspike.recording.ground_truth import load_ground_truth
+    from deepspike.recording.probes import make_probe
+    from deepspike.recording.readers import open_recording
+    from deepspike.recording.synthetic import generate_probe_recording, save_pair
 
     rec, gt = generate_probe_recording(7, 2.0, kind, num_channels, num_units=6, snr_range=(5.0, 15.0))
     again, gt_again = generate_probe_recording(7, 2.0, kind, num_channels, num_units=6, snr_range=(5.0, 15.0))
@@ -312,7 +314,8 @@ def test_probe_recording_spreads_units_over_neighbouring_contacts_and_keeps_its_
 
 
 def test_probe_arguments_are_checked() -> None:
-    from deepspike.synthetic import generate_probe_recording, make_probe
+    from deepspike.recording.probes import make_probe
+    from deepspike.recording.synthetic import generate_probe_recording
 
     with pytest.raises(DeepSpikeError, match="probe must be one of"):
         make_probe("utah")

@@ -1,6 +1,6 @@
 """The training app: configs compose and instantiate, a short run learns and exports, exact resume, DDP, sweeps.
 
-Runs use tiny corpora written here with ``deepspike.shards.write_shard`` (uneven shard sizes, a labelled
+Runs use tiny corpora written here with ``deepspike.data.shards.write_shard`` (uneven shard sizes, a labelled
 validation recording) and tiny nets, on CPU.
 """
 
@@ -23,8 +23,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
+from deepspike.data.shards import Block, write_shard
 from deepspike.errors import DeepSpikeError
-from deepspike.shards import Block, write_shard
 from deepspike.spec import WindowSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ CPU_VARIANTS = [
 
 @pytest.mark.parametrize("overrides", CPU_VARIANTS, ids=lambda o: ",".join(o) or "default")
 def test_config_composes_and_instantiates(overrides: list[str], tmp_path: Path) -> None:
-    from deepspike.train import _instantiate_group, build_model, resolve_precision
+    from deepspike.model.train import _instantiate_group, build_model, resolve_precision
 
     cfg = cfg_for(tmp_path, overrides)
     model = build_model(cfg, WindowSpec())
@@ -119,7 +119,7 @@ def test_config_composes_and_instantiates(overrides: list[str], tmp_path: Path) 
     [["trainer=ddp"], ["trainer=gpu"], ["experiment=published"], ["hparams_search=grid"], ["hydra/launcher=slurm"]],
 )
 def test_gpu_and_cluster_configs_compose(overrides: list[str], tmp_path: Path) -> None:
-    from deepspike.train import build_model
+    from deepspike.model.train import build_model
 
     cfg = cfg_for(tmp_path, overrides, hydra_cfg=True)
     assert build_model(cfg, WindowSpec()).net is not None
@@ -141,7 +141,7 @@ def test_optuna_config_is_valid_and_optional(tmp_path: Path) -> None:
 
 
 def test_missing_corpus_says_how_to_build(tmp_path: Path) -> None:
-    from deepspike.train import run
+    from deepspike.model.train import run
 
     cfg = cfg_for(tmp_path, [*TINY, f"data.shards={tmp_path}/nope"])
     with pytest.raises(DeepSpikeError, match="make demo"):
@@ -174,8 +174,8 @@ def _with_probe(cfg: DictConfig, out: Path) -> DictConfig:
 
 
 def test_short_run_learns_exports_and_resumes_exactly(corpus: Path, tmp_path: Path, capsys: Any) -> None:
-    from deepspike.export import load_encoder
-    from deepspike.train import run
+    from deepspike.model.export import load_encoder
+    from deepspike.model.train import run
 
     out = tmp_path / "a"
     cfg = _with_probe(cfg_for(out, [*TINY, f"data.shards={corpus}", "trainer.max_steps=60", "model.optimizer.lr=5e-3",
@@ -209,8 +209,31 @@ def test_short_run_learns_exports_and_resumes_exactly(corpus: Path, tmp_path: Pa
     assert json.loads((out_b / "end_rank0.json").read_text())["step"] == 40
 
 
+PRE_LAYOUT_CKPT = Path(__file__).parent / "data" / "pre_layout_v1.ckpt"  # written by the flat-layout code (28ddc1a)
+
+
+def test_a_checkpoint_saved_before_the_layout_change_loads_and_resumes(corpus: Path, tmp_path: Path) -> None:
+    """Checkpoints name no module path (weights, arch, window, loop state), so the move into stage subpackages
+    leaves them loadable: as a fine-tuning parent, and as an exact resume of its run (TINY settings, step 6)."""
+    from deepspike.model.lineage import load_parent
+    from deepspike.model.train import run
+
+    saved = torch.load(PRE_LAYOUT_CKPT, weights_only=True)
+    parent = load_parent(PRE_LAYOUT_CKPT)
+    emb = parent.embed(np.random.default_rng(0).standard_normal((5, 20)).astype(np.float32))
+    assert emb.shape == (5, 4) and np.isfinite(emb).all()
+    overrides = [*TINY, f"data.shards={corpus}", "trainer.max_steps=9", "trainer.val_check_interval=3"]
+    cfg = _with_probe(cfg_for(tmp_path, [*overrides, f"ckpt_path={PRE_LAYOUT_CKPT}"]), tmp_path)
+    run(cfg)
+    start = torch.load(tmp_path / "start_rank0.pt", weights_only=True)
+    assert start["step"] == saved["global_step"] == 6
+    for k, v in saved["optimizer_states"][0]["state"].items():
+        assert torch.equal(start["state"][k]["exp_avg"], v["exp_avg"])
+    assert json.loads((tmp_path / "end_rank0.json").read_text())["step"] == 9
+
+
 def test_ddp_cpu_two_processes_uneven_shards(corpus: Path, tmp_path: Path) -> None:
-    from deepspike.train import run
+    from deepspike.model.train import run
 
     cfg = _with_probe(cfg_for(tmp_path, [*TINY, f"data.shards={corpus}", "trainer=ddp_cpu", "trainer.max_steps=8",
                                          "trainer.val_check_interval=4"]), tmp_path)  # fmt: skip
@@ -236,10 +259,10 @@ def test_two_trial_sweep_writes_summary(corpus: Path, tmp_path: Path) -> None:
 
 
 def test_init_from_artifact_fine_tunes_its_weights(tmp_path: Path) -> None:
-    from deepspike.export import export_encoder, load_encoder
-    from deepspike.models import MLPNet
-    from deepspike.module import SpikeAutoencoder
-    from deepspike.train import build_model
+    from deepspike.model.export import export_encoder, load_encoder
+    from deepspike.model.module import SpikeAutoencoder
+    from deepspike.model.nets import MLPNet
+    from deepspike.model.train import build_model
 
     parent = SpikeAutoencoder(MLPNet(hidden=16, latent=3), torch.optim.AdamW)
     art = export_encoder(parent, tmp_path / "parent.safetensors", {"steps": 5})
@@ -252,8 +275,8 @@ def test_init_from_artifact_fine_tunes_its_weights(tmp_path: Path) -> None:
 # ---- refusals, interruptions and messages -----------------------------------------------------------------
 def _checkpoint(path: Path, window: WindowSpec, hidden: int = 32, latent: int = 4) -> Path:
     """A DeepSpike training checkpoint as ModelCheckpoint writes one (state dict, step, the ``deepspike`` entry)."""
-    from deepspike.models import MLPNet
-    from deepspike.module import SpikeAutoencoder
+    from deepspike.model.module import SpikeAutoencoder
+    from deepspike.model.nets import MLPNet
 
     m = SpikeAutoencoder(MLPNet(hidden=hidden, latent=latent), torch.optim.AdamW, window=window.to_dict())
     ckpt = {"state_dict": m.state_dict(), "global_step": 7}
@@ -264,7 +287,7 @@ def _checkpoint(path: Path, window: WindowSpec, hidden: int = 32, latent: int = 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:9/last.ckpt", "s3://bucket/run/last.ckpt"])
 def test_remote_ckpt_path_is_refused(url: str, corpus: Path, tmp_path: Path) -> None:
-    from deepspike.train import run
+    from deepspike.model.train import run
 
     cfg = cfg_for(tmp_path, [*TINY, f"data.shards={corpus}", "trainer.max_steps=2", f"ckpt_path={url}"])
     with pytest.raises(DeepSpikeError, match=r"(?is)download.*ckpt_path=") as e:
@@ -283,7 +306,7 @@ class _Payload:
 
 
 def test_local_resume_never_unpickles_code(corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from deepspike.train import run
+    from deepspike.model.train import run
 
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch's opt-out of safe loading when not explicit
     marker = tmp_path / "code_ran"
@@ -298,7 +321,7 @@ def test_local_resume_never_unpickles_code(corpus: Path, tmp_path: Path, monkeyp
 
 
 def test_resume_onto_corpus_with_another_window_is_refused(tmp_path: Path) -> None:
-    from deepspike.train import run
+    from deepspike.model.train import run
 
     ckpt = _checkpoint(tmp_path / "old.ckpt", WindowSpec())
     other = make_corpus(tmp_path / "corpus30k", window=WindowSpec(sampling_frequency=30000.0))
@@ -313,7 +336,7 @@ def test_resume_onto_corpus_with_another_window_is_refused(tmp_path: Path) -> No
 
 
 def test_train_split_smaller_than_a_batch_is_an_error(tmp_path: Path) -> None:
-    from deepspike.train import run
+    from deepspike.model.train import run
 
     small = make_corpus(tmp_path / "small", train_sizes=(40,), val_size=100)
     out = tmp_path / "run"
@@ -354,7 +377,7 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_nonzero(corpus: Path, tm
     import signal
     import time
 
-    from deepspike.train import run
+    from deepspike.model.train import run
 
     cmd = _train_cmd(f"data.shards={corpus}", "trainer.max_steps=100000", "trainer.val_check_interval=100000")
     env = {**_env(), "PYTHONUNBUFFERED": "1"}
@@ -387,8 +410,8 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_nonzero(corpus: Path, tm
 
 # ---- the model's input normalization (issue 12: swept; stored; a resume with another one is refused) ------------
 def test_input_norm_goes_into_the_artifact_and_a_resume_with_another_is_refused(corpus: Path, tmp_path: Path) -> None:
-    from deepspike.export import load_encoder
-    from deepspike.train import run
+    from deepspike.model.export import load_encoder
+    from deepspike.model.train import run
 
     out = tmp_path / "run"
     over = [*TINY, f"data.shards={corpus}", "trainer.max_steps=3", "model.input_norm.norm_clip=12"]
@@ -403,7 +426,7 @@ def test_input_norm_goes_into_the_artifact_and_a_resume_with_another_is_refused(
 
 
 def test_input_norm_unknown_key_is_a_clear_error(corpus: Path, tmp_path: Path) -> None:
-    from deepspike.train import run
+    from deepspike.model.train import run
 
     cfg = cfg_for(tmp_path, [*TINY, f"data.shards={corpus}", "+model.input_norm.n_before=4"])
     with pytest.raises(DeepSpikeError, match=r"model\.input_norm.*n_before"):
@@ -411,7 +434,7 @@ def test_input_norm_unknown_key_is_a_clear_error(corpus: Path, tmp_path: Path) -
 
 
 def test_cpu_threads_sets_torch_threads_and_refuses_nonsense(corpus: Path, tmp_path: Path) -> None:
-    from deepspike.train import run
+    from deepspike.model.train import run
 
     before = torch.get_num_threads()
     try:

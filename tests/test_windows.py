@@ -9,12 +9,12 @@ import pytest
 import yaml
 from spikeinterface.core import NumpyRecording, NumpySorting
 
-from deepspike.detect import PEAK_DTYPE
 from deepspike.errors import DeepSpikeError, RecordingError
-from deepspike.extract import DEFAULTS_FILE, ExtractParams, SpikeSet, extract_spikes, gt_labels, unit_id_labels
+from deepspike.recording.synthetic import generate_recording
 from deepspike.spec import WindowSpec
-from deepspike.synthetic import generate_recording
-from deepspike.windows import extract_windows, keys_weights
+from deepspike.spikes.detect import PEAK_DTYPE
+from deepspike.spikes.extract import DEFAULTS_FILE, ExtractParams, SpikeSet, extract_spikes, gt_labels, unit_id_labels
+from deepspike.spikes.windows import extract_windows, keys_weights
 
 SPEC = WindowSpec()
 
@@ -185,8 +185,8 @@ def test_gt_labels_nearest_within_tolerance_and_id_mapping() -> None:
 
 
 def test_fused_extract_equals_detect_then_windows() -> None:
-    from deepspike.detect import detect_peaks
-    from deepspike.preprocess import bandpass, noise_levels
+    from deepspike.recording.preprocess import bandpass, noise_levels
+    from deepspike.spikes.detect import detect_peaks
 
     rec, _ = generate_recording(8, duration_s=12.0, sampling_frequency=30000.0, num_units=3)
     params = ExtractParams(chunk_duration_s=2.5)

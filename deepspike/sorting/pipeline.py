@@ -1,0 +1,401 @@
+"""Sort stage: recording -> spikes -> frozen-encoder embeddings -> units -> outputs.
+
+``sort(recording, checkpoint=None, **options)`` is the Python API and returns a SpikeInterface sorting, so
+DeepSpike drops into SpikeInterface workflows. Per-unit properties on it: ``channel`` (peak channel),
+``amplitude`` (median signed peak, recording units), ``snr`` (template peak in noise sigma), ``embedding``
+(mean embedding), ``is_noise``. Per-spike arrays (embeddings, channel, amplitude, labels including ``-1`` noise)
+ride along as ``sorting.deepspike``, a :class:`SortResult`, and are written to disk by :func:`write_outputs`.
+
+``python sort.py ...`` (``main``) is the Hydra app over the same code, configured by ``conf/sort.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from deepspike.sorting.clustering.cleanup import secondary_peaks
+from deepspike.sorting.clustering.cluster import cluster_spikes
+from deepspike.sorting.clustering.mixture import fits_in_threads
+from deepspike.sorting.clustering.params import NOISE
+from deepspike.sorting.features import checkpoint_path, finetune_encoder, load_sort_encoder, spike_features
+from deepspike.sorting.multichannel import is_multichannel, nearest_gap
+from deepspike.sorting.params import SortParams
+from deepspike.sorting.result import SnippetSortResult, SortResult, build_sorting, timed
+from deepspike.spec import WindowSpec
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------- pipeline
+
+
+def sort(recording: Any, checkpoint: str | os.PathLike | None = None, **options: Any) -> Any:
+    """Sort ``recording`` (a SpikeInterface recording or a path) and return a SpikeInterface sorting.
+
+    ``checkpoint``: an exported encoder (``.safetensors``); None = the bundled one. Options: see
+    :class:`SortParams` (``features``, ``device``, ``seed``, ``extract={...}``, ``cluster="dpgmm"`` or
+    ``cluster={"method": "hdbscan", ...}``, ``finetune=True`` to adapt the encoder to this recording first,
+    ``finetune_options={...}``). The full :class:`SortResult` is ``sorting.deepspike`` (the adapted encoder:
+    ``sorting.deepspike.finetuned``).
+    """
+    return run_sort(recording, checkpoint, SortParams.from_options(options)).sorting
+
+
+def run_sort(
+    recording: Any,
+    checkpoint: str | os.PathLike | None = None,
+    params: SortParams | None = None,
+    recording_options: dict[str, Any] | None = None,
+) -> SortResult:
+    """The pipeline with per-stage wall times in ``result.timings`` (load, extract, encode, cluster)."""
+    params = params or SortParams()
+    timings: dict[str, float] = {}
+    source = recording if isinstance(recording, (str, os.PathLike)) else None
+    with timed(timings, "load"):
+        encoder = load_sort_encoder(checkpoint, params) if params.features == "encoder" else None
+        recording = _open(recording, recording_options)
+    spec = encoder.window_spec if encoder is not None else WindowSpec()
+    with timed(timings, "filter"):
+        filtered = _filtered(recording, params)
+    spikes, extract_timings = _extract(filtered, params, spec)
+    timings.update(extract_timings)
+    near, spikes = _one_event_per_spike(recording, spikes, params)
+    multi = is_multichannel(near)
+    waves = np.asarray(spikes.waves, dtype=np.float32)
+    finetuned = None
+    if params.finetune and encoder is not None:
+        from deepspike.provenance import recording_record
+
+        with timed(timings, "finetune"):
+            data = recording_record(recording, source, len(waves))
+            encoder = finetuned = finetune_encoder(encoder, waves, params, data)
+    with timed(timings, "encode"):
+        emb = spike_features(encoder, waves, params, spec)
+    noise = np.asarray(spikes.noise_levels, dtype=np.float64).reshape(-1)
+    channel = np.asarray(spikes.channel, dtype=np.int64)
+    amp_noise = np.asarray(spikes.amplitude, dtype=np.float64)
+    with timed(timings, "cluster"):
+        fs = float(recording.get_sampling_frequency())
+        sample_index = np.asarray(spikes.sample_index, dtype=np.int64)
+        echo = secondary_peaks(sample_index, channel, amp_noise, int(params.echo_ms * fs / 1000), params.echo_ratio)
+        ok = ~echo
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if multi:
+                clustered = _cluster_neighbourhoods(
+                    filtered, encoder, params, spec, near, noise, sample_index[ok], channel[ok], amp_noise[ok]
+                )
+            else:
+                clustered = cluster_spikes(
+                    emb[ok],
+                    waves[ok],
+                    channel[ok],
+                    amp_noise[ok],
+                    params.cluster,
+                    _threshold(params.extract),
+                    params.workers(),
+                )
+        labels = np.full(len(waves), NOISE, dtype=np.int64)
+        labels[ok] = clustered.labels
+        clustered.info["n_echo"] = int(echo.sum())
+        for w in caught:  # re-emit once, from the public call site, so users see why units are few
+            warnings.warn(str(w.message), w.category, stacklevel=3)
+        if len(waves) == 0:
+            warnings.warn(
+                "no spike detected: the sorting is empty (check the threshold and the recording)", stacklevel=3
+            )
+    if params.matching.enabled and (labels >= 0).any():
+        with timed(timings, "match"):
+            sample_index, channel, amp_noise, waves, labels, order = _match(
+                filtered, params, spec, noise, sample_index, channel, amp_noise, waves, labels, near
+            )
+            n_new = len(order) - len(emb)
+            clustered.info["n_matched_new"] = n_new
+        if n_new:
+            with timed(timings, "encode"):
+                if encoder is not None:  # the frozen encoder embeds each spike alone: embed only the added ones
+                    added = waves[np.argsort(order, kind="stable")[len(emb) :]]
+                    emb = np.concatenate([emb, spike_features(encoder, added, params, spec)])[order]
+                else:  # PCA is fitted on all spikes: refit
+                    emb = spike_features(encoder, waves, params, spec)
+    result = SortResult(
+        sorting=None,
+        recording=recording,
+        sample_index=sample_index,
+        channel=channel,
+        amplitude=amp_noise * (noise[channel] if noise.size else 1.0),
+        waves=waves,
+        embeddings=np.asarray(emb, dtype=np.float32),
+        labels=labels,
+        noise_levels=noise,
+        sampling_frequency=fs,
+        duration_s=float(recording.get_total_duration()),
+        spec=spec,
+        params=params,
+        checkpoint=None if encoder is None else str(checkpoint_path(checkpoint)),
+        timings=timings,
+        info=clustered.info,
+        finetuned=finetuned,
+    )
+    if multi and (labels >= 0).any():
+        with timed(timings, "write"):
+            result.templates = _multichannel_templates(result, filtered, params)
+    result.sorting = build_sorting(result)
+    return result
+
+
+def _multichannel_templates(result: SortResult, filtered: Any, params: SortParams) -> np.ndarray:
+    """Each unit's template on every channel, ``[units, samples, channels]`` on the encoder's window grid in noise
+    units (mean of at most 200 spikes, cut at their peak channel's peak time), unit ``i`` = label ``i``."""
+    from deepspike.sorting.multichannel import probe_templates
+    from deepspike.spikes.extract import ExtractParams
+
+    chunk = ExtractParams.from_config(params.extract).chunk_duration_s
+    units, tpl, _ = probe_templates(
+        filtered, result.labels, result.sample_index, result.channel, result.noise_levels, result.spec, chunk,
+        params.seed,
+    )  # fmt: skip
+    out = np.zeros((max(result.unit_ids) + 1, tpl.shape[2], tpl.shape[1]), dtype=np.float32)
+    out[units] = tpl.transpose(0, 2, 1)
+    return out
+
+
+def sort_snippets(
+    snippets: Any,
+    sampling_frequency: float,
+    peak_index: int,
+    checkpoint: str | os.PathLike | None = None,
+    noise: float | None = None,
+    **options: Any,
+) -> SnippetSortResult:
+    """Cluster pre-cut spike snippets ``[n, samples]`` (no recording, no spike times): what acquisition systems
+    that store only snippets, and published benchmarks of GT-labelled frames, provide.
+
+    The snippets go onto the encoder's window grid (``spikes.windows.conform_snippets``: resampled from
+    ``sampling_frequency``, re-peaked near ``peak_index``, divided by ``noise`` or its estimate), then the same
+    stages as ``sort``: optional fine-tuning on them (``finetune=True``), embedding, clustering. Options as
+    :func:`sort` (``extract`` and ``echo_*`` do not apply). Score with ``evaluation.compare.compare_labels``.
+    """
+    from deepspike.spikes.windows import conform_snippets
+
+    params = SortParams.from_options(options)
+    timings: dict[str, float] = {}
+    with timed(timings, "load"):
+        encoder = load_sort_encoder(checkpoint, params) if params.features == "encoder" else None
+    spec = encoder.window_spec if encoder is not None else WindowSpec()
+    waves, sigma = conform_snippets(snippets, sampling_frequency, spec, peak_index, noise=noise)
+    finetuned = None
+    if params.finetune and encoder is not None:
+        with timed(timings, "finetune"):
+            data = {"snippets": len(waves), "sampling_frequency": float(sampling_frequency), "noise": sigma}
+            encoder = finetuned = finetune_encoder(encoder, waves, params, data)
+    with timed(timings, "encode"):
+        emb = spike_features(encoder, waves, params, spec)
+    with timed(timings, "cluster"):
+        clustered = cluster_spikes(emb, waves, None, waves[:, spec.n_before], params.cluster, n_jobs=params.workers())
+    return SnippetSortResult(
+        labels=clustered.labels, embeddings=np.asarray(emb, dtype=np.float32), waves=waves, noise=sigma, spec=spec,
+        params=params, timings=timings, info=clustered.info, finetuned=finetuned,
+    )  # fmt: skip
+
+
+def _open(recording: Any, options: dict[str, Any] | None) -> Any:
+    if hasattr(recording, "get_traces"):
+        return recording
+    from deepspike.recording.readers import open_recording
+
+    opts = {k: v for k, v in (options or {}).items() if v is not None}
+    return open_recording(recording, **opts)
+
+
+def _extract(filtered: Any, params: SortParams, spec: WindowSpec) -> tuple[Any, dict[str, float]]:
+    """Foundation stages (detect, windows; chunked) on the band-passed recording, with the encoder's window spec."""
+    from deepspike.spikes.extract import ExtractParams, extract_spikes
+
+    timings: dict[str, float] = {}
+    with timed(timings, "extract"):
+        ex = ExtractParams.from_config(params.extract, filtered=True)  # already band-passed by _filtered
+        spikes = extract_spikes(filtered, params=ex, spec=spec, progress=params.progress)
+    spikes_spec = getattr(spikes, "spec", None)
+    if spikes_spec is not None:
+        spec.check_compatible(spikes_spec, what="extracted windows")
+    return spikes, timings
+
+
+def _filtered(recording: Any, params: SortParams) -> Any:
+    """The band-passed recording, one segment: in memory when it fits ``filter_cache_mb`` (every later stage reads
+    it again), else lazy (traces are filtered when read)."""
+    from deepspike.recording.preprocess import bandpass, in_memory
+    from deepspike.spikes.extract import ExtractParams
+
+    ex = ExtractParams.from_config(params.extract)
+    filtered = bandpass(recording, ex.freq_min, ex.freq_max, ex.filtered)
+    if filtered.get_num_segments() > 1:
+        from spikeinterface.core import concatenate_recordings
+
+        filtered = concatenate_recordings([filtered])
+    return in_memory(filtered, params.filter_cache_mb, ex.chunk_duration_s, params.workers())
+
+
+def _one_event_per_spike(recording: Any, spikes: Any, params: SortParams) -> tuple[np.ndarray, Any]:
+    """Channel neighbourhoods (``sorting.multichannel``) and the detected spikes with one event per spike across
+    neighbouring channels (its largest peak); single-channel sorting keeps every peak."""
+    from deepspike.sorting.multichannel import deduplicate_events, neighbourhoods
+
+    near = neighbourhoods(recording, params.multichannel)
+    if not is_multichannel(near) or len(spikes) == 0:
+        return near, spikes
+    fs = float(recording.get_sampling_frequency())
+    window = round(params.multichannel.dedup_ms * fs / 1000)
+    keep = deduplicate_events(spikes.sample_index, spikes.channel, spikes.amplitude, near, window)
+    log.info("%d of %d peaks are one event per spike across neighbouring channels", int(keep.sum()), len(keep))
+    for name in ("waves", "sample_index", "channel", "amplitude", "labels"):
+        setattr(spikes, name, getattr(spikes, name)[keep])
+    return near, spikes
+
+
+def _cluster_neighbourhoods(
+    filtered: Any,
+    encoder: Any,
+    params: SortParams,
+    spec: WindowSpec,
+    near: np.ndarray,
+    noise: np.ndarray,
+    sample_index: np.ndarray,
+    channel: np.ndarray,
+    amplitude: np.ndarray,
+) -> Any:
+    """Cluster the events of each neighbourhood on their multi-channel features, then merge the units of
+    neighbouring channels that are one neuron (``sorting.multichannel``)."""
+    from deepspike.sorting.clustering.cluster import ClusterResult
+    from deepspike.sorting.multichannel import clustering_keys, merge_across_neighbourhoods, neighbourhood_features
+    from deepspike.spikes.extract import ExtractParams
+    from deepspike.spikes.windows import extract_neighbour_windows
+
+    chunk = ExtractParams.from_config(params.extract).chunk_duration_s
+    keys = clustering_keys(near)[channel]
+    layout = np.full((len(near), int(near.sum(axis=1).max())), -1, dtype=np.int64)  # each channel's neighbours
+    for c in range(len(near)):
+        layout[c, : near[c].sum()] = np.flatnonzero(near[c])
+    every = extract_neighbour_windows(filtered, sample_index, channel, layout[channel], noise, spec, chunk)  # one pass
+    cluster = replace(params.cluster, covariance_type=params.multichannel.covariance_type)
+    embed = None if encoder is None else (lambda x: spike_features(encoder, x, params, spec))
+    labels = np.full(len(sample_index), NOISE, dtype=np.int64)
+    info: dict[str, Any] = {"method": params.cluster.method, "neighbourhoods": {}}
+
+    def one(key: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        idx = np.flatnonzero(keys == key)
+        chans = np.flatnonzero(near[channel[idx[0]]])
+        w = every[idx, : len(chans)]
+        feats = neighbourhood_features(w, embed, params.multichannel, spec, params.seed)
+        res = cluster_spikes(
+            feats, w.reshape(len(idx), -1), None, amplitude[idx], cluster, _threshold(params.extract), inner
+        )
+        return idx, res.labels, {"channels": chans.tolist(), **res.info}
+
+    next_id = 0
+    unique_keys = np.unique(keys)
+    outer = max(1, min(params.workers(), len(unique_keys)))  # threads: numpy and scikit-learn release the GIL
+    inner = max(1, params.workers() // outer)  # a tetrode (one neighbourhood): its BIC sweep in threads instead
+    with fits_in_threads(), ThreadPoolExecutor(max_workers=outer) as pool:
+        for key, (idx, lab, key_info) in zip(unique_keys, pool.map(one, unique_keys), strict=True):
+            info["neighbourhoods"][int(key)] = key_info
+            labels[idx[lab >= 0]] = lab[lab >= 0] + next_id
+            next_id += int(lab.max()) + 1 if (lab >= 0).any() else 0
+    labels, info["merged_across"] = merge_across_neighbourhoods(
+        filtered, labels, sample_index, channel, near, noise, spec, params.multichannel, chunk, params.seed
+    )
+    info["n_units"] = int(labels.max()) + 1 if (labels >= 0).any() else 0
+    info["n_noise"] = int((labels == NOISE).sum())
+    return ClusterResult(labels=labels, info=info)
+
+
+def _match(
+    filtered: Any,
+    params: SortParams,
+    spec: WindowSpec,
+    noise: np.ndarray,
+    sample_index: np.ndarray,
+    channel: np.ndarray,
+    amp_noise: np.ndarray,
+    waves: np.ndarray,
+    labels: np.ndarray,
+    near: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Template matching (``sorting.matching``) over the clustered units; the spikes it finds decide the units.
+
+    A detected spike that a matched spike pairs with takes that spike's unit if it had none (noise, outlier) or
+    with ``matching.relabel`` (else it keeps its cluster label); a matched spike that the detector missed is added
+    (its window cut like the others'). Returns the per-spike arrays (time order) and ``order``: row i is row
+    ``order[i]`` of the detected spikes followed by the added ones.
+    """
+    from deepspike.sorting.matching import find_unit_spikes, pair_with_detected
+    from deepspike.spikes.detect import dead_time_samples
+    from deepspike.spikes.extract import ExtractParams
+    from deepspike.spikes.windows import extract_windows
+
+    ex = ExtractParams.from_config(params.extract)
+    fs = float(filtered.get_sampling_frequency())
+    footprint = params.multichannel.footprint_sigma if is_multichannel(near) else 0.0
+    found = find_unit_spikes(
+        filtered, sample_index, labels, channel, noise, params.matching, params.seed, near, params.workers(), footprint
+    )
+    pair, new = pair_with_detected(sample_index, channel, found, dead_time_samples(ex.dead_time_ms, fs), near)
+    take = (pair >= 0) & (params.matching.relabel | (labels < 0))
+    labels = labels.copy()
+    labels[take] = found["unit"][pair[take]]
+    added = found[new]
+    added = added[_not_repeated(added, sample_index, labels, dead_time_samples(ex.dead_time_ms, fs))]
+    peaks = np.zeros(len(added), dtype=[("sample_index", "i8"), ("channel_index", "i8")])
+    peaks["sample_index"], peaks["channel_index"] = added["sample_index"], added["channel"]
+    new_waves, kept = extract_windows(filtered, peaks, noise, spec, ex.chunk_duration_s)
+    added = added[kept]
+    sample_index = np.concatenate([sample_index, added["sample_index"]])
+    order = np.argsort(sample_index, kind="stable")
+    return (
+        sample_index[order],
+        np.concatenate([channel, added["channel"]])[order],
+        np.concatenate([amp_noise, new_waves[:, spec.n_before]])[order],
+        np.concatenate([waves, new_waves.astype(waves.dtype)])[order],
+        np.concatenate([labels, added["unit"]])[order],
+        order,
+    )
+
+
+def _not_repeated(added: np.ndarray, sample_index: np.ndarray, labels: np.ndarray, dead: int) -> np.ndarray:
+    """Mask of the matched-only spikes to add: not within ``dead`` samples of a spike of the same unit (detected,
+    or added just before): the matcher sometimes fits one template twice to one spike, a unit firing twice
+    within the dead time is a duplicate, not a neuron."""
+    keep = np.ones(len(added), dtype=bool)
+    for u in np.unique(added["unit"]):
+        rows = np.flatnonzero(added["unit"] == u)
+        rows = rows[np.argsort(added["sample_index"][rows], kind="stable")]
+        t = added["sample_index"][rows]
+        keep[rows[nearest_gap(np.sort(sample_index[labels == u]), t) <= dead]] = False
+        last = -(10**18)
+        for r, ti in zip(rows, t, strict=True):
+            if keep[r] and ti - last <= dead:
+                keep[r] = False
+            elif keep[r]:
+                last = ti
+    return keep
+
+
+def _threshold(extract: dict[str, Any]) -> float:
+    """The detection threshold (noise sigmas) the spikes were found with."""
+    from deepspike.spikes.extract import ExtractParams
+
+    return float(ExtractParams.from_config(extract).threshold)
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+
+
+# ------------------------------------------------------------------------------------------ Hydra app

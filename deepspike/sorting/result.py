@@ -1,0 +1,148 @@
+"""What a sort produced (``SortResult``: per-spike arrays, labels, timings) and its SpikeInterface sorting with
+per-unit properties; ``SnippetSortResult`` for pre-cut snippets; the per-stage timer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from deepspike.sorting.clustering.cleanup import templates
+from deepspike.sorting.params import SortParams
+from deepspike.spec import WindowSpec
+
+SPIKE_COLUMNS = ["sample_index", "time_s", "unit", "channel", "amplitude"]
+
+
+UNIT_COLUMNS = ["unit", "spike_count", "rate_hz", "snr", "peak_channel"]
+
+
+@dataclass
+class SortResult:
+    """Everything a sort produced; ``labels`` has one entry per spike (``-1`` = noise/unassigned)."""
+
+    sorting: Any
+    recording: Any
+    sample_index: np.ndarray
+    channel: np.ndarray
+    amplitude: np.ndarray  # signed peak, recording units
+    waves: np.ndarray  # [n, window] noise units
+    embeddings: np.ndarray
+    labels: np.ndarray
+    noise_levels: np.ndarray
+    sampling_frequency: float
+    duration_s: float
+    spec: WindowSpec
+    params: SortParams
+    checkpoint: str | None
+    timings: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    finetuned: Any = None  # the adapted Encoder when finetune=True (written as encoder_finetuned.safetensors)
+    templates: np.ndarray | None = None  # multi-channel: [units, samples, channels] noise units (templates.npy)
+
+    @property
+    def unit_ids(self) -> list[int]:
+        return sorted(int(u) for u in np.unique(self.labels) if u >= 0)
+
+    def spikes_table(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "sample_index": self.sample_index.astype(np.int64),
+                "time_s": self.sample_index / self.sampling_frequency,
+                "unit": self.labels.astype(np.int64),
+                "channel": self.channel.astype(np.int64),
+                "amplitude": self.amplitude.astype(np.float64),
+            }
+        )[SPIKE_COLUMNS]
+
+    def units_table(self) -> pd.DataFrame:
+        """unit, spike_count, rate_hz, snr (template peak / noise sigma), peak_channel (+ median amplitude)."""
+        tpl = templates(self.labels, self.waves)
+        rows = []
+        for u in self.unit_ids:
+            m = self.labels == u
+            rows.append(
+                {
+                    "unit": u,
+                    "spike_count": int(m.sum()),
+                    "rate_hz": float(m.sum() / self.duration_s) if self.duration_s > 0 else float("nan"),
+                    "snr": float(np.max(np.abs(tpl[u]))),
+                    "peak_channel": int(np.bincount(self.channel[m]).argmax()),
+                    "amplitude": float(np.median(self.amplitude[m])),
+                }
+            )
+        return pd.DataFrame(rows, columns=[*UNIT_COLUMNS, "amplitude"])
+
+
+@dataclass
+class SnippetSortResult:
+    """A clustering of pre-cut snippets: one label per snippet (``-1`` = unassigned), in input order."""
+
+    labels: np.ndarray
+    embeddings: np.ndarray
+    waves: np.ndarray  # [n, window] the snippets on the encoder's grid, noise units
+    noise: float  # noise sigma used, in the snippets' units
+    spec: WindowSpec
+    params: SortParams
+    timings: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    finetuned: Any = None
+
+
+def build_sorting(result: SortResult) -> Any:
+    """NumpySorting with one unit per label (plus a ``noise`` unit if ``noise_unit``) and per-unit properties."""
+    from spikeinterface.core import NumpySorting
+
+    labels = result.labels
+    unit_ids = result.unit_ids
+    keep = labels >= 0
+    noise_id = None
+    if result.params.noise_unit and (~keep).any():
+        noise_id = (max(unit_ids) + 1) if unit_ids else 0
+        labels = np.where(keep, labels, noise_id)
+        keep = np.ones(len(labels), dtype=bool)
+    all_ids = [*unit_ids, *([noise_id] if noise_id is not None else [])]
+    order = np.argsort(result.sample_index[keep], kind="stable")
+    sorting = NumpySorting.from_samples_and_labels(
+        [result.sample_index[keep][order]],
+        [labels[keep][order]],
+        result.sampling_frequency,
+        unit_ids=np.asarray(all_ids, dtype=np.int64),
+    )
+    if all_ids:
+        _set_unit_properties(sorting, result, all_ids, labels, noise_id)
+    sorting.deepspike = result
+    return sorting
+
+
+def _set_unit_properties(sorting: Any, result: SortResult, ids: list[int], labels: np.ndarray, noise_id: Any) -> None:
+    dim = result.embeddings.shape[1] if result.embeddings.ndim == 2 else 0
+    chan, amp, snr, emb = [], [], [], np.zeros((len(ids), dim), dtype=np.float32)
+    for i, u in enumerate(ids):
+        m = labels == u
+        chan.append(int(np.bincount(result.channel[m]).argmax()))
+        amp.append(float(np.median(result.amplitude[m])))
+        snr.append(float(np.max(np.abs(result.waves[m].mean(0)))) if result.waves.size else 0.0)
+        if dim:
+            emb[i] = result.embeddings[m].mean(0)
+    sorting.set_property("channel", np.asarray(chan, dtype=np.int64))
+    sorting.set_property("amplitude", np.asarray(amp))
+    sorting.set_property("snr", np.asarray(snr))
+    sorting.set_property("is_noise", np.asarray([u == noise_id for u in ids]))
+    if dim:
+        sorting.set_property("embedding", emb)
+
+
+@contextmanager
+def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
