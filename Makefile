@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # CPU build of torch; on a CUDA machine override: make install TORCH_SPEC="torch==2.13.0"
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-all lint format bench clean
+.PHONY: install demo test test-all lint format bench clean docs
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,7 +19,7 @@ demo: install
 	$(PY) -m deepspike.demo
 	$(PY) sort.py out=outputs/demo_sort overwrite=true
 
-test: install
+test: install docs
 	$(PY) -m pytest -q -m "not slow and not gpu"
 
 test-all: install
@@ -36,3 +36,6 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+docs: install
+	$(VENV)/bin/mkdocs build --strict --quiet
