@@ -1,5 +1,6 @@
-"""Lightning and Hydra callbacks of the training app: save on SIGTERM, the loss curve PNG, the collapse guard
-of fine-tuning runs (and its decision file) and the sweep summary written at the end of a ``--multirun``.
+"""Lightning and Hydra callbacks of the training app: save on SIGTERM, ``last.ckpt`` on a step schedule (and the
+atomic checkpoint writer), torch's thread count per rank, the loss curve PNG, the collapse guard of fine-tuning runs
+(and its decision file) and the sweep summary written at the end of a ``--multirun``.
 """
 
 from __future__ import annotations
@@ -7,12 +8,18 @@ from __future__ import annotations
 import csv
 import json
 import os
+import secrets
 import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from hydra.experimental.callback import Callback as HydraCallback
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
@@ -32,6 +39,117 @@ class SaveOnSigterm(pl.Callback):
         if isinstance(exception, SIGTERMException):
             self.saved = self.dirpath / INTERRUPTED_CKPT
             trainer.save_checkpoint(self.saved)  # every rank calls it (collective); rank 0 writes
+
+
+LAST_CKPT = "last.ckpt"
+
+
+class LastCheckpoint(Checkpoint):
+    """``last.ckpt``: the latest training state every ``every_n_train_steps`` steps and at the final step.
+
+    Lightning's ``ModelCheckpoint(save_last=True)`` with a monitored top-k writes ``last.ckpt`` only with a new top-k
+    checkpoint, so a plateau (or validation rarer than the run) leaves it far behind and a resume after a hard kill
+    silently restarts from an old step. This writes it on a step schedule whatever the metric does.
+
+    A save at a step that validates is redone after the validation: a resume from it skips that validation, so its
+    effects (top-k, early stopping) must be in the file. The final step (``max_steps``, or a callback's stop) is saved
+    then too, not at ``on_train_end``: by then Lightning has closed the epoch, and a resume would start a new one
+    (``on_train_end`` only catches stops the step hooks cannot see, such as ``max_epochs``). A ``Checkpoint``
+    subclass, so Lightning runs it after the other callbacks (early stopping decides before it saves).
+    """
+
+    def __init__(self, dirpath: str | os.PathLike, every_n_train_steps: int) -> None:  # conf/callbacks/default.yaml
+        self.path = Path(dirpath) / LAST_CKPT
+        self.every = int(every_n_train_steps)
+        self._saved = -1  # step of the file on disk
+        self._before_val: int | None = None  # step saved at a batch end, before that step's validation (if any)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self._saved = trainer.global_step  # the start (step 0, or the resumed checkpoint) is already on disk
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
+        step = trainer.global_step
+        due = (self.every and step % self.every == 0) or _last_step(trainer)
+        if due and step != self._saved:  # != : batches that accumulate gradients keep the step
+            self._save(trainer)
+            self._before_val = step
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+        step = trainer.global_step
+        if fitting and (self._before_val == step or (trainer.should_stop and step != self._saved)):
+            self._save(trainer)  # after this step's validation; or early stopping just ended the run
+        self._before_val = None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if trainer.global_step != self._saved:
+            self._save(trainer)
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        trainer.save_checkpoint(self.path)  # every rank calls it (collective); rank 0 writes
+        self._saved = trainer.global_step
+
+
+def _last_step(trainer: pl.Trainer) -> bool:
+    """Whether training stops after the step just taken: ``max_steps`` reached, or a callback asked to stop."""
+    return bool(trainer.should_stop) or 0 < trainer.max_steps <= trainer.global_step
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint writes a kill cannot truncate: a temporary file beside the target, fsync, then one rename.
+
+    Lightning's ``TorchCheckpointIO`` stages the file in the system temp directory (``tempfile.mkstemp``) and
+    ``shutil.move``s it into place: a rename only when both are on one filesystem; otherwise (a tmpfs ``/tmp``, a
+    network checkpoint directory) a copy into the existing file, which a kill leaves truncated. It also does not
+    fsync, so a lost node can leave an empty file. Remote (fsspec URL) paths keep Lightning's writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None or not _is_local_file_protocol(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        atomic_save(checkpoint, Path(str(path).removeprefix("file://")))
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` so that readers see the old file or the complete new one, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")  # hidden, unique per writer
+    try:
+        with open(tmp, "xb") as fh:  # mode 0o666 minus the umask, like any file the user writes
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); where folders cannot be opened (Windows) the rename stands alone."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class CpuThreads(pl.Callback):
+    """Set torch's intra-op thread count in every training process, spawned DDP ranks included (``ddp_spawn``
+    starts fresh interpreters, which would take torch's default of one thread per core)."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = int(threads)
+
+    def setup(self, trainer: pl.Trainer, pl_module: Any, stage: str) -> None:
+        torch.set_num_threads(self.threads)
 
 
 class SweepSummary(HydraCallback):

@@ -25,7 +25,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from deepspike.errors import DeepSpikeError, SpecMismatchError, cli_errors
-from deepspike.model.callbacks import SaveOnSigterm, guard_decision
+from deepspike.model.callbacks import AtomicCheckpointIO, CpuThreads, LastCheckpoint, SaveOnSigterm, guard_decision
 from deepspike.paths import CONF_DIR
 from deepspike.provenance import git_commit, manifest_sha256
 from deepspike.spec import WindowSpec
@@ -54,6 +54,28 @@ def resolve_precision(trainer_cfg: DictConfig) -> str | int:
     acc = str(trainer_cfg.get("accelerator", "auto"))
     on_gpu = acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
     return "bf16-mixed" if on_gpu else "32-true"
+
+
+def _runs_on_cpu(trainer_cfg: DictConfig) -> bool:
+    """Whether the trainer will train on CPU (``accelerator`` cpu, or auto without CUDA), as ``resolve_precision``."""
+    acc = str(trainer_cfg.get("accelerator", "auto"))
+    return acc == "cpu" or (acc == "auto" and not torch.cuda.is_available())
+
+
+def resolve_cpu_threads(value: Any, on_cpu: bool) -> int | None:
+    """torch's intra-op thread count for ``cpu_threads`` (conf/train.yaml); ``None``: leave torch's default.
+
+    ``auto`` is one thread when training on CPU: torch's threads spin-wait for cores that other jobs hold, so on a
+    shared machine the default (one per core) trains several times slower than one thread; on GPU they stay idle.
+    """
+    if value == "auto":
+        return 1 if on_cpu else None
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise DeepSpikeError(
+        f"cpu_threads={value!r}: give auto (one thread per training process on CPU, torch's default on GPU), a "
+        "number of threads >= 1 (e.g. cpu_threads=2), or null (torch's default: one per core)"
+    )
 
 
 def build_model(cfg: DictConfig, window: WindowSpec, parent: Any = None) -> pl.LightningModule:
@@ -146,6 +168,39 @@ def _require_labels(manifest: dict[str, Any], shards: str, options: str) -> None
             f"corpus {shards}: {options} needs unit labels, but no training recording of the corpus has ground "
             "truth. Use a labelled corpus (e.g. deepspike-corpus synthetic=broad ...) or change the setting as shown"
         )
+
+
+LAST_TARGET = f"{LastCheckpoint.__module__}.{LastCheckpoint.__qualname__}"
+
+
+def _check_checkpoint_cfg(group: DictConfig | None) -> None:
+    """Refuse a bad ``callbacks.last.every_n_train_steps``, and a second writer of ``last.ckpt`` beside it."""
+    entries = {k: c for k, c in (group or {}).items() if isinstance(c, DictConfig)}
+    lasts = [k for k, c in entries.items() if c.get("_target_") == LAST_TARGET]
+    for k in lasts:
+        n = entries[k].get("every_n_train_steps")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise DeepSpikeError(
+                f"callbacks.{k}.every_n_train_steps={n!r}: give a number of optimizer steps >= 1 between writes of "
+                f"last.ckpt (e.g. callbacks.{k}.every_n_train_steps=100), or 0 to write it only when training ends"
+            )
+    for k, c in entries.items():
+        if lasts and str(c.get("_target_", "")).endswith(".ModelCheckpoint") and c.get("save_last"):
+            raise DeepSpikeError(
+                f"callbacks.{k}.save_last=true: last.ckpt is written by callbacks.{lasts[0]} (every "
+                f"callbacks.{lasts[0]}.every_n_train_steps steps and at the end); Lightning's save_last would write "
+                f"it only with a new top-k checkpoint, as last-v1.ckpt. Set callbacks.{k}.save_last=false"
+            )
+
+
+def _model_checkpoint(trainer: pl.Trainer) -> pl.callbacks.ModelCheckpoint | None:
+    """The top-k checkpoint callback (``trainer.checkpoint_callback`` is any ``Checkpoint``, ``LastCheckpoint`` too)."""
+    return next((c for c in trainer.checkpoint_callbacks if isinstance(c, pl.callbacks.ModelCheckpoint)), None)
+
+
+def _last_path(callbacks: list[Any]) -> str:
+    """``last.ckpt`` of the run if ``LastCheckpoint`` wrote one, else ``""``."""
+    return next((str(c.path) for c in callbacks if isinstance(c, LastCheckpoint) and c.path.exists()), "")
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -265,7 +320,12 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         _require_labels(manifest, str(cfg.data.get("shards")), model.objective.label_options)
         datamodule.train_labels = True
     has_val = datamodule.split_size("val") > 0
+    _check_checkpoint_cfg(cfg.get("callbacks"))
     callbacks = [*_instantiate_group(cfg.get("callbacks")), SaveOnSigterm(Path(cfg.paths.output_dir) / "checkpoints")]
+    callbacks.sort(key=lambda c: isinstance(c, LastCheckpoint))  # after the top-k one: its state goes into last.ckpt
+    threads = resolve_cpu_threads(cfg.get("cpu_threads"), _runs_on_cpu(cfg.trainer))
+    if threads is not None:
+        callbacks.append(CpuThreads(threads))
     if not has_val:
         warnings.warn("the corpus has no validation split: checkpoints keep the last step only", stacklevel=2)
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.EarlyStopping)]
@@ -279,13 +339,15 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=resolve_precision(cfg.trainer)
-    )
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=resolve_precision(cfg.trainer),
+        plugins=[AtomicCheckpointIO()],  # no checkpoint a kill leaves truncated
+    )  # fmt: skip
     if cfg.get("train", True):
         _check_batches(datamodule, trainer.num_devices * trainer.num_nodes)
+    top_k = _model_checkpoint(trainer)
     for c in callbacks:
-        if isinstance(c, SaveOnSigterm) and trainer.checkpoint_callback is not None:
-            c.dirpath = Path(trainer.checkpoint_callback.dirpath or c.dirpath)
+        if isinstance(c, SaveOnSigterm) and top_k is not None:
+            c.dirpath = Path(top_k.dirpath or c.dirpath)
     return {
         "datamodule": datamodule, "model": model, "callbacks": callbacks, "loggers": loggers, "trainer": trainer,
         "manifest": manifest, "window": window, "has_val": has_val,
@@ -333,7 +395,7 @@ def _export(cfg: DictConfig, objs: dict[str, Any], out_dir: Path, metrics: dict[
     if not ecfg.get("enabled", True):
         return None
     trainer, model = objs["trainer"], objs["model"]
-    ckpt_cb = trainer.checkpoint_callback
+    ckpt_cb = _model_checkpoint(trainer)
     source: Any = model
     final_steps = steps = max(int(trainer.global_step), int(metrics.get("trainer/global_step", 0)))
     selected: dict[str, Any] = {"by": "final weights"}
@@ -343,7 +405,7 @@ def _export(cfg: DictConfig, objs: dict[str, Any], out_dir: Path, metrics: dict[
         steps = final_steps = int(torch.load(source, map_location="cpu", weights_only=True).get("global_step", 0))
         selected = {"by": "ckpt_path"}
     if ckpt_cb is not None:
-        best, last = ckpt_cb.best_model_path, getattr(ckpt_cb, "last_model_path", "")
+        best, last = ckpt_cb.best_model_path, _last_path(objs["callbacks"]) or ckpt_cb.last_model_path
         pick = best if ecfg.get("which", "best") == "best" and best else (last or best)
         if pick and Path(pick).exists():
             source = pick
@@ -415,11 +477,9 @@ def objective(model: Any) -> dict[str, Any]:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train (and export) one configuration; returns ``{"metric", "metrics", "run_dir", "encoder"}``."""
     _guard_relaunch(cfg)
-    threads = cfg.get("cpu_threads")
+    threads = resolve_cpu_threads(cfg.get("cpu_threads"), _runs_on_cpu(cfg.trainer))
     if threads is not None:
-        if not (isinstance(threads, int) and threads >= 1):
-            raise DeepSpikeError(f"cpu_threads={threads!r}: give a number of threads >= 1 (e.g. cpu_threads=1) or null")
-        torch.set_num_threads(threads)  # intra-op threads spin-wait when another job takes a core
+        torch.set_num_threads(threads)  # this process; CpuThreads sets spawned ranks
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True)  # same init on every rank; the stream varies data per rank
     out_dir = Path(cfg.paths.output_dir)
