@@ -237,3 +237,21 @@ def test_threaded_clustering_leaves_the_warning_filters_as_they_were() -> None:
         for _ in range(3):
             run_sort(rec, None, SortParams(n_jobs=2))
         assert warnings.filters == before
+
+
+def test_a_probe_recording_without_spikes_sorts_to_no_unit() -> None:
+    """It crashed in the neighbourhood windows (reshape of zero events) instead of returning an empty sorting."""
+    from probeinterface import generate_linear_probe
+    from spikeinterface.core import NumpyRecording
+
+    from deepspike.sorting.params import SortParams
+    from deepspike.sorting.pipeline import run_sort
+
+    traces = np.random.default_rng(0).normal(0.0, 1.0, (30000 * 3, 8)).astype(np.float32)  # noise only
+    rec = NumpyRecording([traces], sampling_frequency=30000.0)
+    probe = generate_linear_probe(num_elec=8, ypitch=25)
+    probe.set_device_channel_indices(np.arange(8))
+    rec.set_probe(probe, in_place=True)
+    with pytest.warns(UserWarning, match="no spike detected"):
+        result = run_sort(rec, None, SortParams(features="pca"))
+    assert len(result.sorting.unit_ids) == 0 and len(result.labels) == 0

@@ -184,9 +184,9 @@ def test_unreadable_recording_stops_or_is_skipped(recordings: list[Path], tmp_pa
     bad.write_bytes(b"not an npy file")
     recs = [recordings[0], bad]
     with pytest.raises(DeepSpikeError, match=r"broken\.npy.*on_error=skip"):
-        build_corpus(_cfg(recs, tmp_path / "a", recording_options={"sampling_frequency": 24000.0}))
+        build_corpus(_cfg(recs, tmp_path / "a", recording_options={"sampling_frequency": 40000.0}))
     out = tmp_path / "b"
-    manifest = build_corpus(_cfg(recs, out, on_error="skip", recording_options={"sampling_frequency": 24000.0}))
+    manifest = build_corpus(_cfg(recs, out, on_error="skip", recording_options={"sampling_frequency": 40000.0}))
     m = json.loads(Path(manifest).read_text())
     assert [r["path"] for r in m["recordings"]] == [str(recordings[0])]
     assert [s["path"] for s in m["skipped"]] == [str(bad)] and "broken.npy" in m["skipped"][0]["error"]

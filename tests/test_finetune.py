@@ -113,6 +113,41 @@ def test_finetune_lowers_recon_and_keeps_accuracy(sorted_pair: tuple[Any, Any, A
     assert "finetune" in after.timings  # its speed is measured by bench/finetune.py, not asserted in a test
 
 
+def test_lost_units_allows_splits_and_catches_merges_and_drops() -> None:
+    from deepspike.sorting.pipeline import lost_units
+
+    ref = np.repeat([0, 1, 2, 3], 100)
+    assert lost_units(ref, ref, 50) == []
+    split = np.where((ref == 0) & (np.arange(400) % 2 == 0), 9, ref)  # unit 0 in two: adaptation's purpose
+    assert lost_units(ref, split, 50) == []
+    merged = np.where(ref == 1, 2, ref)  # units 1 and 2 as one: the unit without a majority is lost
+    merged[300:310] = 2  # (10 of unit 3's spikes too: unit 3 keeps its own majority unit)
+    assert lost_units(ref, merged, 50) in ([1], [2])
+    dropped = np.where(ref == 3, -1, ref)  # unit 3's spikes left unassigned
+    assert lost_units(ref, dropped, 50) == [3]
+    assert lost_units(np.r_[ref, np.full(20, 7)], np.r_[ref, np.full(20, -1)], 50) == []  # below min_spikes
+
+
+def test_finetune_never_sorts_worse_than_the_parent_on_a_probe(parent: Path) -> None:
+    """Issue 23: a 32-channel recording where fine-tuning lost a unit (0.978 -> 0.833, the guard kept the last
+    weights); the sort's own check (no parent unit lost) must return the parent's units and weights."""
+    from spikeinterface.core import generate_ground_truth_recording
+
+    rec, gt = generate_ground_truth_recording(durations=[60.0], num_channels=32, num_units=10, seed=1)
+    opts = {"threads": 1}
+    before = run_sort(rec, parent, SortParams())
+    after = run_sort(rec, parent, SortParams(finetune=True, finetune_options=opts))
+    acc = [compare_to_ground_truth(r.sorting, gt)["accuracy"].mean() for r in (before, after)]
+    assert acc[1] >= acc[0] - 1e-9, acc
+    record = after.finetuned.spec["provenance"]["finetune"]
+    assert "sort_check" in record
+    if record["sort_check"]["parent_units_lost"]:  # rejected: the written encoder is the parent, bit for bit
+        assert record["kept"] == "parent" and "sort check" in record["reason"]
+        p = load_encoder(parent).net.state_dict()
+        assert all(torch.equal(v, p[k]) for k, v in after.finetuned.net.state_dict().items())
+        assert np.array_equal(after.labels, before.labels)
+
+
 def test_provenance_names_parent_and_data(sorted_pair: tuple[Any, Any, Any], parent: Path, tmp_path: Path) -> None:
     _, after, _ = sorted_pair
     path = save_encoder(after.finetuned, tmp_path / "ft.safetensors")

@@ -65,7 +65,7 @@ def test_npy_channels_by_samples_is_transposed_with_note(
 
 def test_npy_num_channels_overrides_the_shape_rule(tmp_path: Path) -> None:
     data = np.arange(100 * 200, dtype=np.float32).reshape(100, 200)  # 100 samples x 200 channels
-    rec = open_recording(_save_npy(tmp_path / "d.npy", data), sampling_frequency=1000, num_channels=200)
+    rec = open_recording(_save_npy(tmp_path / "d.npy", data), sampling_frequency=10000, num_channels=200)
     assert rec.get_num_channels() == 200
     np.testing.assert_array_equal(_traces(rec), data)
 
@@ -86,12 +86,12 @@ def test_raw_binary_needs_dtype_and_channels(tmp_path: Path) -> None:
     path = tmp_path / "r.bin"
     np.zeros((10, 2), np.int16).tofile(path)
     with pytest.raises(RecordingError, match=r"dtype or num_channels") as e:
-        open_recording(path, sampling_frequency=1000)
+        open_recording(path, sampling_frequency=10000)
     assert str(path) in str(e.value) and "dtype='int16'" in str(e.value)
     with pytest.raises(
         RecordingError, match=r"check recording_options\.dtype= and recording_options\.num_channels="
     ) as e:
-        open_recording(path, sampling_frequency=1000, dtype="int16", num_channels=3)
+        open_recording(path, sampling_frequency=10000, dtype="int16", num_channels=3)
     assert str(path) in str(e.value)
 
 
@@ -371,7 +371,7 @@ def test_ground_truth_errors(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nothere.npy"
     with pytest.raises(RecordingError, match="check the path") as e:
-        open_recording(path, sampling_frequency=1000)
+        open_recording(path, sampling_frequency=10000)
     assert str(path) in str(e.value)
 
 
@@ -398,7 +398,7 @@ def test_corrupt_files_are_wrapped(tmp_path: Path, name: str, what: str) -> None
     path = tmp_path / name
     path.write_bytes(b"this is not a recording at all" * 10)
     with pytest.raises(RecordingError, match=f"cannot read it as {what}") as e:
-        open_recording(path, sampling_frequency=1000)
+        open_recording(path, sampling_frequency=10000)
     assert str(path) in str(e.value) and "corrupt" in str(e.value)
 
 
@@ -423,26 +423,26 @@ def test_missing_sampling_frequency(tmp_path: Path) -> None:
 def test_empty_recordings(tmp_path: Path) -> None:
     path = _save_npy(tmp_path / "empty.npy", np.zeros(0, np.float32))
     with pytest.raises(RecordingError, match="empty") as e:
-        open_recording(path, sampling_frequency=1000)
+        open_recording(path, sampling_frequency=10000)
     assert str(path) in str(e.value)
     raw = tmp_path / "empty.bin"
     raw.write_bytes(b"")
     with pytest.raises(RecordingError, match="empty"):
-        open_recording(raw, sampling_frequency=1000, dtype="int16", num_channels=2)
+        open_recording(raw, sampling_frequency=10000, dtype="int16", num_channels=2)
 
 
 @pytest.mark.parametrize(("bad", "kind"), [(np.nan, "NaN"), (np.inf, "Inf")])
 def test_non_finite_samples_are_located(tmp_path: Path, bad: float, kind: str) -> None:
-    data = np.zeros((25000, 3), np.float32)  # 25 s at 1 kHz: the bad sample is in the second 10 s chunk
-    data[12345, 1] = bad
-    data[20000, 2] = bad
+    data = np.zeros((250000, 3), np.float32)  # 25 s at 10 kHz: the bad sample is in the second 10 s chunk
+    data[123450, 1] = bad
+    data[200000, 2] = bad
     path = _save_npy(tmp_path / "nan.npy", data)
     with pytest.raises(RecordingError, match=kind) as e:
-        open_recording(path, sampling_frequency=1000)
+        open_recording(path, sampling_frequency=10000)
     msg = str(e.value)
     assert str(path) in msg and "channel" in msg and "(index 1)" in msg and "t=12.345" in msg
     assert "check_finite=False" in msg
-    assert open_recording(path, sampling_frequency=1000, check_finite=False).get_num_samples() == 25000
+    assert open_recording(path, sampling_frequency=10000, check_finite=False).get_num_samples() == 250000
 
 
 @pytest.mark.skipif(HAS_H5PY, reason="h5py is installed: the no-h5py message cannot show")
@@ -491,7 +491,7 @@ def test_npy_chunked_reads_match_whole_file(tmp_path: Path, fortran: bool, chann
     samples = np.random.default_rng(7).normal(size=(4000, 3)).astype(np.float32)  # samples x channels
     stored = samples.T if channels_first else samples
     stored = np.asfortranarray(stored) if fortran else np.ascontiguousarray(stored)
-    rec = open_recording(_save_npy(tmp_path / "x.npy", stored), sampling_frequency=1000)
+    rec = open_recording(_save_npy(tmp_path / "x.npy", stored), sampling_frequency=10000)
     assert rec.get_num_channels() == 3 and rec.get_num_samples() == 4000
     np.testing.assert_array_equal(_traces(rec), samples)
     for start, end in ((0, 1000), (1234, 2345), (3999, 4000)):
@@ -504,11 +504,11 @@ def test_npy_chunked_reads_match_whole_file(tmp_path: Path, fortran: bool, chann
 
 @pytest.mark.parametrize("channels_first", [False, True])
 def test_npy_nan_is_located_in_any_orientation(tmp_path: Path, channels_first: bool) -> None:
-    data = np.zeros((25000, 3), np.float32)  # 25 s at 1 kHz: the NaN is in the second 10 s chunk
-    data[12345, 2] = np.nan
+    data = np.zeros((250000, 3), np.float32)  # 25 s at 10 kHz: the NaN is in the second 10 s chunk
+    data[123450, 2] = np.nan
     stored = np.ascontiguousarray(data.T) if channels_first else np.asfortranarray(data)
     with pytest.raises(RecordingError, match="NaN") as e:
-        open_recording(_save_npy(tmp_path / "nan.npy", stored), sampling_frequency=1000)
+        open_recording(_save_npy(tmp_path / "nan.npy", stored), sampling_frequency=10000)
     assert "(index 2)" in str(e.value) and "t=12.345" in str(e.value)
 
 
@@ -516,7 +516,7 @@ def test_npy_chunked_recording_survives_a_round_trip_to_worker_processes(tmp_pat
     import pickle
 
     samples = np.random.default_rng(8).normal(size=(3000, 2)).astype(np.float32)
-    rec = open_recording(_save_npy(tmp_path / "cf.npy", np.ascontiguousarray(samples.T)), sampling_frequency=1000)
+    rec = open_recording(_save_npy(tmp_path / "cf.npy", np.ascontiguousarray(samples.T)), sampling_frequency=10000)
     again = pickle.loads(pickle.dumps(rec))  # what SpikeInterface does for n_jobs > 1
     np.testing.assert_array_equal(again.get_traces(start_frame=500, end_frame=700), samples[500:700])
 

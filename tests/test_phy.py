@@ -13,9 +13,10 @@ from deepspike.sorting.outputs import write_outputs
 from deepspike.sorting.params import SortParams
 from deepspike.sorting.pipeline import run_sort
 
-PHY_FILES = ("params.py", "recording.dat", "spike_times.npy", "spike_clusters.npy", "spike_templates.npy",
-             "templates.npy", "template_ind.npy", "channel_map.npy", "channel_positions.npy", "amplitudes.npy",
-             "similar_templates.npy", "cluster_group.tsv", "cluster_channel_group.tsv")  # fmt: skip
+PHY_FILES = ("params.py", "spike_times.npy", "spike_clusters.npy", "spike_templates.npy", "templates.npy",
+             "template_ind.npy", "channel_map.npy", "channel_positions.npy", "amplitudes.npy", "pc_features.npy",
+             "pc_feature_ind.npy", "similar_templates.npy", "cluster_group.tsv",
+             "cluster_channel_group.tsv")  # fmt: skip  # no recording.dat: params.py points at the saved binary
 
 
 def _sort_and_export(rec, gt, tmp_path: Path):

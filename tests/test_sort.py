@@ -142,10 +142,12 @@ def test_outputs_load_back(pca_result, gt_recording, tmp_path) -> None:
     assert list(units.columns[: len(UNIT_COLUMNS)]) == UNIT_COLUMNS and len(units) == 3
     assert np.load(out / "embeddings.npy").shape[0] == len(spikes)
     metrics = pd.read_csv(out / "metrics.csv")
-    assert list(metrics.columns) == COLUMNS and len(metrics) == 3
+    assert list(metrics.columns[: len(COLUMNS)]) == COLUMNS and len(metrics) == 3  # + matched unit, unit counts
     assert (out / "config.yaml").is_file() and (out / "summary.png").is_file()
-    assert {p.name for p in (out / "plots").iterdir()} == {"embeddings.png", "waveforms.png", "counts.png"}
-    assert not list(tmp_path.glob(".out.tmp-*"))
+    assert {p.name for p in (out / "plots").iterdir()} == {"embeddings.png", "waveforms_1.png", "counts.png",
+                                                         "quality.png"}  # fmt: skip
+    assert not list(tmp_path.glob(".out.tmp-*")) and not list(out.glob(".*.tmp-*"))
+    assert not (out / "missing.txt").exists()  # every part landed
 
 
 def test_existing_output_is_refused_and_untouched(pca_result, tmp_path) -> None:

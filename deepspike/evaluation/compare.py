@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -22,13 +24,16 @@ def compare_to_ground_truth(
     A GT unit with no matched unit scores 0 accuracy/recall/precision (SpikeInterface's convention); a sorting
     with no unit at all gets the same rows instead of an error.
     """
-    return compare_with_categories(sorting, gt_sorting, delta_time_ms, data_file, sorter_name)[0]
+    return compare_with_categories(sorting, gt_sorting, delta_time_ms, data_file, sorter_name)[0][COLUMNS]
 
 
 def compare_with_categories(
     sorting, gt_sorting, delta_time_ms: float = 0.4, data_file: str = "", sorter_name: str = "deepspike"
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """:func:`compare_to_ground_truth`'s rows plus SpikeInterface's unit categories of the sorting, from one matching.
+
+    Besides :data:`COLUMNS`, each row has ``matched_unit``: the sorted unit the Hungarian matching pairs with that
+    ground-truth unit (``None``: none).
 
     ``num_redundant``: found units that match an already matched GT unit well (agreement >= 0.2), i.e. neurons
     split into several units; ``num_false_positive``: found units matching no GT unit. Both assume the ground
@@ -48,6 +53,7 @@ def compare_with_categories(
         perf["false_discovery_rate"] = np.nan
         perf["miss_rate"] = 1.0
         categories = {"num_redundant": 0, "num_false_positive": len(sorting.unit_ids)}
+        matched: dict[Any, Any] = {}
     else:
         from spikeinterface.comparison import compare_sorter_to_ground_truth
 
@@ -58,6 +64,7 @@ def compare_with_categories(
         perf = cmp.get_performance(method="by_unit").astype(float)
         counts = cmp.count_units_categories()
         categories = {k: int(counts[k]) for k in UNIT_CATEGORIES}
+        matched = {g: u for g, u in cmp.hungarian_match_12.items() if u != -1 and u != "-1"}
     rows = pd.DataFrame(
         {
             "data_file": data_file,
@@ -65,9 +72,10 @@ def compare_with_categories(
             **{c: perf[c].to_numpy(dtype=float) for c in METRIC_COLUMNS},
             "tolerance_ms": float(delta_time_ms),
             "gt_unit": [str(u) for u in perf.index],
+            "matched_unit": [matched.get(u) for u in perf.index],
         }
     )
-    return rows[COLUMNS], categories
+    return rows[[*COLUMNS, "matched_unit"]], categories
 
 
 def compare_labels(

@@ -38,6 +38,7 @@ from deepspike.model.inference import (  # the artifact format, shared with the 
 from deepspike.model.inference import make_spec as _make_spec
 from deepspike.model.inference import read_header as read_header  # public here too (export's API before inference
 from deepspike.model.nets import build_net
+from deepspike.paths import resolve_repo_path
 from deepspike.provenance import tool_version
 from deepspike.spec import WindowSpec, normalize
 
@@ -143,7 +144,7 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encode
     """Load an encoder artifact (a ``.safetensors`` file, or a run directory holding ``encoder.safetensors``)."""
     from safetensors.torch import load_file
 
-    p, header = open_artifact(path)
+    p, header = open_artifact(resolve_encoder_path(path))
     net = build_net(header["arch"])
     sd = load_file(str(p), device="cpu")
     check_finite_weights(sd, str(p))
@@ -152,6 +153,17 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encode
     for q in net.parameters():
         q.requires_grad_(False)
     return Encoder(net=net, spec=_make_spec(header), path=p)
+
+
+ENCODER_FIX = (
+    "Give the path of an exported encoder (.safetensors, or a run directory holding encoder.safetensors as "
+    "`python train.py` writes)"
+)
+
+
+def resolve_encoder_path(path: str | os.PathLike) -> Path:
+    """The artifact ``path`` names, from the current directory, the repository or ``checkpoints/``."""
+    return resolve_repo_path(path, "encoder", ENCODER_FIX)
 
 
 # ----------------------------------------------------------------------------- parents and derived encoders

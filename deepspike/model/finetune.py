@@ -95,7 +95,9 @@ class FinetuneParams:
             (int(self.eval_every) >= 1, "eval_every must be >= 1"),
             (float(self.tolerance) >= 0 and int(self.patience) >= 1, "tolerance must be >= 0 and patience >= 1"),
             (self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
-        ]
+            (self.threads is None or (isinstance(self.threads, int) and self.threads >= 1),
+             "threads must be a number of threads >= 1 or null (torch's default)"),
+        ]  # fmt: skip
         for ok, msg in checks:
             if not ok:
                 raise DeepSpikeError(
@@ -247,6 +249,13 @@ def finetune_on_windows(
         record.update(_train(net, waves, labels, spec, pretext, recon, beta, params, dev, progress))
     record["seconds"] = round(time.perf_counter() - t0, 3)
     return derived_encoder(parent, net, record)
+
+
+def kept_parent(parent: Any, record: dict[str, Any], reason: str) -> Any:
+    """The parent's weights as the fine-tuning result, when a later check (the sort's own) rejects the adapted
+    ones: the written encoder is then the parent, its provenance says why."""
+    record = {**record, "kept": "parent", "reason": reason, "steps": 0}
+    return derived_encoder(parent, copy.deepcopy(parent.net), record)
 
 
 @contextmanager

@@ -22,21 +22,16 @@ from deepspike.model.inference import (  # the artifact format, shared with the 
 from deepspike.model.inference import make_spec as _make_spec
 from deepspike.model.inference import read_header as read_header  # public here too (export's API before inference
 from deepspike.model.nets import build_net
-from deepspike.paths import REPO_ROOT
+from deepspike.paths import resolve_repo_path
 from deepspike.provenance import git_commit, tool_version
 
 
 def resolve_parent_path(path: str | os.PathLike) -> Path:
-    """``path`` as given, else relative to the repository (so ``checkpoints/...`` works from any directory)."""
-    p = Path(path).expanduser()
-    if not p.exists() and not p.is_absolute() and (REPO_ROOT / p).exists():
-        p = REPO_ROOT / p
-    if not p.exists():
-        raise DeepSpikeError(
-            f"init_from={str(path)!r} not found: pass an exported encoder (.safetensors, or a run directory holding "
-            "encoder.safetensors) or a Lightning checkpoint (.ckpt) written by train.py"
-        )
-    return p
+    """``path`` as given, else relative to the repository or ``checkpoints/`` (so it works from any directory)."""
+    return resolve_repo_path(
+        path, "init_from", "Give an exported encoder (.safetensors, or a run directory holding encoder.safetensors) or "
+        "a Lightning checkpoint (.ckpt) written by train.py",
+    )  # fmt: skip
 
 
 def load_parent(path: str | os.PathLike) -> Encoder:

@@ -273,6 +273,23 @@ def _valid_rate(p: Path, fs: Any, where: str) -> float:
     return value
 
 
+# Rates a user may give (recording_options.sampling_frequency): extracellular spikes need 5 kHz at least (the
+# 300-5000 Hz band); beyond 100 kHz a rate is almost surely a typo (an extra zero). A wrong rate is otherwise silent:
+# a .dat given 3 kHz instead of 30 kHz sorted as a 10x longer recording, with only a Nyquist warning.
+PLAUSIBLE_RATE_HZ = (5000.0, 100000.0)
+
+
+def _plausible_rate(p: Path, fs: float) -> float:
+    """A rate the user gave, within ``PLAUSIBLE_RATE_HZ``, or an error naming the key."""
+    low, high = PLAUSIBLE_RATE_HZ
+    if not low <= fs <= high:
+        raise RecordingError(
+            f"{p}: recording_options.sampling_frequency={fs:g} Hz is not a plausible rate for spike recordings "
+            f"({low:g}-{high:g} Hz); give the rate the file was acquired at, e.g. {_how(sampling_frequency=30000.0)}"
+        )
+    return fs
+
+
 def _require_rate(p: Path, fs: float | None, what: str) -> float:
     if fs is None:
         raise RecordingError(

@@ -22,7 +22,16 @@ from typing import Any
 import numpy as np
 
 from deepspike.errors import RecordingError
-from deepspike.recording.arrays import _corrupt, _how, _open_binary, _open_mat, _open_npy, _valid_rate, _wrap
+from deepspike.recording.arrays import (
+    _corrupt,
+    _how,
+    _open_binary,
+    _open_mat,
+    _open_npy,
+    _plausible_rate,
+    _valid_rate,
+    _wrap,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -153,19 +162,23 @@ def open_recording(
 ) -> Any:
     """Open ``path`` (any format in ``SUPPORTED_FORMATS``) as a validated SpikeInterface ``BaseRecording``.
 
-    ``sampling_frequency`` is required for formats that do not store it (.npy, raw binary) and overrides the
-    rate stored in a .mat file (some benchmark excerpts carry a wrong ``dt``). ``dtype`` and ``num_channels``
-    describe raw binary files. Extra ``kw`` go to the underlying reader, e.g. ``stream_name=`` / ``stream_id=``
-    for multi-stream formats. ``check_finite`` scans float recordings for NaN/Inf, 10 s at a time (None = True).
-    ``allow_pickle`` opens ``.pkl``/``.pickle`` dumps and SpikeInterface descriptions naming classes outside
-    ``SAFE_SI_CLASSES``: both run code stored in the file, so only for files the user made.
+    ``sampling_frequency`` is required for formats that do not store it (.npy, raw binary), must be plausible
+    (``PLAUSIBLE_RATE_HZ``), overrides the rate stored in a .mat file (some benchmark excerpts carry a wrong ``dt``)
+    and is refused by any other format whose stored rate differs. ``dtype`` and ``num_channels`` describe raw binary
+    files; elsewhere they must agree with the file (never silently ignored). Extra ``kw`` go to the underlying
+    reader, e.g. ``stream_name=`` / ``stream_id=`` for multi-stream formats. ``check_finite`` scans float
+    recordings for NaN/Inf, 10 s at a time (None = True). ``allow_pickle`` opens ``.pkl``/``.pickle`` dumps and
+    SpikeInterface descriptions naming classes outside ``SAFE_SI_CLASSES``: both run code stored in the file, so only
+    for files the user made.
     """
     p = Path(path).expanduser()
     if not p.exists():
         raise RecordingError(f"{p}: no such file or folder; check the path (relative paths start at {Path.cwd()})")
     if sampling_frequency is not None:
         sampling_frequency = _valid_rate(p, sampling_frequency, "the sampling_frequency= argument")
+        sampling_frequency = _plausible_rate(p, sampling_frequency)
     recording = _dispatch(p, sampling_frequency, dtype, num_channels, kw, bool(allow_pickle))
+    _check_given(p, recording, sampling_frequency, dtype, num_channels)
     _validate(recording, p, check_finite is not False)
     return recording
 
@@ -186,17 +199,17 @@ def _dispatch(
     if ext in (".json", ".pkl", ".pickle"):
         return _open_si(p, allow_pickle)
     if ext in _NEO_BY_EXT:
-        return _open_neo(_NEO_BY_EXT[ext], p, fs, kw)
+        return _open_neo(_NEO_BY_EXT[ext], p, kw)
     if ext in _H5_EXTENSIONS:
-        return _open_neo(_sniff_h5(p), p, fs, kw)
+        return _open_neo(_sniff_h5(p), p, kw)
     if ext in RAW_BINARY_EXTENSIONS:
         sidecar = _binary_sidecar(p)
         if sidecar is not None:
-            return _open_neo(sidecar[0], sidecar[1], fs, kw)
+            return _open_neo(sidecar[0], sidecar[1], kw)
         return _open_binary(p, fs, dtype, num_channels, kw)
     probed = _probe_neo(p, ext)
     if probed is not None:
-        return _open_neo(probed, p, fs, kw)
+        return _open_neo(probed, p, kw)
     raise RecordingError(
         f"{p}: unknown recording format {ext or '(no extension)'!r}{_neo_only_note(ext)}. Convert it to one of "
         f"these, or rename it with the right extension:\n{_formats_text()}"
@@ -389,17 +402,17 @@ def _open_folder(p: Path, kw: dict[str, Any], allow_pickle: bool) -> Any:
     names = {c.name.lower() for c in p.iterdir()}
     suffixes = {c.suffix.lower() for c in p.iterdir() if c.is_file()}
     if {"settings.xml", "structure.oebin"} & names or any(n.startswith("record node") for n in names):
-        return _open_neo(_OPENEPHYS, p, None, kw, target=p)
+        return _open_neo(_OPENEPHYS, p, kw, target=p)
     if "info.rhd" in names:
-        return _open_neo(_INTAN, p / "info.rhd", None, kw)
+        return _open_neo(_INTAN, p / "info.rhd", kw)
     if ".meta" in suffixes:
-        return _open_neo(_SPIKEGLX, p, None, kw, target=p)
+        return _open_neo(_SPIKEGLX, p, kw, target=p)
     if {".tev", ".tsq", ".tbk", ".sev"} & suffixes:
-        return _open_neo(_TDT, p, None, kw, target=p)
+        return _open_neo(_TDT, p, kw, target=p)
     if ".ncs" in suffixes:
-        return _open_neo(_NEURALYNX, p, None, kw, target=p)
+        return _open_neo(_NEURALYNX, p, kw, target=p)
     if ".mpx" in suffixes:
-        return _open_neo(_ALPHAOMEGA, p, None, kw, target=p)
+        return _open_neo(_ALPHAOMEGA, p, kw, target=p)
     if "raw.mda" in names:
         import spikeinterface.extractors as se
 
@@ -426,7 +439,7 @@ def _binary_sidecar(p: Path) -> tuple[_Neo, Path] | None:
     return None
 
 
-def _open_neo(fmt: _Neo, p: Path, fs: float | None, kw: dict[str, Any], target: Path | None = None) -> Any:
+def _open_neo(fmt: _Neo, p: Path, kw: dict[str, Any], target: Path | None = None) -> Any:
     """Open with a spikeinterface.extractors reader, choosing the stream when the file holds several."""
     import spikeinterface.extractors as se
 
@@ -444,15 +457,7 @@ def _open_neo(fmt: _Neo, p: Path, fs: float | None, kw: dict[str, Any], target: 
     recording = _wrap(p, fmt.name, reader, target, **kw)
     if isinstance(recording, tuple):  # read_mearec returns (recording, sorting)
         recording = recording[0]
-    if fs is not None and not np.isclose(fs, recording.sampling_frequency, rtol=1e-6):
-        logger.warning(
-            "%s: sampling_frequency=%s ignored; %s files store their rate (%s Hz)",
-            p,
-            fs,
-            fmt.name,
-            recording.sampling_frequency,
-        )
-    return recording
+    return recording  # a sampling_frequency= that differs from the stored rate is refused by _check_given
 
 
 def _pick_stream(p: Path, fmt: _Neo, names: list[str]) -> str:
@@ -498,6 +503,36 @@ def _sniff_h5(p: Path) -> _Neo:
 
 
 # --- validation --------------------------------------------------------------------------------------------------
+
+
+def _check_given(p: Path, recording: Any, fs: float | None, dtype: Any, num_channels: int | None) -> None:
+    """Options the reader did not apply (the file stores its own rate, dtype or channel count) must agree with the
+    file: an ignored override would be recorded in the run's config while the file's value was used."""
+    given = {
+        "sampling_frequency": (fs, recording.sampling_frequency, "Hz"),
+        "num_channels": (num_channels, recording.get_num_channels(), "channels"),
+        "dtype": (dtype, np.dtype(recording.get_dtype()), ""),
+    }
+    for key, (value, stored, unit) in given.items():
+        if value is None or _same(key, value, stored):
+            continue
+        shown = f"{value:g}" if key == "sampling_frequency" else str(value)
+        have = f"{stored:g}" if key == "sampling_frequency" else str(stored)
+        raise RecordingError(
+            f"{p}: recording_options.{key}={shown} but the file stores {have} {unit}".rstrip()
+            + f"; a file that stores its {key} is read with it: remove recording_options.{key} (or set it to {have})"
+        )
+
+
+def _same(key: str, value: Any, stored: Any) -> bool:
+    if key == "sampling_frequency":
+        return bool(np.isclose(float(value), float(stored), rtol=1e-6))
+    if key == "dtype":
+        try:
+            return np.dtype(value) == stored
+        except TypeError:
+            return False
+    return int(value) == int(stored)
 
 
 def _validate(recording: Any, p: Path, check_finite: bool) -> None:

@@ -1,8 +1,9 @@
 """Sorting a recording with a frozen encoder: options (``params``), the pipeline (``pipeline``: extract ->
 features -> cluster -> multichannel merge -> template matching), features from the encoder or PCA
 (``features``), clustering with a method registry (``clustering/``), neighbourhoods of a probe
-(``multichannel``), template matching (``matching``), the result (``result``), files (``outputs``), plots
-(``plots``) and the ``sort.py`` Hydra app (``app``). The package is torch-free unless fine-tuning or a GPU asks.
+(``multichannel``), template matching (``matching``), the result (``result``), quality metrics and curation
+labels (``quality``), files (``outputs``), plots (``plots``) and the ``sort.py`` Hydra app (``app``). The package is
+torch-free unless fine-tuning or a GPU asks.
 
 Named ``sorting`` (not ``sort``) so that ``deepspike.sort``, the public function, is never shadowed.
 """

@@ -51,7 +51,9 @@ class SortConfig:
         pipeline = {f.name for f in fields(SortParams)}
         unknown = sorted(set(d) - top - pipeline)
         if unknown:
-            raise DeepSpikeError(f"unknown sort option(s) {unknown}; see conf/sort.yaml for the documented keys")
+            hints = [f"{k!r}: did you mean {best!r}?" for k in unknown if (best := _closest(k, top | pipeline))]
+            hint = f" ({'; '.join(hints)})" if hints else ""
+            raise DeepSpikeError(f"unknown sort option(s) {unknown}{hint}; see conf/sort.yaml for the documented keys")
         params = SortParams(**{k: v for k, v in d.items() if k in pipeline})
         return cls(params=params, **{k: v for k, v in d.items() if k in top})
 
@@ -62,10 +64,13 @@ class SortConfig:
             raise RecordingError(f"recording {self.recording!r} not found; pass recording=PATH to an existing file")
         if self.gt is not None and not Path(self.gt).exists():
             raise DeepSpikeError(f"ground truth {self.gt!r} not found; pass gt=PATH or leave it out")
-        if self.checkpoint is not None and not Path(self.checkpoint).exists():
-            raise DeepSpikeError(
-                f"checkpoint {self.checkpoint!r} not found; pass checkpoint=PATH to an exported encoder"
-            )
+        if self.checkpoint is not None:
+            from deepspike.sorting.features import checkpoint_path
+
+            try:  # from the current directory, else the repository / checkpoints/: one path for every later stage
+                self.checkpoint = str(checkpoint_path(self.checkpoint))
+            except DeepSpikeError as e:
+                raise DeepSpikeError(f"checkpoint={self.checkpoint}: {e}") from e
 
 
 def run_from_config(cfg: Any) -> SortResult:
@@ -81,7 +86,7 @@ def run_from_config(cfg: Any) -> SortResult:
     inputs = [recording_path, gt_path, conf.checkpoint]
     check_output(out, conf.overwrite, inputs)  # before any work: a refusal touches nothing
     result = run_sort(recording_path, conf.checkpoint, conf.params, conf.recording_options)
-    gt_sorting = _ground_truth(recording_path, result.recording, gt_path)
+    gt_sorting = lambda: _ground_truth(recording_path, result.recording, gt_path)  # noqa: E731 (a bad file costs metrics.csv only)
     config = _resolved_config(cfg, recording_path, out, gt_path, result)
     result.timings.update(
         write_outputs(
@@ -134,35 +139,70 @@ def _ground_truth(recording_path: str, recording: Any, gt: str | None) -> Any:
 
 
 def summary(result: SortResult, out: Path | None = None) -> str:
-    """Human summary: units, spikes per unit, time per stage (and accuracy when GT was scored)."""
+    """Human summary: units with their quality metrics and curation label (the first ``SUMMARY_UNIT_LINES``; all of
+    them are in units.csv), time per stage, accuracy with the matched units and the redundant / false-positive
+    counts when GT was scored, and any output that is missing."""
+    from deepspike.sorting.quality import label_counts
+
     units = result.units_table()
     n_noise = int((result.labels == NOISE).sum())
+    labels = ", ".join(f"{n} {lab}" for lab, n in label_counts(units["label"]).items())
     lines = [
-        f"DeepSpike sort: {len(result.labels)} spikes -> {len(units)} units, {n_noise} noise/unassigned "
+        f"DeepSpike sort: {len(result.labels)} spikes -> {len(units)} units ({labels}), {n_noise} noise/unassigned "
         f"({result.duration_s:.1f} s, {result.params.features} features, {result.params.cluster.method})",
     ]
     if result.finetuned is not None:
         ft = result.finetuned.spec["provenance"]["finetune"]
         lines.append(f"  fine-tuned encoder: kept {ft.get('kept')} ({ft.get('reason')}), {ft.get('seconds', 0):.1f}s")
-    for row in units.itertuples(index=False):
+    for row in units.head(SUMMARY_UNIT_LINES).itertuples(index=False):
+        why = f" ({row.label_reason})" if row.label_reason else ""
         lines.append(
-            f"  unit {row.unit:3d}: {row.spike_count:7d} spikes  {row.rate_hz:6.2f} Hz  "
-            f"snr {row.snr:5.1f}  ch {row.peak_channel}"
+            f"  unit {row.unit:3d}: {row.spike_count:7d} spikes  {row.rate_hz:6.2f} Hz  snr {row.snr:5.1f}  "
+            f"ch {row.peak_channel:<3d} isi {row.isi_violations_ratio:5.2f}  presence {row.presence_ratio:4.2f}  "
+            f"cutoff {row.amplitude_cutoff:4.2f}  {row.label}{why}"
         )
+    if len(units) > SUMMARY_UNIT_LINES:
+        lines.append(f"  ... {len(units) - SUMMARY_UNIT_LINES} more units in units.csv")
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
     lines.append(f"  time: {stages} (total {sum(result.timings.values()):.2f}s)")
-    metrics = result.info.get("metrics")
-    if metrics is not None and len(metrics):
-        acc = ", ".join(f"{u}: {a:.3f}" for u, a in zip(metrics["gt_unit"], metrics["accuracy"], strict=True))
-        lines.append(f"  ground truth accuracy (mean {metrics['accuracy'].mean():.3f}): {acc}")
+    lines += _ground_truth_lines(result)
+    for part, why in (result.info.get("missing") or {}).items():
+        lines.append(f"  MISSING {part}: {why} (the sorting and tables are written; see missing.txt)")
     if out is not None:
         lines.append(f"  outputs: {out}")
     return "\n".join(lines)
 
 
+SUMMARY_UNIT_LINES = 40  # units listed one per line in the console summary
+
+
+def _ground_truth_lines(result: SortResult) -> list[str]:
+    """Accuracy per GT neuron with its matched unit, beside the counts of redundant and false-positive units."""
+    metrics = result.info.get("metrics")
+    if metrics is None or not len(metrics):
+        return []
+    matched = metrics["matched_unit"] if "matched_unit" in metrics else [-1] * len(metrics)
+    acc = ", ".join(
+        f"{g}: {a:.3f}" + (f" (unit {m})" if m >= 0 else " (no unit)")
+        for g, a, m in zip(metrics["gt_unit"], metrics["accuracy"], matched, strict=True)
+    )
+    cats = result.info.get("unit_categories") or {}
+    counts = (
+        f"; redundant units {cats.get('num_redundant', 0)}, false-positive units {cats.get('num_false_positive', 0)}"
+        if cats
+        else ""
+    )
+    return [f"  ground truth accuracy (mean {metrics['accuracy'].mean():.3f}{counts}): {acc}"]
+
+
 def main() -> None:
     """Console entry (``deepspike-sort`` / ``python sort.py``): Hydra over ``conf/sort.yaml``."""
+    import sys
+
     import hydra
+
+    with cli_errors("sort", any(a.lower() == "debug=true" for a in sys.argv[1:])):
+        check_overrides(sys.argv[1:])  # before Hydra composes: its hint for an unknown key (`+key=`) leads astray
 
     @hydra.main(config_path=str(CONF_DIR), config_name="sort", version_base="1.3")
     def _app(cfg: Any) -> None:
@@ -170,3 +210,77 @@ def main() -> None:
             run_from_config(cfg)
 
     _app()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# command-line keys, checked before Hydra composes
+# --------------------------------------------------------------------------------------------------------------
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Refuse a ``key=value`` whose key conf/sort.yaml does not declare, suggesting the closest one.
+
+    Hydra answers ``clustr=gmm`` with "use +clustr=gmm", which composes and then fails as an unknown sort option:
+    the first message must name the typo. Hydra's own syntax passes through: ``+key`` / ``++key`` (adding a key is
+    explicit), ``hydra.*`` and ``hydra/...``, flags (``--cfg job``, ``-m``), group selections (``cluster=dpgmm``,
+    ``finetuning@finetune_options=default``); ``~key`` must name a declared key like any override.
+    """
+    known = _declared_options(argv)
+    for arg in argv:
+        key = _override_key(arg)
+        if key is None:
+            continue
+        parts = key.split(".")
+        if parts[0] not in known:
+            raise _unknown(key, parts[0], set(known))
+        below = known[parts[0]]  # a block's keys (recording_options, cluster as selected); deeper levels: Hydra's
+        if len(parts) > 1 and isinstance(below, dict) and parts[1] not in below:
+            raise _unknown(key, parts[1], set(below), prefix=f"{parts[0]}.")
+
+
+def _override_key(arg: str) -> str | None:
+    """The dotted key an override sets, or None for what Hydra alone handles (flags, ``+``, ``hydra``, a group
+    selection by package ``group@package=``)."""
+    if arg.startswith("-") or arg.startswith("+") or ("=" not in arg and not arg.startswith("~")):
+        return None
+    key = arg.lstrip("~").split("=", 1)[0]
+    if "@" in key:
+        key = key.split("@", 1)[0]  # group@package=option: the group must be one of sort.yaml's
+    key = key.replace("/", ".")
+    return None if key.split(".")[0] == "hydra" else key
+
+
+def _declared_options(argv: list[str]) -> dict[str, Any]:
+    """conf/sort.yaml's keys (nested dicts kept) plus its config groups, each with the keys of the file selected on
+    the command line (or by default): ``cluster=dpgmm cluster.dpgmm_concentration=0.1`` is checked against dpgmm."""
+    from omegaconf import OmegaConf
+
+    from deepspike.defaults import conf_values
+
+    raw = OmegaConf.to_container(OmegaConf.load(CONF_DIR / CONF), resolve=False)
+    known: dict[str, Any] = {k: v for k, v in raw.items() if k not in ("defaults", "hydra")}
+    selected = dict(a.split("=", 1) for a in argv if "=" in a and not a.startswith(("-", "+", "~")))
+    for entry in raw.get("defaults", []):
+        if not isinstance(entry, dict) or str(next(iter(entry))).startswith("override"):
+            continue
+        ((name, option),) = entry.items()
+        group, _, package = str(name).partition("@")
+        option = selected.get(name, selected.get(group, option))
+        path = CONF_DIR / group / f"{option}.yaml"
+        keys = {k: None for k in conf_values(f"{group}/{option}.yaml")} if path.is_file() else None
+        known[group] = keys  # the group, as selected (cluster=gmm)
+        known[package or group] = keys  # its keys, where they land (cluster.max_units, finetune_options.steps)
+    return known
+
+
+def _unknown(key: str, part: str, choices: set[str], prefix: str = "") -> DeepSpikeError:
+    best = _closest(part, choices)
+    hint = f"; did you mean '{prefix}{best}'?" if best else f"; the options here are {sorted(choices)}"
+    return DeepSpikeError(f"unknown option '{key}'{hint} Every option is declared, with a comment, in conf/sort.yaml")
+
+
+def _closest(name: str, choices: set[str]) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(name, sorted(choices), n=1, cutoff=0.6)
+    return found[0] if found else None

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from deepspike.errors import DeepSpikeError, SpecMismatchError
-from deepspike.paths import CHECKPOINT_DIR
+from deepspike.paths import CHECKPOINT_DIR, resolve_repo_path
 from deepspike.sorting.params import SortParams
 from deepspike.spec import WindowSpec, normalize
 
@@ -24,7 +24,11 @@ DEFAULT_CHECKPOINT = CHECKPOINT_DIR / "deepspike_synth_v1.safetensors"
 
 
 def checkpoint_path(checkpoint: str | os.PathLike | None) -> Path:
-    return Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+    """The encoder ``checkpoint`` names (None: the bundled one), absolute: as given, else relative to the repository,
+    else in ``checkpoints/`` (``paths.resolve_repo_path``, whose error names every path tried)."""
+    if checkpoint is None:
+        return DEFAULT_CHECKPOINT
+    return resolve_repo_path(checkpoint, "checkpoint", "Give the path of an exported encoder (.safetensors)")
 
 
 def load_sort_encoder(checkpoint: str | os.PathLike | None, params: SortParams | None = None) -> Any:
@@ -33,12 +37,15 @@ def load_sort_encoder(checkpoint: str | os.PathLike | None, params: SortParams |
     In numpy (``deepspike.model.inference``, no torch import: about 1.3 s less start-up) when torch would run it on the
     CPU anyway and nothing trains it; else with torch (``export.load_encoder``).
     """
-    path = checkpoint_path(checkpoint)
+    fix = "checkpoint=PATH on the command line, or features=pca for the model-free PCA baseline"
+    try:
+        path = checkpoint_path(checkpoint)
+    except DeepSpikeError as e:
+        raise DeepSpikeError(f"{e}; {fix}") from e
     if not path.exists():
-        what = "the bundled checkpoint" if checkpoint is None else "checkpoint"
         raise DeepSpikeError(
-            f"{what} {str(path)!r} not found: pass checkpoint=PATH to an exported encoder (.safetensors, see "
-            "deepspike.model.export), or features=pca for the model-free PCA baseline"
+            f"the bundled checkpoint {str(path)!r} not found: pass an exported encoder (.safetensors, see "
+            f"deepspike.model.export) with {fix}"
         )
     encoder = _load_for(path, params or SortParams())
     in_dim = encoder.spec.get("arch", {}).get("in_dim")

@@ -10,9 +10,11 @@ from typing import Any
 
 from deepspike.defaults import conf_field
 from deepspike.errors import DeepSpikeError
+from deepspike.recording.probes import check_probe_spec
 from deepspike.sorting.clustering.params import ClusterParams
 from deepspike.sorting.matching import MatchParams
 from deepspike.sorting.multichannel import MultichannelParams
+from deepspike.sorting.quality import CurationParams
 
 FEATURES = ("encoder", "pca")
 
@@ -39,11 +41,13 @@ class SortParams:
     finetune: bool = conf_field(CONF, "finetune")
     filter_cache_mb: float = conf_field(CONF, "filter_cache_mb")
     n_jobs: int = conf_field(CONF, "n_jobs")
+    probe: Any = conf_field(CONF, "probe")  # str (file, layout) | Path | probeinterface Probe / ProbeGroup | None
     finetune_options: dict[str, Any] = conf_field("finetuning/default.yaml")
     extract: dict[str, Any] = conf_field("extract/default.yaml")
     cluster: ClusterParams = field(default_factory=ClusterParams)
     matching: MatchParams = field(default_factory=MatchParams)
     multichannel: MultichannelParams = field(default_factory=MultichannelParams)
+    curation: CurationParams = field(default_factory=CurationParams)
 
     def __post_init__(self) -> None:
         if self.features not in FEATURES:
@@ -67,12 +71,14 @@ class SortParams:
                 f"echo_ms={self.echo_ms} must be >= 0 and echo_ratio={self.echo_ratio} 0 (off) or >= 1 "
                 "(an echo is an event within echo_ms of one echo_ratio times larger)"
             )
+        check_probe_spec(self.probe)  # a typo fails here, before any work
         if isinstance(self.cluster, str):
             self.cluster = ClusterParams(method=self.cluster, seed=self.seed)
         elif not isinstance(self.cluster, ClusterParams):
             self.cluster = ClusterParams.from_dict({"seed": self.seed, **dict(self.cluster or {})})
         self.matching = MatchParams.from_dict(self.matching)
         self.multichannel = MultichannelParams.from_dict(self.multichannel)
+        self.curation = CurationParams.from_dict(self.curation)
         self.extract = dict(self.extract or {})
         self.finetune_options = dict(self.finetune_options or {})
         if self.finetune and self.features != "encoder":
@@ -81,6 +87,10 @@ class SortParams:
             from deepspike.model.finetune import FinetuneParams
 
             FinetuneParams.from_options(self.finetune_params())  # fail early on bad options
+
+    def needs_geometry(self) -> bool:
+        """Whether the sort groups neighbouring channels, which takes a probe (else each channel is sorted alone)."""
+        return bool(self.multichannel.enabled and self.multichannel.radius_um > 0)
 
     def workers(self) -> int:
         """``n_jobs`` as a count (-1: the CPUs this process may use)."""
@@ -113,4 +123,7 @@ class SortParams:
         d["cluster"] = self.cluster.to_dict()
         d["matching"] = self.matching.to_dict()
         d["multichannel"] = self.multichannel.to_dict()
+        d["curation"] = self.curation.to_dict()
+        if self.probe is not None and not isinstance(self.probe, str):
+            d["probe"] = str(self.probe)  # a Path or a probeinterface object, named in the run's config
         return d

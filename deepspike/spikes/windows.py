@@ -148,7 +148,8 @@ def extract_neighbour_windows(
     noise = check_noise(noise, filtered.get_num_channels())
     samples = np.asarray(sample_index, dtype=np.int64)
     peak_channel = np.asarray(peak_channel, dtype=np.int64)
-    channels = np.asarray(channels, dtype=np.int64).reshape(len(samples), -1)
+    channels = np.asarray(channels, dtype=np.int64)
+    channels = channels.reshape(len(samples), -1) if channels.ndim != 2 else channels  # [n, K]; n may be 0
     n, k = channels.shape
     n_total = filtered.get_num_samples(0)
     before, after = window_margins(spec, fs)
