@@ -136,13 +136,16 @@ def case_rows(args: Any, checkpoint: str, options: dict[str, Any]) -> list[dict[
         if isinstance(data, np.ndarray):
             before, t_before, res0 = score_snippets(data, gt, checkpoint, args.cluster, False, options)
             after, t_after, res = score_snippets(data, gt, checkpoint, args.cluster, True, options)
-            labels, n_gt = gt, len(np.unique(gt))
+            labels0 = labels = gt
+            n_gt = len(np.unique(gt))
         else:
             before, t_before, res0 = score(data, gt, checkpoint, args.cluster, False, options)
             after, t_after, res = score(data, gt, checkpoint, args.cluster, True, options)
-            labels = gt_labels(res.sample_index, gt, res.recording, res.sampling_frequency, 0.4)
-            n_gt = len(gt.unit_ids)
-        sep = (true_k_accuracy(res0.embeddings, labels), true_k_accuracy(res.embeddings, labels))
+            labels0, labels = (
+                gt_labels(r.sample_index, gt, r.recording, r.sampling_frequency, 0.4) for r in (res0, res)
+            )
+            n_gt = len(gt.unit_ids)  # each sort's own spikes (matching may add different ones)
+        sep = (true_k_accuracy(res0.embeddings, labels0), true_k_accuracy(res.embeddings, labels))
         ft = res.finetuned.spec["provenance"]["finetune"]
         row = {
             "recording": name, "group": group, "accuracy_before": round(before, 4), "accuracy_after": round(after, 4),
@@ -154,6 +157,7 @@ def case_rows(args: Any, checkpoint: str, options: dict[str, Any]) -> list[dict[
             "seconds_finetune": round(res.timings.get("finetune", float("nan")), 2), "kept": ft.get("kept"),
             "quality_metric": ft.get("quality_metric"), "quality_parent": ft.get("parent_quality"),
             "quality_final": ft["history"][-1]["quality"] if ft.get("history") else None,
+            "sort_check": ft.get("sort_check"), "reason": ft.get("reason"),
         }  # fmt: skip
         rows.append(row)
         print(f"{name:<44} {before:7.3f} {after:7.3f} {after - before:+7.3f} {sep[0]:6.3f}>{sep[1]:.3f} "
