@@ -379,6 +379,9 @@ def test_make_set_large_tiers_have_their_shapes_and_drift_twins_share_the_spikes
     assert a.shape == b.shape and not np.allclose(a, b)  # the zigzag moved the units: same spikes, other traces
     drift = load_ground_truth(tmp_path / "s" / "long_00").get_property("gt_drift")
     assert len(drift) == index["long_00"]["num_units"] and np.all(np.abs(drift) <= tiers["long"]["amplitude_drift"])
+    stamps = {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "s").glob("*/si_folder.json")}
+    make_set(BenchConfig(out=str(tmp_path / "s"), make_set=True, set=spec))  # a rerun keeps both twins
+    assert {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "s").glob("*/si_folder.json")} == stamps
 
 
 def test_amplitude_drift_changes_only_the_amplitudes() -> None:
