@@ -302,3 +302,196 @@ def test_redundant_and_false_positive_units_are_counted_per_recording_and_summar
     assert (clean["num_redundant"], clean["num_false_positive"]) == (0, 0) and pd.isna(failed["num_redundant"])
     summary = summarize(pd.DataFrame([row, clean, failed], columns=COLUMNS)).iloc[0]
     assert (summary["num_redundant_mean"], summary["num_redundant_max"]) == (0.5, 1)  # over the runs that worked
+
+
+# ------------------------------------------------------------------------------------------------ large tiers
+
+LARGE = ("drift", "dense", "long", "long_tetrode")
+
+
+def _tiny_large_tiers() -> dict[str, dict]:
+    """conf/bench.yaml's large tiers as declared, shrunk to seconds and a few channels (shapes checked against them)."""
+    from deepspike.defaults import conf_values
+
+    tiers = conf_values("bench.yaml")["set"]["tiers"]
+    small = {
+        "drift": {"n": 2, "duration_s": 2.0, "num_channels": [8, 12], "num_units": [2, 3]},
+        "dense": {"n": 1, "duration_s": 1.0, "num_channels": [16, 16], "num_units": [3, 4]},
+        "long": {"n": 1, "duration_s": 3.0},
+        "long_tetrode": {"n": 1, "duration_s": 2.0},
+    }
+    return {name: {**tiers[name], **small[name]} for name in LARGE}
+
+
+def test_large_tiers_are_opt_in_and_the_default_set_is_unchanged() -> None:
+    from deepspike.defaults import conf_values
+    from deepspike.evaluation.bench_set import selected_tiers
+
+    s = conf_values("bench.yaml")["set"]
+    assert list(selected_tiers(s)) == [
+        "easy",
+        "low_snr",
+        "many_units",
+        "similar",
+        "overlaps",
+        "broad",
+        "tetrode",
+        "shank",
+    ]
+    assert list(selected_tiers({**s, "select": ["dense", "drift"]})) == ["dense", "drift"]
+    for name in LARGE:  # declared with their shapes: n 2, 64-128 / 128 channels, 2-5 min / 30-60 min
+        assert s["tiers"][name]["opt_in"] is True and s["tiers"][name]["n"] == 2
+    assert 64 <= s["tiers"]["drift"]["num_channels"][0] <= s["tiers"]["drift"]["num_channels"][1] <= 128
+    assert 120 <= s["tiers"]["drift"]["duration_s"] <= 300 and s["tiers"]["dense"]["num_channels"][0] >= 128
+    assert all(1800 <= s["tiers"][t]["duration_s"] <= 3600 for t in ("long", "long_tetrode"))
+
+
+def test_make_set_large_tiers_have_their_shapes_and_drift_twins_share_the_spikes(tmp_path: Path) -> None:
+    from deepspike.recording.ground_truth import load_ground_truth
+    from deepspike.recording.readers import open_recording
+
+    tiers = _tiny_large_tiers()
+    spec = {"seed": 0, "duration_s": 1.0, "tiers": tiers, "select": list(LARGE)}
+    make_set(BenchConfig(out=str(tmp_path / "s"), make_set=True, set=spec))
+    index = json.loads((tmp_path / "s" / "bench_set.json").read_text())["recordings"]
+    assert sorted(index) == ["dense_00", "drift_00", "drift_01", "drift_static_00", "drift_static_01", "long_00",
+                             "long_tetrode_00"]  # fmt: skip
+    assert [index[n]["motion"]["drift_mode"] for n in ("drift_00", "drift_01")] == ["zigzag", "bump"]
+    assert index["drift_01"]["motion"]["non_rigid_gradient"] == 0.4 and "non_rigid_gradient" not in index["drift_00"]
+    for name, r in index.items():
+        rec = open_recording(tmp_path / "s" / name)
+        tier = tiers[r["tier"].removesuffix("_static")]
+        assert rec.get_num_samples() == round(tier["duration_s"] * rec.get_sampling_frequency())
+        assert rec.get_num_channels() == r["num_channels"] and (rec.has_probe() or r["num_channels"] == 1)
+        if "num_channels" in tier:
+            assert tier["num_channels"][0] <= r["num_channels"] <= tier["num_channels"][1]
+            assert r["num_channels"] % 4 == 0
+    assert index["long_00"]["num_channels"] == 1 and index["long_tetrode_00"]["num_channels"] == 4
+    dense = open_recording(tmp_path / "s" / "dense_00").get_probe().contact_positions
+    assert len(set(dense[:, 0])) == 4 and sorted(set(np.diff(sorted(set(dense[:, 1]))))) == [20.0]  # NP1 rows
+    for i in ("00", "01"):
+        moving, still = (tmp_path / "s" / f"drift{k}_{i}" for k in ("", "_static"))
+        assert index[f"drift_{i}"]["static_twin"] == still.name and index[still.name]["twin_of"] == moving.name
+        gt_moving, gt_still = load_ground_truth(moving), load_ground_truth(still)
+        for u in gt_moving.unit_ids:
+            assert np.array_equal(gt_moving.get_unit_spike_train(u), gt_still.get_unit_spike_train(u))
+    a, b = (open_recording(tmp_path / "s" / n).get_traces() for n in ("drift_00", "drift_static_00"))
+    assert a.shape == b.shape and not np.allclose(a, b)  # the zigzag moved the units: same spikes, other traces
+    drift = load_ground_truth(tmp_path / "s" / "long_00").get_property("gt_drift")
+    assert len(drift) == index["long_00"]["num_units"] and np.all(np.abs(drift) <= tiers["long"]["amplitude_drift"])
+    stamps = {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "s").glob("*/si_folder.json")}
+    make_set(BenchConfig(out=str(tmp_path / "s"), make_set=True, set=spec))  # a rerun keeps both twins
+    assert {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "s").glob("*/si_folder.json")} == stamps
+
+
+def test_amplitude_drift_changes_only_the_amplitudes() -> None:
+    """One unit (no overlaps): the difference to the same seed without drift is (factor - 1) x its template, with
+    the factor linear in time through 1 at the middle of the recording."""
+    from deepspike.recording.synthetic import generate_recording
+
+    still, gt = generate_recording(5, duration_s=4.0, num_units=1, snr_range=(20, 30))
+    moving, gt_moving = generate_recording(5, duration_s=4.0, num_units=1, snr_range=(20, 30), amplitude_drift=0.3)
+    t = gt.get_unit_spike_train(gt.unit_ids[0])
+    assert np.array_equal(t, gt_moving.get_unit_spike_train(gt.unit_ids[0])) and len(t) > 10
+    diff = moving.get_traces()[:, 0].astype(np.float64) - still.get_traces()[:, 0]
+    assert np.mean(diff == 0) > 0.5  # the same noise: only the spikes differ
+    t = t[(t > 100) & (t < len(diff) - 100)]
+    windows = diff[t[:, None] + np.arange(-40, 80)[None, :]]
+    c = windows @ windows[-1]  # (factor_k - 1) x (factor_last - 1) x |template|^2: linear in time
+    slope, intercept = np.polyfit(t, c, 1)
+    assert abs(np.corrcoef(t, c)[0, 1]) > 0.999 and abs(-intercept / slope - len(diff) / 2) < 0.02 * len(diff)
+    assert 0 < abs(gt_moving.get_property("gt_drift")[0]) <= 0.3
+
+
+def test_tier_parameters_reach_run_sorter(tmp_path: Path) -> None:
+    """Each tier's own parameter reaches run_sorter (SpikeInterface refuses an unknown one before sorting) and is
+    recorded with the run; the defaults turn motion correction on for the drift tiers only."""
+    from deepspike.evaluation.bench import for_recording
+
+    tiers = {"drift": {**_tiny_large_tiers()["drift"], "n": 1, "duration_s": 1.0, "num_channels": [8, 8]}}
+    spec = {"seed": 0, "duration_s": 1.0, "tiers": tiers, "select": ["drift"]}
+    make_set(BenchConfig(out=str(tmp_path / "s"), make_set=True, set=spec))
+    by_tier = {"drift": {"simple": {"drift_only_param": 1}}, "drift_static": {"simple": {"static_only_param": 2}}}
+    conf = BenchConfig(recordings=[str(tmp_path / "s" / "*")], sorters=["simple"], out=str(tmp_path / "b"),
+                       plots=False, sorter_params_by_tier=by_tier)  # fmt: skip
+    run_bench(conf)
+    rows = pd.read_csv(tmp_path / "b" / "metrics.csv").set_index("data_file")
+    assert "drift_only_param" in rows.loc["drift_00", "error"] and "static_only" not in rows.loc["drift_00", "error"]
+    assert "static_only_param" in rows.loc["drift_static_00", "error"]
+    job = json.loads((tmp_path / "b" / "runs" / "drift_00__simple.json").read_text())["job"]
+    assert job["sorter"]["params"] == [["drift_only_param", 1]]
+
+    default = BenchConfig(recordings=["x"], sorters=["kilosort4"])  # conf/bench.yaml
+    ks, sc2, tdc2 = (
+        parse_sorter(name, default.sorter_params) for name in ("kilosort4", "spykingcircus2", "tridesclous2")
+    )
+    for tier in ("drift", "drift_static"):
+        assert dict(for_recording(ks, default, 128, tier).params) == {"do_correction": True}
+        assert dict(for_recording(sc2, default, 64, tier).params) == {"apply_motion_correction": True}
+        assert dict(for_recording(tdc2, default, 64, tier).params) == {"apply_motion_correction": True}
+    assert dict(for_recording(ks, default, 128, "dense").params) == {"do_correction": False}
+    assert for_recording(tdc2, default, 4, "tetrode").params == () and for_recording(sc2, default, 4, "").params == ()
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("select", ["drift", "nope"], r"set\.select: unknown tier 'nope'"),
+        ("select", "drift", r"set\.select must be a list of tier names"),
+        ("drift.drift_um", None, r"set\.tiers\.drift\.drift_um: missing"),
+        ("drift.motions", [{"drift_mode": "bumps"}], r"set\.tiers\.drift\.motions\[0\]\.drift_mode must be zigzag"),
+        ("drift.motions", [{"mode": "zigzag"}], r"set\.tiers\.drift\.motions\[0\]\.mode: unknown key"),
+        ("drift.num_channels", [64, 126], r"set\.tiers\.drift\.num_channels must be multiples of 4"),
+        ("dense.num_channels", [130, 130], r"set\.tiers\.dense\.num_channels must be multiples of 4"),
+        ("dense.opt_in", "yes", r"set\.tiers\.dense\.opt_in must be true or false"),
+        ("long.duration_s", -1, r"set\.tiers\.long\.duration_s must be a number of seconds > 0"),
+        ("long.recipe", "broad", r"set\.tiers\.long\.amplitude_drift must be in \[0, 1\) and only without a recipe"),
+        ("long.amplitude_drift", 1.5, r"set\.tiers\.long\.amplitude_drift must be in \[0, 1\)"),
+        ("long_tetrode.num_units", [0, 4], r"set\.tiers\.long_tetrode\.num_units must be"),
+    ],
+)  # fmt: skip
+def test_bad_large_tier_keys_are_named(key: str, value: object, match: str, tmp_path: Path) -> None:
+    spec = {"seed": 0, "duration_s": 1.0, "tiers": _tiny_large_tiers(), "select": list(LARGE)}
+    if key == "select":
+        spec["select"] = value
+    else:
+        tier, name = key.split(".")
+        if value is None:
+            spec["tiers"][tier].pop(name)
+        else:
+            spec["tiers"][tier][name] = value
+    with pytest.raises(DeepSpikeError, match=match):
+        make_set(BenchConfig(out=str(tmp_path / "s"), make_set=True, set=spec))
+    assert not (tmp_path / "s").exists()  # refused before anything is written
+
+
+@pytest.mark.parametrize(
+    "by_tier,match",
+    [
+        ({"drift": {"kilosort4": "on"}}, r"sorter_params_by_tier\.drift\.kilosort4 must map parameter -> value"),
+        ({"drift": ["kilosort4"]}, r"sorter_params_by_tier\.drift must map sorter -> parameters"),
+        ({"drift": {"kilosrt4": {"do_correction": True}}}, r"sorter_params_by_tier\.drift\.kilosrt4: not a SpikeInt"),
+    ],
+)
+def test_bad_sorter_params_by_tier_are_named(by_tier: dict, match: str, tiny: Path, tmp_path: Path) -> None:
+    conf = BenchConfig(recordings=[str(tiny)], sorters=["deepspike"], out=str(tmp_path / "b"),
+                       sorter_params_by_tier=by_tier)  # fmt: skip
+    with pytest.raises(DeepSpikeError, match=match):
+        conf.validate()  # the shape, as from the command line
+        run_bench(conf)  # sorter names: before any run
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_peer_that_runs_too_long_is_a_row_with_the_error(tiny: Path, tmp_path: Path) -> None:
+    from spikeinterface.sorters import sorter_dict
+
+    if not sorter_dict["spykingcircus2"].is_installed():
+        pytest.skip("spykingcircus2 not installed")
+    conf = BenchConfig(recordings=[str(tiny)], sorters=["spykingcircus2"], out=str(tmp_path / "b"), timeout_s=1.0,
+                       plots=False)  # fmt: skip
+    run_bench(conf)
+    rows = pd.read_csv(tmp_path / "b" / "metrics.csv").set_index("sorter_name")
+    assert "timed out after 1 s" in rows.loc["spykingcircus2", "error"] and pd.isna(
+        rows.loc["spykingcircus2", "accuracy"]
+    )
+    assert rows.loc["spykingcircus2", "wall_s"] >= 1.0

@@ -60,17 +60,20 @@ class SorterSpec:
     params: tuple[tuple[str, Any], ...] = ()
 
 
-def sorter_params_for(conf: BenchConfig, name: str, num_channels: int) -> dict[str, Any]:
-    """run_sorter parameters of one peer on one recording: ``sorter_params_single_channel`` for one channel."""
+def sorter_params_for(conf: BenchConfig, name: str, num_channels: int, tier: str = "") -> dict[str, Any]:
+    """run_sorter parameters of one peer on one recording: ``sorter_params_single_channel`` for one channel, else
+    ``sorter_params``, then the recording's tier's ``sorter_params_by_tier`` over them (drift correction on drift)."""
     table = conf.sorter_params_single_channel if num_channels == 1 else conf.sorter_params
-    return dict((table or {}).get(name) or {})
+    params = dict((table or {}).get(name) or {})
+    params.update(((conf.sorter_params_by_tier or {}).get(tier) or {}).get(name) or {})
+    return params
 
 
-def for_recording(spec: SorterSpec, conf: BenchConfig, num_channels: int) -> SorterSpec:
-    """``spec`` with the parameters its sorter takes on a recording of ``num_channels`` channels."""
+def for_recording(spec: SorterSpec, conf: BenchConfig, num_channels: int, tier: str = "") -> SorterSpec:
+    """``spec`` with the parameters its sorter takes on a recording of ``num_channels`` channels in ``tier``."""
     if spec.kind != "spikeinterface":
         return spec
-    return replace(spec, params=tuple(sorted(sorter_params_for(conf, spec.name, num_channels).items())))
+    return replace(spec, params=tuple(sorted(sorter_params_for(conf, spec.name, num_channels, tier).items())))
 
 
 def missing_package(spec: SorterSpec) -> str:
@@ -244,13 +247,17 @@ def _tier(p: Path) -> str:
 
 
 def unit_snrs(
-    recording: Any, gt: Any, band: list[float], max_s: float = 600.0
+    recording: Any, gt: Any, band: list[float], max_s: float = 600.0, max_bytes: float = 512e6
 ) -> tuple[dict[str, float], dict[str, int]]:
-    """Per GT unit: peak of its mean band-passed waveform / the channel's MAD noise sigma (best channel), and count."""
+    """Per GT unit: peak of its mean band-passed waveform / the channel's MAD noise sigma (best channel), and count.
+
+    Read from the first ``max_s`` seconds, fewer where those would pass ``max_bytes`` in float64 (a 128-channel probe:
+    about 16 s at 30 kHz; one channel, tetrodes and 32-channel shanks of 60 s are read whole, as before)."""
     from deepspike.recording.preprocess import bandpass
 
     fs = float(recording.get_sampling_frequency())
-    n = min(recording.get_num_samples(segment_index=0), int(max_s * fs))
+    per_sample = 8 * recording.get_num_channels()
+    n = min(recording.get_num_samples(segment_index=0), int(max_s * fs), int(max_bytes // per_sample))
     filt = bandpass(recording, float(band[0]), float(band[1]))  # freq_max >= Nyquist: clipped, with a warning
     x = np.asarray(filt.get_traces(segment_index=0, start_frame=0, end_frame=n), dtype=np.float64)
     sigma = np.median(np.abs(x - np.median(x, axis=0)), axis=0) / 0.6745
@@ -364,6 +371,19 @@ def score(rec: Recording, sorter: str, sorting: Any, wall: float, sort_s: float,
     return row, units
 
 
+def _check_tier_sorters(conf: BenchConfig) -> None:
+    """A sorter named in ``sorter_params_by_tier`` must be a SpikeInterface sorter: a typo would silently do nothing."""
+    from spikeinterface.sorters import sorter_dict
+
+    for tier, sorters in (conf.sorter_params_by_tier or {}).items():
+        for name in sorters:
+            if name not in sorter_dict:
+                raise DeepSpikeError(
+                    f"sorter_params_by_tier.{tier}.{name}: not a SpikeInterface sorter (parameters go to run_sorter; "
+                    f"known: {sorted(sorter_dict)})"
+                )
+
+
 def summarize(metrics: pd.DataFrame) -> pd.DataFrame:
     """One row per sorter: means over its successful runs, counts of ok and failed runs."""
     rows = []
@@ -393,7 +413,10 @@ def run_bench(conf: BenchConfig) -> Path:
             specs.append(missing_package(spec) or spec)  # a sorter that cannot run here: its reason
         except DeepSpikeError as e:  # a row with the reason, like any other failure
             specs.append(str(e))
+    _check_tier_sorters(conf)
     recordings = [load_recording(p, conf) for p in expand(conf.recordings)]  # all inputs checked before any run
+    if not recordings:
+        raise RecordingError(f"recordings={conf.recordings} holds no recording (only .gt/, .json or temp files)")
     names = [r.data_file for r in recordings]
     for r in recordings:
         if names.count(r.data_file) > 1:
@@ -407,7 +430,8 @@ def run_bench(conf: BenchConfig) -> Path:
             if isinstance(spec, str):
                 sorting, wall, sort_s, error = None, float("nan"), float("nan"), spec
             else:
-                sorting, wall, sort_s, error = run_pair(rec, for_recording(spec, conf, rec.num_channels), conf, runs)
+                tiered = for_recording(spec, conf, rec.num_channels, rec.tier)
+                sorting, wall, sort_s, error = run_pair(rec, tiered, conf, runs)
             row, units = score(rec, name, sorting, wall, sort_s, error, conf.delta_time_ms)
             rows.append(row)
             unit_rows.append(units)

@@ -41,6 +41,7 @@ class BenchConfig:
     debug: bool = conf_field(CONF, "debug")
     sorter_params: dict[str, Any] = conf_field(CONF, "sorter_params")
     sorter_params_single_channel: dict[str, Any] = conf_field(CONF, "sorter_params_single_channel")
+    sorter_params_by_tier: dict[str, Any] = conf_field(CONF, "sorter_params_by_tier")
     recording_options: dict[str, Any] = conf_field(CONF, "recording_options")
     set: dict[str, Any] = conf_field(CONF, "set")
 
@@ -75,8 +76,26 @@ class BenchConfig:
         for ok, msg in checks:
             if not ok:
                 raise DeepSpikeError(msg)
+        check_params_by_tier(self.sorter_params_by_tier)
         if self.checkpoint is not None and not Path(self.checkpoint).exists():
             raise DeepSpikeError(f"checkpoint {self.checkpoint!r} not found; pass checkpoint=PATH or leave it null")
+
+
+def check_params_by_tier(by_tier: Any) -> None:
+    """``sorter_params_by_tier`` is {tier: {sorter: {param: value}}}; a wrong level fails naming its key."""
+    if not isinstance(by_tier, dict):
+        raise DeepSpikeError(f"sorter_params_by_tier must map tier -> sorter -> parameters, got {by_tier!r}")
+    for tier, sorters in by_tier.items():
+        if not isinstance(sorters, dict):
+            raise DeepSpikeError(
+                f"sorter_params_by_tier.{tier} must map sorter -> parameters, e.g. {{kilosort4: {{do_correction: "
+                f"true}}}}, got {sorters!r}"
+            )
+        for sorter, params in sorters.items():
+            if not isinstance(params, dict):
+                raise DeepSpikeError(
+                    f"sorter_params_by_tier.{tier}.{sorter} must map parameter -> value, got {params!r}"
+                )
 
 
 def own_folder(out: Path) -> Path:

@@ -1,6 +1,7 @@
 """The benchmark set (``deepspike-bench make_set=true``): seeded, tiered recordings of SpikeInterface's generators
-(single-channel tiers and probe tiers) plus included third-party files with their ground truth, with an index that
-lets a rerun keep what is already there.
+(single-channel tiers, probe tiers and drift tiers, whose recordings come with a static twin) plus included third-party
+files with their ground truth, with an index that lets a rerun keep what is already there. Tiers marked ``opt_in``
+(large: drift, dense, long) are built only when ``set.select`` names them, so the default set stays as it was.
 """
 
 from __future__ import annotations
@@ -20,47 +21,45 @@ from deepspike.paths import write_json_atomic
 SET_INDEX = "bench_set.json"
 
 
-TIER_KEYS = {"n", "num_units", "snr_range", "recipe", "recipe_overrides"}  # single-channel tiers
+TIER_KEYS = {"n", "num_units", "snr_range", "recipe", "recipe_overrides", "amplitude_drift"}  # single-channel tiers
 
 
 PROBE_TIER_KEYS = {"n", "probe", "num_channels", "num_units", "snr_range", "sampling_frequency"}  # multi-channel
 
 
+DRIFT_TIER_KEYS = {"n", "motions", "drift_um", "num_channels", "num_units", "sampling_frequency"}  # drift + twin
+
+
+OPTIONAL_TIER_KEYS = {"duration_s", "opt_in"}  # any tier: its own length (default set.duration_s); built on request
+
+
+MOTION_KEYS = {"drift_mode", "non_rigid_gradient", "period_s", "t_start_drift", "t_end_drift", "bump_interval_s"}
+
+
+STATIC_SUFFIX = "_static"  # drift tier NAME writes NAME_static_i beside NAME_i: same spikes, no motion
+
+
 INCLUDE_KEYS = {"path", "sampling_frequency", "tier", "probe", "gt_shift_samples"}
 
 
-SET_KEYS = {"seed", "duration_s", "include", "broad_overrides", "tiers"}
+SET_KEYS = {"seed", "duration_s", "include", "broad_overrides", "tiers", "select"}
 
 
 def make_set(conf: BenchConfig) -> Path:
     """Write the benchmark set to ``conf.out`` (seeded; complete recordings are kept, so a rerun resumes)."""
-    from deepspike.recording.synthetic import generate_probe_recording, generate_recording, save_pair
-
     s = conf.set
     for key in sorted(set(s) - SET_KEYS):
         raise DeepSpikeError(f"set.{key}: unknown key (known: {sorted(SET_KEYS)}; see conf/bench.yaml)")
+    tiers = selected_tiers(s)
+    for tier, t in tiers.items():  # every tier is checked before anything is generated
+        _check_tier(tier, t, set(s["tiers"]))
     out = own_folder(Path(conf.out))
     index_file = out / SET_INDEX
     index = json.loads(index_file.read_text()) if index_file.is_file() else {"recordings": {}}
-    for tier, t in s["tiers"].items():
-        _check_tier(tier, t)
+    for tier, t in tiers.items():
         for i in range(int(t.get("n", 0))):
-            name = f"{tier}_{i:02d}"
-            seed = int(np.random.default_rng([int(s["seed"]), zlib.crc32(tier.encode()), i]).integers(0, 2**31 - 1))
-            kwargs = _tier_kwargs(t, seed, s.get("broad_overrides") or {})
-            folder, gt_folder = out / name, out / f"{name}.gt"
-            made = {"tier": tier, "seed": seed, "duration_s": float(s["duration_s"]), **jsonable(kwargs)}
-            if not _kept(folder, index["recordings"].get(name), made):
-                if "probe" in kwargs:
-                    rec, gt = generate_probe_recording(seed, float(s["duration_s"]), **kwargs)
-                else:
-                    rec, gt = generate_recording(seed, float(s["duration_s"]), "random", **kwargs)
-                save_pair(rec, gt, folder, gt_folder, progress=False)
-                info = {"fs": rec.get_sampling_frequency(), "num_units": len(gt.unit_ids),
-                        "num_channels": rec.get_num_channels()}  # fmt: skip
-                index["recordings"][name] = {**made, **info}
-                write_json_atomic(index_file, index, default=str)
-                print(f"{name}: {info['num_units']} units at {info['fs']:g} Hz", flush=True)
+            _make_recording(s, tier, t, i, out, index)
+            write_json_atomic(index_file, index, default=str)
     for i, item in enumerate(s.get("include") or []):
         _include(item, out, index, f"set.include[{i}]")
         write_json_atomic(index_file, index, default=str)
@@ -69,28 +68,117 @@ def make_set(conf: BenchConfig) -> Path:
     return out
 
 
-def _check_tier(tier: str, t: dict[str, Any]) -> None:
+def selected_tiers(s: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The tiers to build: those ``set.select`` names, or (null) every tier not marked ``opt_in``."""
+    tiers = s.get("tiers") or {}
+    select = s.get("select")
+    if select is None:
+        return {name: t for name, t in tiers.items() if not t.get("opt_in", False)}
+    if isinstance(select, str) or not all(isinstance(name, str) for name in select):
+        raise DeepSpikeError(
+            f"set.select must be a list of tier names, e.g. 'set.select=[drift,dense]', got {select!r}"
+        )
+    for name in select:
+        if name not in tiers:
+            raise DeepSpikeError(f"set.select: unknown tier {name!r} (tiers of set.tiers: {sorted(tiers)})")
+    return {name: tiers[name] for name in select}
+
+
+def _make_recording(s: dict[str, Any], tier: str, t: dict[str, Any], i: int, out: Path, index: dict[str, Any]) -> None:
+    """Recording ``i`` of a tier (and a drift tier's static twin), unless it is already there, made the same way."""
+    from deepspike.recording.synthetic import (
+        generate_drifting_pair,
+        generate_probe_recording,
+        generate_recording,
+        save_pair,
+    )
+
+    name = f"{tier}_{i:02d}"
+    seed = int(np.random.default_rng([int(s["seed"]), zlib.crc32(tier.encode()), i]).integers(0, 2**31 - 1))
+    kwargs = _tier_kwargs(t, seed, s.get("broad_overrides") or {})
+    if "motions" in t:  # rigid and non-rigid cases take turns
+        kwargs["motion"] = dict(t["motions"][i % len(t["motions"])])
+    duration = float(t.get("duration_s", s["duration_s"]))
+    made = {"tier": tier, "seed": seed, "duration_s": duration, **jsonable(kwargs)}
+    if "motion" in kwargs:
+        twin = f"{tier}{STATIC_SUFFIX}_{i:02d}"
+        pairs = {name: {**made, "static_twin": twin}, twin: {**made, "tier": tier + STATIC_SUFFIX, "twin_of": name}}
+    else:
+        pairs = {name: made}
+    if all(_kept(out / n, index["recordings"].get(n), m) for n, m in pairs.items()):
+        return
+    if "motion" in kwargs:
+        drifting, static, gt = generate_drifting_pair(seed, duration, **kwargs)
+        recordings = [drifting, static]
+    elif "probe" in kwargs:
+        rec, gt = generate_probe_recording(seed, duration, **kwargs)
+        recordings = [rec]
+    else:
+        rec, gt = generate_recording(seed, duration, "random", **kwargs)
+        recordings = [rec]
+    for (n, m), rec in zip(pairs.items(), recordings, strict=True):
+        save_pair(rec, gt, out / n, out / f"{n}.gt", progress=False)
+        info = {"fs": rec.get_sampling_frequency(), "num_units": len(gt.unit_ids),
+                "num_channels": rec.get_num_channels()}  # fmt: skip
+        index["recordings"][n] = {**m, **info}
+        print(f"{n}: {info['num_units']} units, {info['num_channels']} channels at {info['fs']:g} Hz, {duration:g} s",
+              flush=True)  # fmt: skip
+
+
+def _check_tier(tier: str, t: dict[str, Any], declared: set[str] | None = None) -> None:
     """Unknown keys and bad values of ``set.tiers.NAME`` fail before anything is generated, naming the key."""
     from deepspike.recording.probes import PROBES
 
-    known = PROBE_TIER_KEYS if "probe" in t else TIER_KEYS
+    where = f"set.tiers.{tier}"
+    required = DRIFT_TIER_KEYS if "motions" in t else PROBE_TIER_KEYS if "probe" in t else set()
+    known = (required or TIER_KEYS) | OPTIONAL_TIER_KEYS
     if t.get("probe") == "tetrode":
-        known = known - {"num_channels"}  # always 4
+        required, known = required - {"num_channels"}, known - {"num_channels"}  # always 4
     for key in sorted(set(t) - known):
-        raise DeepSpikeError(f"set.tiers.{tier}.{key}: unknown key (known: {sorted(known)}; see conf/bench.yaml)")
-    if "probe" in t:  # no hidden defaults: a probe tier states all its ranges in conf/bench.yaml
-        for key in sorted(known - set(t)):
-            raise DeepSpikeError(f"set.tiers.{tier}.{key}: missing (a probe tier needs {sorted(known)})")
+        raise DeepSpikeError(f"{where}.{key}: unknown key (known: {sorted(known)}; see conf/bench.yaml)")
+    for key in sorted(required - set(t)):  # no hidden defaults: probe and drift tiers state all their ranges
+        raise DeepSpikeError(f"{where}.{key}: missing (this tier needs {sorted(required)})")
     checks = [
         ("n", int(t.get("n", 0)) >= 0, "must be >= 0"),
         ("probe", t.get("probe", "tetrode") in PROBES, f"must be one of {list(PROBES)}"),
         ("num_units", _range_ok(t.get("num_units", [1, 1]), 1), "must be [low, high] with 1 <= low <= high"),
         ("num_channels", _range_ok(t.get("num_channels", [4, 4]), 4), "must be [low, high] with 4 <= low <= high"),
         ("snr_range", _range_ok(t.get("snr_range", [1, 1]), 0), "must be [low, high] with 0 < low <= high"),
-    ]
+        ("duration_s", _positive(t.get("duration_s", 1.0)), "must be a number of seconds > 0"),
+        ("opt_in", isinstance(t.get("opt_in", False), bool), "must be true or false"),
+        ("amplitude_drift", 0 <= float(t.get("amplitude_drift", 0.0)) < 1 and not ("recipe" in t and
+         t.get("amplitude_drift")), "must be in [0, 1) and only without a recipe (a recipe drifts by its `drift`)"),
+        ("drift_um", _positive(t.get("drift_um", 1.0)), "must be > 0 um"),
+        ("num_channels", ("motions" not in t and t.get("probe") != "neuropixels")
+         or all(int(v) % 4 == 0 for v in t["num_channels"]),
+         "must be multiples of 4 (a Neuropixels-like probe: 4 columns)"),
+    ]  # fmt: skip
     for key, ok, msg in checks:
         if not ok:
-            raise DeepSpikeError(f"set.tiers.{tier}.{key} {msg}, got {t.get(key)!r} (see conf/bench.yaml)")
+            raise DeepSpikeError(f"{where}.{key} {msg}, got {t.get(key)!r} (see conf/bench.yaml)")
+    if "motions" in t:
+        _check_motions(where, t["motions"], tier + STATIC_SUFFIX in (declared or set()))
+
+
+def _check_motions(where: str, motions: Any, twin_clash: bool) -> None:
+    """A drift tier's ``motions``: a non-empty list of SpikeInterface motion_list entries with known keys."""
+    if twin_clash:
+        raise DeepSpikeError(f"{where}: its static twins are written as tier {where.split('.')[-1]}{STATIC_SUFFIX}, "
+                             "which set.tiers also declares; rename one of them")  # fmt: skip
+    if not isinstance(motions, list | tuple) or not motions or not all(isinstance(m, dict) for m in motions):
+        raise DeepSpikeError(
+            f"{where}.motions must be a list of motions, e.g. [{{drift_mode: zigzag}}], got {motions!r}"
+        )
+    for k, m in enumerate(motions):
+        for key in sorted(set(m) - MOTION_KEYS):
+            raise DeepSpikeError(f"{where}.motions[{k}].{key}: unknown key (known: {sorted(MOTION_KEYS)})")
+        if m.get("drift_mode", "zigzag") not in ("zigzag", "bump", "random_walk"):
+            raise DeepSpikeError(f"{where}.motions[{k}].drift_mode must be zigzag, bump or random_walk, got "
+                                 f"{m.get('drift_mode')!r}")  # fmt: skip
+
+
+def _positive(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and float(v) > 0
 
 
 def _range_ok(v: Any, low: float) -> bool:
@@ -102,6 +190,8 @@ def _tier_kwargs(t: dict[str, Any], seed: int, recipe_overrides: dict[str, Any])
 
     num_units (and a shank's num_channels) are drawn from the tier's ranges with the recording's seed.
     """
+    if t.get("motions"):
+        return _drift_tier_kwargs(t, seed)
     if t.get("probe"):
         return _probe_tier_kwargs(t, seed)
     if t.get("recipe"):
@@ -111,7 +201,10 @@ def _tier_kwargs(t: dict[str, Any], seed: int, recipe_overrides: dict[str, Any])
         return {"recipe": recipe}
     lo, hi = t.get("num_units", [3, 3])
     num_units = int(np.random.default_rng(seed).integers(int(lo), int(hi) + 1))
-    return {"num_units": num_units, "snr_range": tuple(t.get("snr_range", (8.0, 25.0)))}
+    kwargs = {"num_units": num_units, "snr_range": tuple(t.get("snr_range", (8.0, 25.0)))}
+    if t.get("amplitude_drift"):  # only when set: the index of the tiers without it stays as it was
+        kwargs["amplitude_drift"] = float(t["amplitude_drift"])
+    return kwargs
 
 
 def _probe_tier_kwargs(t: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -120,10 +213,24 @@ def _probe_tier_kwargs(t: dict[str, Any], seed: int) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"probe": str(t["probe"]), "num_units": int(rng.integers(int(lo), int(hi) + 1))}
     if "num_channels" in t:
         c_lo, c_hi = t["num_channels"]
-        kwargs["num_channels"] = 2 * int(rng.integers(int(c_lo) // 2, int(c_hi) // 2 + 1))  # two columns: even
+        step = 4 if t["probe"] == "neuropixels" else 2  # columns: a shank has two, a neuropixels probe four
+        kwargs["num_channels"] = step * int(rng.integers(int(c_lo) // step, int(c_hi) // step + 1))
     kwargs["snr_range"] = tuple(t["snr_range"])
     kwargs["sampling_frequency"] = float(t["sampling_frequency"])
     return kwargs
+
+
+def _drift_tier_kwargs(t: dict[str, Any], seed: int) -> dict[str, Any]:
+    """generate_drifting_pair arguments: recording i of the tier takes motion ``i % len(motions)`` (see make_set)."""
+    rng = np.random.default_rng(seed)
+    lo, hi = t["num_units"]
+    c_lo, c_hi = t["num_channels"]
+    return {
+        "num_units": int(rng.integers(int(lo), int(hi) + 1)),
+        "num_channels": 4 * int(rng.integers(int(c_lo) // 4, int(c_hi) // 4 + 1)),
+        "drift_um": float(t["drift_um"]),
+        "sampling_frequency": float(t["sampling_frequency"]),
+    }
 
 
 def _include(item: dict[str, Any], out: Path, index: dict[str, Any], where: str = "set.include") -> None:

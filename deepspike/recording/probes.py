@@ -20,10 +20,11 @@ from deepspike.errors import DeepSpikeError, RecordingError
 
 logger = logging.getLogger(__name__)
 
-PROBES = ("tetrode", "shank")  # make_probe's kinds (the generators and the bench set)
+PROBES = ("tetrode", "shank", "neuropixels")  # make_probe's kinds (the generators and the bench set)
 
 
 SHANK_PITCH_UM = 22.0  # contact pitch of the generated two-column shank (both directions), columns staggered by half
+NP1_X_PITCH_UM, NP1_ROW_UM = 16.0, 20.0  # Neuropixels 1.0: 4 columns 16 um apart, a contact pair every 20 um
 TETRODE_SPACING_UM = 1000.0  # between the tetrodes of a multi-tetrode layout: never neighbours, and separate groups
 
 # What ``probe=`` accepts, as the error messages list it (contacts of a generated layout are wired to the channels in
@@ -54,7 +55,8 @@ def make_probe(kind: str, num_channels: int | None = None) -> Any:
     """A probeinterface Probe wired to channels 0..n-1: ``tetrode`` (4 contacts, 10 um radius) or ``shank``.
 
     The shank has two staggered columns of ``num_channels / 2`` contacts at ``SHANK_PITCH_UM`` (a silicon
-    multi-column shank in miniature), so a unit is seen on several neighbouring contacts.
+    multi-column shank in miniature), so a unit is seen on several neighbouring contacts. ``neuropixels`` is
+    Neuropixels-1.0-like (4 staggered columns, rows 20 um apart, 128 contacts by default): dense and drift tiers.
     """
     from probeinterface import generate_tetrode
 
@@ -67,6 +69,8 @@ def make_probe(kind: str, num_channels: int | None = None) -> Any:
         if n < 4 or n % 2:
             raise DeepSpikeError(f"a shank needs an even num_channels >= 4 (two columns), got {num_channels}")
         probe = _columns(_Layout("staggered", 2, SHANK_PITCH_UM), n)
+    elif kind == "neuropixels":
+        probe = _neuropixels(128 if num_channels is None else int(num_channels))
     else:
         raise DeepSpikeError(f"probe must be one of {list(PROBES)}, got {kind!r}")
     probe.set_device_channel_indices(np.arange(probe.get_contact_count()))
@@ -181,6 +185,20 @@ def _columns(layout: _Layout, n: int) -> Any:
     return generate_multi_columns_probe(
         num_columns=layout.columns, num_contact_per_column=n // layout.columns, xpitch=layout.pitch_um,
         ypitch=layout.pitch_um, y_shift_per_column=None if shift is None else shift[: layout.columns],
+    )  # fmt: skip
+
+
+def _neuropixels(n: int) -> Any:
+    """Neuropixels 1.0's checkerboard: column pairs (0, 2) and (1, 3) alternate rows, so each column has a contact
+    every 40 um and the probe one pair every 20 um (probeinterface's NP1000 needs its online library)."""
+    from probeinterface import generate_multi_columns_probe
+
+    if n < 8 or n % 4:
+        raise DeepSpikeError(f"a neuropixels probe needs num_channels a multiple of 4, >= 8, got {n}")
+    return generate_multi_columns_probe(
+        num_columns=4, num_contact_per_column=n // 4, xpitch=NP1_X_PITCH_UM, ypitch=2 * NP1_ROW_UM,
+        y_shift_per_column=[0.0, NP1_ROW_UM, 0.0, NP1_ROW_UM], contact_shapes="square",
+        contact_shape_params={"width": 12.0},
     )  # fmt: skip
 
 

@@ -498,6 +498,7 @@ def generate_recording(
     snr_range: tuple[float, float] | None = None,
     refractory_period_ms: float | None = None,
     recipe: str | Mapping[str, Any] | SyntheticRecipe | None = None,
+    amplitude_drift: float = 0.0,
 ) -> tuple[Any, Any]:
     """A lazy ground-truth recording and its sorting, fully determined by ``seed``.
 
@@ -512,6 +513,8 @@ def generate_recording(
     explicitly override the recipe's draws. The GT sorting then also carries ``gt_polarity``, ``gt_triphasic``,
     ``gt_similar_to`` (index of the unit it is a near-copy of, or -1), ``gt_bursty``, ``gt_drift`` and
     ``gt_main_channel``; background units are injected into the traces but absent from the GT sorting.
+    ``amplitude_drift`` (no recipe): each unit's amplitude ramps linearly to 1 +- up to that at the ends (``gt_drift``)
+    while the traces stay lazy, so an hour-long recording is written chunk by chunk (the recipe's noise is in memory).
     """
     from probeinterface import generate_linear_probe
     from spikeinterface.core import generate_ground_truth_recording
@@ -520,6 +523,10 @@ def generate_recording(
         raise DeepSpikeError(f"num_units and num_channels must be >= 1, got {num_units} and {num_channels}")
     if not np.isfinite(duration_s) or duration_s <= 0:
         raise DeepSpikeError(f"duration_s must be > 0 seconds, got {duration_s!r}")
+    if recipe is not None and amplitude_drift:
+        raise DeepSpikeError("amplitude_drift is for recordings without a recipe; a recipe drifts by its `drift` key")
+    if not 0 <= float(amplitude_drift) < 1:
+        raise DeepSpikeError(f"amplitude_drift must be in [0, 1), got {amplitude_drift!r}")
     if recipe is not None:
         return _recipe_recording(
             seed, load_recipe(recipe), float(duration_s), sampling_frequency, num_units, noise_level, firing_rates,
@@ -556,7 +563,68 @@ def generate_recording(
     for name, values in shapes.items():
         sorting.set_property(f"gt_{name}", values)
     recording.annotate(synthetic_seed=int(seed), synthetic_noise_level=noise)
+    if amplitude_drift:  # drawn after everything else: the same seed gives the same recording without the drift
+        recording = _with_amplitude_drift(recording, sorting, float(amplitude_drift), rng)
     return recording, sorting
+
+
+def _with_amplitude_drift(recording: Any, sorting: Any, drift: float, rng: np.random.Generator) -> Any:
+    """``recording`` (generate_ground_truth_recording's injection) with each unit's amplitude ramping linearly over
+    time, 1 + d at the end and 1 - d at the start, d drawn in [-drift, drift] per unit: the slow drift of long
+    recordings. Same noise, templates and spikes (its own inputs, reused); still lazy."""
+    from spikeinterface.core.generate import InjectTemplatesRecording
+
+    d = rng.uniform(-drift, drift, len(sorting.unit_ids))
+    spikes = sorting.to_spike_vector()  # the order InjectTemplatesRecording takes amplitude factors in
+    t = spikes["sample_index"] / float(recording.get_num_samples(segment_index=0))
+    factor = (1.0 + d[spikes["unit_index"]] * (2.0 * t - 1.0)).astype(np.float32)
+    kw = recording._kwargs
+    drifting = InjectTemplatesRecording(
+        sorting, np.asarray(kw["templates"], dtype=np.float32), nbefore=kw["nbefore"], amplitude_factor=factor,
+        parent_recording=kw["parent_recording"], upsample_vector=kw["upsample_vector"],
+    )  # fmt: skip
+    recording.copy_metadata(drifting)  # probe, gains, annotations
+    sorting.set_property("gt_drift", d)
+    return drifting
+
+
+def generate_drifting_pair(
+    seed: int,
+    duration_s: float = 120.0,
+    num_channels: int = 128,
+    num_units: int = 20,
+    motion: Mapping[str, Any] | None = None,
+    drift_um: float = 25.0,
+    sampling_frequency: float = 30000.0,
+) -> tuple[Any, Any, Any]:
+    """(drifting recording, its static twin, GT sorting) on a Neuropixels-like probe (SpikeInterface's drifting
+    generator), fixed by ``seed``.
+
+    The twin has the same spikes, templates, amplitudes and noise without the motion, so what drift costs a sorter is
+    the difference of two scores. ``motion`` is one entry of SpikeInterface's ``motion_list`` (``drift_mode``:
+    zigzag | bumps | random_walk; ``non_rigid_gradient`` makes it non-rigid; ``period_s``, ``t_start_drift``,
+    ``bump_interval_s``); units move between +``drift_um`` and -``drift_um`` along the probe's depth.
+    """
+    from spikeinterface.generation import generate_drifting_recording
+
+    if int(num_units) < 1 or not np.isfinite(duration_s) or duration_s <= 0 or drift_um < 0:
+        raise DeepSpikeError(f"need num_units >= 1, duration_s > 0, drift_um >= 0; got {num_units}, {duration_s}, "
+                             f"{drift_um}")  # fmt: skip
+    prb = make_probe("neuropixels", int(num_channels))
+    displacement = {
+        "displacement_sampling_frequency": 5.0, "drift_start_um": [0.0, float(drift_um)],
+        "drift_stop_um": [0.0, -float(drift_um)], "drift_step_um": 1.0,
+        "motion_list": [{"drift_mode": "zigzag", "t_start_drift": 0.0, "non_rigid_gradient": None, **(motion or {})}],
+    }  # fmt: skip
+    static, drifting, sorting, info = generate_drifting_recording(
+        num_units=int(num_units), duration=float(duration_s), sampling_frequency=float(sampling_frequency),
+        probe=prb, generate_displacement_vector_kwargs=displacement, extra_outputs=True, seed=int(seed),
+    )  # fmt: skip
+    sorting.set_property("gt_main_channel", np.asarray(sorting.get_property("max_channel_index")))
+    sorting.set_property("gt_unit_location", np.asarray(info["unit_locations"], dtype=np.float64))
+    for rec, moved in ((drifting, True), (static, False)):
+        rec.annotate(synthetic_seed=int(seed), synthetic_probe="neuropixels", synthetic_drift=moved)
+    return drifting, static, sorting
 
 
 def generate_probe_recording(
@@ -699,6 +767,14 @@ def _write_one(out: Path, i: int, seed: int, job: dict[str, Any], progress: bool
     log.info("wrote %s (%g Hz, %g s)", folder, recording.get_sampling_frequency(), job["duration_s"])
 
 
+def _chunk_s(recording: Any, max_bytes: float = 128e6) -> float:
+    """Seconds per written chunk: 30 s, fewer where 30 s of all channels would pass ``max_bytes`` (128-channel probes).
+
+    Generated traces do not depend on the chunking, so this only bounds memory."""
+    per_s = recording.get_num_channels() * recording.get_sampling_frequency() * np.dtype(recording.get_dtype()).itemsize
+    return float(min(30.0, max(1.0, np.floor(max_bytes / per_s))))
+
+
 def save_pair(recording: Any, sorting: Any, folder: Path, gt_folder: Path, progress: bool) -> None:
     """Save GT then recording, each via a temporary folder renamed at the end (no half-written folder survives)."""
     for path in (folder, gt_folder):
@@ -713,8 +789,9 @@ def save_pair(recording: Any, sorting: Any, folder: Path, gt_folder: Path, progr
             warnings.filterwarnings("ignore", message="The extractor is not serializable")
             sorting.save(folder=tmp_gt, format="numpy_folder")
             recording.save(
-                folder=tmp_rec, format="binary", n_jobs=1, chunk_duration="30s", progress_bar=progress, verbose=False
-            )
+                folder=tmp_rec, format="binary", n_jobs=1, chunk_duration=f"{_chunk_s(recording):g}s",
+                progress_bar=progress, verbose=False,
+            )  # fmt: skip
     finally:
         gc.unfreeze()
     tmp_gt.rename(gt_folder)
