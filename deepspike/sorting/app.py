@@ -12,6 +12,7 @@ from deepspike.defaults import conf_field
 from deepspike.errors import DeepSpikeError, RecordingError, cli_errors
 from deepspike.paths import CONF_DIR, DATA_DIR
 from deepspike.paths import REPO_ROOT as REPO
+from deepspike.sorting.cache import CACHE_DIR
 from deepspike.sorting.clustering.params import NOISE
 from deepspike.sorting.outputs import FINETUNED_NAME, check_output, write_outputs
 from deepspike.sorting.params import CONF, SortParams
@@ -85,7 +86,7 @@ def run_from_config(cfg: Any) -> SortResult:
     out = Path(conf.out) if conf.out else REPO / "outputs" / "sort" / _stem(recording_path)
     inputs = [recording_path, gt_path, conf.checkpoint]
     check_output(out, conf.overwrite, inputs)  # before any work: a refusal touches nothing
-    result = run_sort(recording_path, conf.checkpoint, conf.params, conf.recording_options)
+    result = run_sort(recording_path, conf.checkpoint, conf.params, conf.recording_options, cache_dir=out / CACHE_DIR)
     gt_sorting = lambda: _ground_truth(recording_path, result.recording, gt_path)  # noqa: E731 (a bad file costs metrics.csv only)
     config = _resolved_config(cfg, recording_path, out, gt_path, result)
     result.timings.update(
@@ -165,6 +166,8 @@ def summary(result: SortResult, out: Path | None = None) -> str:
         lines.append(f"  ... {len(units) - SUMMARY_UNIT_LINES} more units in units.csv")
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
     lines.append(f"  time: {stages} (total {sum(result.timings.values()):.2f}s)")
+    if result.info.get("resumed"):
+        lines.append(f"  resumed: the {', '.join(result.info['resumed'])} stage(s) came from a killed run's cache")
     lines += _ground_truth_lines(result)
     for part, why in (result.info.get("missing") or {}).items():
         lines.append(f"  MISSING {part}: {why} (the sorting and tables are written; see missing.txt)")

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from deepspike.errors import DeepSpikeError, OutputExistsError
+from deepspike.sorting.cache import CACHE_DIR
 from deepspike.sorting.result import SortResult, timed
 
 RESULT_MARKER = ".deepspike-result"
@@ -44,7 +45,7 @@ def check_output(out: str | os.PathLike, overwrite: bool, inputs: Sequence[Any] 
         what = "exists and is a file" if existing == out else f"cannot be created: {str(existing)!r} is a file"
         raise OutputExistsError(f"output {str(out)!r} {what}; choose another out=DIR")
     _check_no_input_inside(out, inputs)
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(out.iterdir()) and not _only_a_partial_sort(out):
         if not (out / RESULT_MARKER).is_file():
             raise OutputExistsError(
                 f"output folder {str(out)!r} holds files DeepSpike did not write (no {RESULT_MARKER} marker); it is "
@@ -62,6 +63,13 @@ def check_output(out: str | os.PathLike, overwrite: bool, inputs: Sequence[Any] 
                 "out=DIR"
             )
     return out
+
+
+def _only_a_partial_sort(out: Path) -> bool:
+    """Whether ``out`` holds only what a sort that did not finish left (its stage cache): resumed, not refused."""
+    from deepspike.sorting.cache import CACHE_DIR, PARTIAL_MARKER
+
+    return (out / PARTIAL_MARKER).is_file() and {p.name for p in out.iterdir()} <= {PARTIAL_MARKER, CACHE_DIR}
 
 
 def _check_no_input_inside(out: Path, inputs: Sequence[Any]) -> None:
@@ -254,9 +262,15 @@ def output_options(**given: Any) -> dict[str, Any]:
 
 
 def write_sort_folder(
-    run: Callable[[], SortResult], out: str | os.PathLike, source: Any, checkpoint: Any, gt: Any, opts: dict[str, Any]
+    run: Callable[[Path], SortResult],
+    out: str | os.PathLike,
+    source: Any,
+    checkpoint: Any,
+    gt: Any,
+    opts: dict[str, Any],
 ) -> Any:
-    """``sort(recording, out=DIR)``: check ``out`` (before any work), ``run`` the sort, write the folder
+    """``sort(recording, out=DIR)``: check ``out`` (before any work), ``run`` the sort (given its stage cache folder:
+    a killed sort resumes), write the folder
     ``sort.py`` writes (ground truth: ``gt``, a sorting or a path, else found beside a recording path as sort.py
     does); returns the SpikeInterface sorting."""
     gt_path = gt if isinstance(gt, (str, os.PathLike)) else None
@@ -264,7 +278,7 @@ def write_sort_folder(
         raise DeepSpikeError(f"ground truth {str(gt_path)!r} not found; pass gt=PATH (or a sorting) or leave it out")
     inputs = [source, gt_path, checkpoint]
     out = check_output(out, opts["overwrite"], inputs)
-    result = run()
+    result = run(out / CACHE_DIR)
     gt_sorting = lambda: _api_ground_truth(source, result.recording, gt, gt_path)  # noqa: E731 (loaded after writing)
     config = {
         "recording": None if source is None else str(source),

@@ -40,6 +40,7 @@ class SortParams:
     progress: bool = conf_field(CONF, "progress")
     finetune: bool = conf_field(CONF, "finetune")
     filter_cache_mb: float = conf_field(CONF, "filter_cache_mb")
+    filter_cache_disk: bool = conf_field(CONF, "filter_cache_disk")
     n_jobs: int = conf_field(CONF, "n_jobs")
     probe: Any = conf_field(CONF, "probe")  # str (file, layout) | Path | probeinterface Probe / ProbeGroup | None
     finetune_options: dict[str, Any] = conf_field("finetuning/default.yaml")
@@ -62,6 +63,8 @@ class SortParams:
             or (self.filter_cache_mb < 0)
         ):
             raise DeepSpikeError(f"filter_cache_mb={self.filter_cache_mb!r}: must be >= 0 MB (0 = never cache)")
+        if not isinstance(self.filter_cache_disk, bool):
+            raise DeepSpikeError(f"filter_cache_disk={self.filter_cache_disk!r}: must be true or false")
         if isinstance(self.n_jobs, bool) or not isinstance(self.n_jobs, int) or self.n_jobs == 0 or self.n_jobs < -1:
             raise DeepSpikeError(f"n_jobs={self.n_jobs!r}: must be an integer >= 1, or -1 for all cores")
         if int(self.batch_size) < 1 or int(self.pca_components) < 1:

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from deepspike.recording.probes import attach_probe
+from deepspike.sorting.cache import StageCache, digest, recording_identity
 from deepspike.sorting.clustering.cleanup import secondary_peaks
 from deepspike.sorting.clustering.cluster import cluster_spikes
 from deepspike.sorting.clustering.mixture import fits_in_threads
@@ -75,7 +79,9 @@ def sort(
 
     opts = output_options(overwrite=overwrite, plots=plots, export_phy=export_phy, delta_time_ms=delta_time_ms)
     source = recording if isinstance(recording, (str, os.PathLike)) else None
-    return write_sort_folder(lambda: run_sort(recording, checkpoint, params), out, source, checkpoint, gt, opts)
+    return write_sort_folder(
+        lambda cache: run_sort(recording, checkpoint, params, cache_dir=cache), out, source, checkpoint, gt, opts
+    )
 
 
 def run_sort(
@@ -83,9 +89,26 @@ def run_sort(
     checkpoint: str | os.PathLike | None = None,
     params: SortParams | None = None,
     recording_options: dict[str, Any] | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> SortResult:
-    """The pipeline with per-stage wall times in ``result.timings`` (load, extract, encode, cluster)."""
+    """The pipeline with per-stage wall times in ``result.timings`` (load, extract, encode, cluster).
+
+    ``cache_dir`` (``sort.py`` and ``sort(out=DIR)`` pass ``DIR/.deepspike-cache``) keeps each finished stage of a
+    recording given by path (``sorting.cache``), so a killed sort resumes there, and the band-passed traces when they
+    are too large for memory; without it they go to a temporary folder, removed at the end.
+    """
     params = params or SortParams()
+    with ExitStack() as stack:
+        work = Path(cache_dir) if cache_dir is not None else None
+        if work is None and params.filter_cache_disk:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="deepspike-sort-")))
+        return _run(recording, checkpoint, params, recording_options, cache_dir, work)
+
+
+def _run(
+    recording: Any, checkpoint: Any, params: SortParams, recording_options: dict[str, Any] | None, cache_dir: Any,
+    work: Path | None,
+) -> SortResult:  # fmt: skip
     timings: dict[str, float] = {}
     source = recording if isinstance(recording, (str, os.PathLike)) else None
     with timed(timings, "load"):
@@ -93,20 +116,22 @@ def run_sort(
         recording = _open(recording, recording_options)
         recording = attach_probe(recording, params.probe, source, required=params.needs_geometry())
     spec = encoder.window_spec if encoder is not None else WindowSpec()
+    identity = recording_identity(source)
+    cache = StageCache(cache_dir if identity is not None else None)
+    base = digest(identity, recording_options, str(params.probe), params.extract, params.filter_cache_disk)
     with timed(timings, "filter"):
-        filtered = _filtered(recording, params)
-    spikes, extract_timings = _extract(filtered, params, spec)
-    timings.update(extract_timings)
-    near, spikes = _one_event_per_spike(recording, spikes, params)
+        filtered = _filtered(recording, params, work if params.filter_cache_disk else None, base)
+    spikes_key = digest(base, params.multichannel.to_dict(), spec.to_dict())
+    near, sp = _spikes(recording, filtered, params, spec, cache, spikes_key, timings)
     multi = is_multichannel(near)
-    waves = np.asarray(spikes.waves, dtype=np.float32)
-    noise = np.asarray(spikes.noise_levels, dtype=np.float64).reshape(-1)
-    channel = np.asarray(spikes.channel, dtype=np.int64)
-    amp_noise = np.asarray(spikes.amplitude, dtype=np.float64)
+    waves, noise, channel, amp_noise, sample_index = (
+        sp["waves"], sp["noise"], sp["channel"], sp["amplitude"], sp["sample_index"]
+    )  # fmt: skip
     fs = float(recording.get_sampling_frequency())
-    sample_index = np.asarray(spikes.sample_index, dtype=np.int64)
     echo = secondary_peaks(sample_index, channel, amp_noise, int(params.echo_ms * fs / 1000), params.echo_ratio)
     ok = ~echo
+    units_key = digest(spikes_key, params.to_dict(), _encoder_identity(encoder, checkpoint))
+    resumable = not params.finetune  # an adapted encoder is not cached: fine-tuning resumes from the spikes
 
     def features_and_units(enc: Any) -> tuple[np.ndarray, Any]:
         with timed(timings, "encode"):
@@ -122,32 +147,46 @@ def run_sort(
             )  # fmt: skip
 
     finetuned = None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        emb, clustered = features_and_units(encoder)
-        if params.finetune and encoder is not None:
-            from deepspike.provenance import recording_record
+    done = cache.load("sorted", units_key) if resumable else None
+    clustered_cached = None if done is not None or not resumable else cache.load("clustered", units_key)
+    caught: list[Any] = []
+    if done is None and clustered_cached is None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            emb, clustered = features_and_units(encoder)
+            if params.finetune and encoder is not None:
+                from deepspike.provenance import recording_record
 
-            with timed(timings, "finetune"):
-                data = recording_record(recording, source, len(waves))
-                finetuned = finetune_encoder(encoder, waves, params, data)
-            emb, clustered, finetuned = _checked_finetune(encoder, finetuned, (emb, clustered), features_and_units,
-                                                          params)  # fmt: skip
-            encoder = finetuned
-    labels = np.full(len(waves), NOISE, dtype=np.int64)
-    labels[ok] = clustered.labels
-    clustered.info["n_echo"] = int(echo.sum())
+                with timed(timings, "finetune"):
+                    data = recording_record(recording, source, len(waves))
+                    finetuned = finetune_encoder(encoder, waves, params, data)
+                emb, clustered, finetuned = _checked_finetune(encoder, finetuned, (emb, clustered),
+                                                              features_and_units, params)  # fmt: skip
+                encoder = finetuned
+        labels = np.full(len(waves), NOISE, dtype=np.int64)
+        labels[ok] = clustered.labels
+        info = clustered.info
+        info["n_echo"] = int(echo.sum())
+        if resumable:
+            cache.save("clustered", units_key, {"labels": labels, "emb": np.asarray(emb)}, info)
+    elif done is None:
+        labels, emb, info = clustered_cached["labels"], clustered_cached["emb"], cache.info("clustered")
     for w in caught:  # re-emit once, from the public call site, so users see why units are few
         warnings.warn(str(w.message), w.category, stacklevel=2)
     if len(waves) == 0:
         warnings.warn("no spike detected: the sorting is empty (check the threshold and the recording)", stacklevel=2)
-    if params.matching.enabled and (labels >= 0).any():
+    if done is not None:
+        sample_index, channel, amp_noise, waves, labels, emb = (
+            done["sample_index"], done["channel"], done["amplitude"], done["waves"], done["labels"], done["emb"]
+        )  # fmt: skip
+        info = cache.info("sorted")
+    elif params.matching.enabled and (labels >= 0).any():
         with timed(timings, "match"):
             sample_index, channel, amp_noise, waves, labels, order = _match(
                 filtered, params, spec, noise, sample_index, channel, amp_noise, waves, labels, near
             )
             n_new = len(order) - len(emb)
-            clustered.info["n_matched_new"] = n_new
+            info["n_matched_new"] = n_new
         if n_new:
             with timed(timings, "encode"):
                 if encoder is not None:  # the frozen encoder embeds each spike alone: embed only the added ones
@@ -155,6 +194,11 @@ def run_sort(
                     emb = np.concatenate([emb, spike_features(encoder, added, params, spec)])[order]
                 else:  # PCA is fitted on all spikes: refit
                     emb = spike_features(encoder, waves, params, spec)
+    if done is None and resumable:
+        arrays = {"sample_index": sample_index, "channel": channel, "amplitude": amp_noise, "waves": waves,
+                  "labels": labels, "emb": np.asarray(emb)}  # fmt: skip
+        cache.save("sorted", units_key, arrays, info)
+    info["resumed"] = list(cache.loaded)
     result = SortResult(
         sorting=None,
         recording=recording,
@@ -171,7 +215,7 @@ def run_sort(
         params=params,
         checkpoint=None if encoder is None else str(checkpoint_path(checkpoint)),
         timings=timings,
-        info=clustered.info,
+        info=info,
         finetuned=finetuned,
     )
     if multi and (labels >= 0).any():
@@ -179,6 +223,38 @@ def run_sort(
             result.templates = _multichannel_templates(result, filtered, params)
     result.sorting = build_sorting(result)
     return result
+
+
+def _spikes(
+    recording: Any, filtered: Any, params: SortParams, spec: WindowSpec, cache: StageCache, key: str,
+    timings: dict[str, float],
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:  # fmt: skip
+    """Detected spikes, one event per spike (``near``: the channel neighbourhoods), from the cache when it holds
+    them for ``key``."""
+    got = cache.load("spikes", key)
+    if got is not None:
+        near = got.pop("near")
+        return near, got
+    spikes, extract_timings = _extract(filtered, params, spec)
+    timings.update(extract_timings)
+    near, spikes = _one_event_per_spike(recording, spikes, params)
+    arrays = {
+        "waves": np.asarray(spikes.waves, dtype=np.float32),
+        "noise": np.asarray(spikes.noise_levels, dtype=np.float64).reshape(-1),
+        "channel": np.asarray(spikes.channel, dtype=np.int64),
+        "amplitude": np.asarray(spikes.amplitude, dtype=np.float64),
+        "sample_index": np.asarray(spikes.sample_index, dtype=np.int64),
+    }
+    cache.save("spikes", key, {**arrays, "near": np.asarray(near)})
+    return near, arrays
+
+
+def _encoder_identity(encoder: Any, checkpoint: Any) -> Any:
+    """What identifies the encoder in a stage key: its file's size and modification time (None: PCA)."""
+    if encoder is None:
+        return None
+    p = checkpoint_path(checkpoint)
+    return [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] if p.exists() else str(p)
 
 
 def _checked_finetune(
@@ -307,10 +383,10 @@ def _extract(filtered: Any, params: SortParams, spec: WindowSpec) -> tuple[Any, 
     return spikes, timings
 
 
-def _filtered(recording: Any, params: SortParams) -> Any:
-    """The band-passed recording, one segment: in memory when it fits ``filter_cache_mb`` (every later stage reads
-    it again), else lazy (traces are filtered when read)."""
-    from deepspike.recording.preprocess import bandpass, in_memory
+def _filtered(recording: Any, params: SortParams, folder: Path | None, key: str) -> Any:
+    """The band-passed recording, one segment, computed once (every later stage reads it again): in memory when it
+    fits ``filter_cache_mb``, else in a float32 file in ``folder`` (None: lazy, filtered at every read)."""
+    from deepspike.recording.preprocess import bandpass, cached
     from deepspike.spikes.extract import ExtractParams
 
     ex = ExtractParams.from_config(params.extract)
@@ -319,7 +395,7 @@ def _filtered(recording: Any, params: SortParams) -> Any:
         from spikeinterface.core import concatenate_recordings
 
         filtered = concatenate_recordings([filtered])
-    return in_memory(filtered, params.filter_cache_mb, ex.chunk_duration_s, params.workers())
+    return cached(filtered, params.filter_cache_mb, folder, ex.chunk_duration_s, params.workers(), key)
 
 
 def _one_event_per_spike(recording: Any, spikes: Any, params: SortParams) -> tuple[np.ndarray, Any]:
