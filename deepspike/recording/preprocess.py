@@ -131,9 +131,19 @@ def noise_levels(recording: Any, seed: int = 0) -> np.ndarray:
     return np.asarray(noise, dtype=np.float32)
 
 
+def bar(items: Any, show: bool, total: int | None = None, desc: str = "") -> Any:
+    """``items`` with a tqdm progress bar on stderr when ``show`` (sort's ``progress`` option), else as they are."""
+    if not show:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, total=total, desc=desc, leave=False)
+
+
 def cached(
-    filtered: Any, max_mb: float, folder: Any, chunk_duration_s: float = 10.0, n_jobs: int = 1, key: str = ""
-) -> Any:
+    filtered: Any, max_mb: float, folder: Any, chunk_duration_s: float = 10.0, n_jobs: int = 1, key: str = "",
+    progress: bool = False,
+) -> Any:  # fmt: skip
     """``filtered`` computed once: in memory when its float32 traces fit ``max_mb`` (``in_memory``), else into a
     float32 file in ``folder`` (None: stay lazy) when the disk there has room for it, read back memory-mapped.
 
@@ -141,13 +151,15 @@ def cached(
     them computed once (same units). Beyond memory, a file keeps RSS flat while every pass after the first reads
     instead of filtering; ``key`` names what it holds, so a resumed sort reuses it.
     """
-    out = in_memory(filtered, max_mb, chunk_duration_s, n_jobs)
+    out = in_memory(filtered, max_mb, chunk_duration_s, n_jobs, progress)
     if out is not filtered or folder is None or filtered.get_num_segments() != 1:
         return out
-    return on_disk(filtered, folder, chunk_duration_s, n_jobs, key)
+    return on_disk(filtered, folder, chunk_duration_s, n_jobs, key, progress)
 
 
-def on_disk(filtered: Any, folder: Any, chunk_duration_s: float = 10.0, n_jobs: int = 1, key: str = "") -> Any:
+def on_disk(
+    filtered: Any, folder: Any, chunk_duration_s: float = 10.0, n_jobs: int = 1, key: str = "", progress: bool = False
+) -> Any:
     """The band-passed traces written once to ``folder/filtered.raw`` (float32, interleaved) in chunks, returned as
     a memory-mapped recording with the same metadata; ``filtered`` itself when the disk lacks room (a warning). A
     file already there with the same ``key`` (``filtered.json``, written after the file is complete) is reused."""
@@ -181,7 +193,8 @@ def on_disk(filtered: Any, folder: Any, chunk_duration_s: float = 10.0, n_jobs: 
         traces[start:stop] = filtered.get_traces(segment_index=0, start_frame=start, end_frame=stop)
 
     with ThreadPoolExecutor(max(1, int(n_jobs))) as pool:
-        list(pool.map(fill, range(0, n, step)))
+        starts = range(0, n, step)
+        list(bar(pool.map(fill, starts), progress, len(starts), "band-pass to disk"))
     traces.flush()
     meta.write_text(json.dumps({"key": key}))
     return _binary(filtered, path)
@@ -201,7 +214,9 @@ def _binary(filtered: Any, path: Any) -> Any:
     return disk
 
 
-def in_memory(filtered: Any, max_mb: float, chunk_duration_s: float = 10.0, n_jobs: int = 1) -> Any:
+def in_memory(
+    filtered: Any, max_mb: float, chunk_duration_s: float = 10.0, n_jobs: int = 1, progress: bool = False
+) -> Any:
     """``filtered`` (a lazy band-passed, single-segment recording) computed once into memory when its float32
     traces take at most ``max_mb`` MB; else ``filtered`` itself.
 
@@ -225,7 +240,8 @@ def in_memory(filtered: Any, max_mb: float, chunk_duration_s: float = 10.0, n_jo
         traces[start:stop] = filtered.get_traces(segment_index=0, start_frame=start, end_frame=stop)
 
     with ThreadPoolExecutor(max(1, int(n_jobs))) as pool:
-        list(pool.map(fill, range(0, n, step)))
+        starts = range(0, n, step)
+        list(bar(pool.map(fill, starts), progress, len(starts), "band-pass"))
     cached = NumpyRecording([traces], sampling_frequency=filtered.get_sampling_frequency(),
                             channel_ids=filtered.channel_ids)  # fmt: skip
     filtered.copy_metadata(cached)

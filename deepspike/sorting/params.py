@@ -37,7 +37,7 @@ class SortParams:
     noise_unit: bool = conf_field(CONF, "noise_unit")
     echo_ms: float = conf_field(CONF, "echo_ms")
     echo_ratio: float = conf_field(CONF, "echo_ratio")
-    progress: bool = conf_field(CONF, "progress")
+    progress: bool | str = conf_field(CONF, "progress")  # auto: bars when stderr is a terminal
     finetune: bool = conf_field(CONF, "finetune")
     filter_cache_mb: float = conf_field(CONF, "filter_cache_mb")
     filter_cache_disk: bool = conf_field(CONF, "filter_cache_disk")
@@ -63,6 +63,12 @@ class SortParams:
             or (self.filter_cache_mb < 0)
         ):
             raise DeepSpikeError(f"filter_cache_mb={self.filter_cache_mb!r}: must be >= 0 MB (0 = never cache)")
+        if self.progress == "auto":
+            import sys
+
+            self.progress = sys.stderr.isatty()
+        if not isinstance(self.progress, bool):
+            raise DeepSpikeError(f"progress={self.progress!r}: choose auto (bars on a terminal), true or false")
         if not isinstance(self.filter_cache_disk, bool):
             raise DeepSpikeError(f"filter_cache_disk={self.filter_cache_disk!r}: must be true or false")
         if isinstance(self.n_jobs, bool) or not isinstance(self.n_jobs, int) or self.n_jobs == 0 or self.n_jobs < -1:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from deepspike.recording.preprocess import bar
 from deepspike.recording.probes import attach_probe
 from deepspike.sorting.cache import StageCache, digest, recording_identity
 from deepspike.sorting.clustering.cleanup import secondary_peaks
@@ -395,7 +396,7 @@ def _filtered(recording: Any, params: SortParams, folder: Path | None, key: str)
         from spikeinterface.core import concatenate_recordings
 
         filtered = concatenate_recordings([filtered])
-    return cached(filtered, params.filter_cache_mb, folder, ex.chunk_duration_s, params.workers(), key)
+    return cached(filtered, params.filter_cache_mb, folder, ex.chunk_duration_s, params.workers(), key, params.progress)
 
 
 def _one_event_per_spike(recording: Any, spikes: Any, params: SortParams) -> tuple[np.ndarray, Any]:
@@ -459,7 +460,8 @@ def _cluster_neighbourhoods(
     outer = max(1, min(params.workers(), len(unique_keys)))  # threads: numpy and scikit-learn release the GIL
     inner = max(1, params.workers() // outer)  # a tetrode (one neighbourhood): its BIC sweep in threads instead
     with fits_in_threads(), ThreadPoolExecutor(max_workers=outer) as pool:
-        for key, (idx, lab, key_info) in zip(unique_keys, pool.map(one, unique_keys), strict=True):
+        done = bar(pool.map(one, unique_keys), params.progress, len(unique_keys), "clustering neighbourhoods")
+        for key, (idx, lab, key_info) in zip(unique_keys, done, strict=True):
             info["neighbourhoods"][int(key)] = key_info
             labels[idx[lab >= 0]] = lab[lab >= 0] + next_id
             next_id += int(lab.max()) + 1 if (lab >= 0).any() else 0
@@ -499,8 +501,9 @@ def _match(
     fs = float(filtered.get_sampling_frequency())
     footprint = params.multichannel.footprint_sigma if is_multichannel(near) else 0.0
     found = find_unit_spikes(
-        filtered, sample_index, labels, channel, noise, params.matching, params.seed, near, params.workers(), footprint
-    )
+        filtered, sample_index, labels, channel, noise, params.matching, params.seed, near, params.workers(), footprint,
+        params.progress,
+    )  # fmt: skip
     pair, new = pair_with_detected(sample_index, channel, found, dead_time_samples(ex.dead_time_ms, fs), near)
     take = (pair >= 0) & (params.matching.relabel | (labels < 0))
     labels = labels.copy()

@@ -1,0 +1,129 @@
+"""Benchmark: sort time and peak memory against the recording's size (channels x duration), with a PNG.
+
+    python bench/scale.py                                  # the default cases -> bench/results/scale.json + .png
+    python bench/scale.py --channels 32 64 --minutes 1     # some of them
+    python bench/scale.py --channels 32 --minutes 10 30    # the duration sweep
+
+Each case is SpikeInterface's lazy ground-truth generator on a Neuropixels-1.0-like probe (4 staggered columns, a
+contact pair every 20 um; ``deepspike.recording.probes``), one unit per 4 channels, 30 kHz, sorted by
+``deepspike.sort`` with the defaults in a fresh process (so peak RSS is that case's alone). The generator computes
+its noise on the fly: ``generate_s`` is one full read of the raw traces in its own process (what reading a file of
+that size costs instead), reported beside the sort's own ``wall_s`` (which includes that read once: the band-passed
+traces are then cached in memory or on disk, ``filter_cache_mb`` / ``filter_cache_disk``). Stage times come from
+``result.timings``. The PNG plots wall time and peak RSS against channels x minutes; the slope of log(time) against
+log(size) says whether the cost grows faster than linearly (1.0 = linear). Goal (issue 24): a 384-channel hour on a
+24 GB, 2-core machine with RSS under 8 GB and cost no faster than linear.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, save_figure, write_results
+
+CASE = """
+import json, resource, sys, time, warnings
+warnings.filterwarnings("ignore")
+import numpy as np
+channels, minutes, mode = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+from spikeinterface.core import generate_ground_truth_recording
+from deepspike.recording.probes import probe_from_spec
+probe = probe_from_spec("staggered:4x20", channels).probes[0]
+rec, gt = generate_ground_truth_recording(durations=[minutes * 60.0], num_units=max(2, channels // 4), probe=probe,
+                                          seed=channels, sampling_frequency=30000.0)
+t = time.perf_counter()
+if mode == "read":
+    step = 30000 * 10
+    for s in range(0, rec.get_num_samples(), step):
+        rec.get_traces(start_frame=s, end_frame=min(rec.get_num_samples(), s + step))
+    out = {"generate_s": time.perf_counter() - t}
+else:
+    import deepspike
+    from deepspike.evaluation.compare import compare_with_categories
+    sorting = deepspike.sort(rec)
+    rows, cats = compare_with_categories(sorting, gt)
+    out = {"wall_s": time.perf_counter() - t, "timings": sorting.deepspike.timings,
+           "accuracy": float(rows["accuracy"].mean()), "units": len(sorting.unit_ids),
+           "num_units_gt": len(gt.unit_ids), **cats}
+out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+print(json.dumps(out))
+"""
+
+
+def run_case(channels: int, minutes: float, mode: str, timeout_s: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-c", CASE, str(channels), str(minutes), mode]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout_s:.0f} s"}
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def slope(rows: list[dict[str, Any]], key: str) -> float | None:
+    """Exponent of ``key`` against channels x minutes (log-log least squares); None with fewer than 2 cases."""
+    ok = [r for r in rows if key in r]
+    if len(ok) < 2:
+        return None
+    x = np.log([r["channels"] * r["minutes"] for r in ok])
+    y = np.log([r[key] for r in ok])
+    return float(np.polyfit(x, y, 1)[0]) if np.ptp(x) > 0 else None
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    ok = [r for r in rows if "wall_s" in r]
+    size = np.array([r["channels"] * r["minutes"] for r in ok], dtype=float)
+    for ax, key, label in ((axes[0], "wall_s", "sort wall time (s)"), (axes[1], "peak_rss_gb", "peak RSS (GB)")):
+        ax.loglog(size, [r[key] for r in ok], "o-" if key == "wall_s" else "s-")
+        for r, x in zip(ok, size, strict=True):
+            ax.annotate(f"{r['channels']} ch, {r['minutes']:g} min", (x, r[key]), fontsize=7)
+        if key == "wall_s" and len(ok):
+            ref = size / size.min() * min(r[key] for r in ok)  # linear from the smallest case
+            ax.loglog(size, ref, "k:", label="linear")
+            ax.legend()
+        ax.set_xlabel("channels x minutes")
+        ax.set_ylabel(label)
+    fig.suptitle("bench/scale.py: DeepSpike sort cost against recording size")
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--channels", type=int, nargs="*", default=[32, 64, 128, 384])
+    ap.add_argument("--minutes", type=float, nargs="*", default=[1.0])
+    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per case")
+    ap.add_argument("--name", default="scale")
+    args = ap.parse_args()
+    rows = []
+    for channels in args.channels:
+        for minutes in args.minutes:
+            row = {"channels": channels, "minutes": minutes, **run_case(channels, minutes, "sort", args.timeout)}
+            row.update(
+                {k: v for k, v in run_case(channels, minutes, "read", args.timeout).items() if k == "generate_s"}
+            )
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    png = RESULTS / f"{args.name}.png"
+    plot(rows, png)
+    write_results(args.name, {"cases": rows, "time_exponent": slope(rows, "wall_s"),
+                              "rss_exponent": slope(rows, "peak_rss_gb"), "plot": png.name})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
