@@ -108,6 +108,7 @@ def find_unit_spikes(
     n_jobs: int = 1,
     footprint_sigma: float = 0.0,
     progress: bool = False,
+    chunk_duration_s: float = 10.0,
 ) -> np.ndarray:
     """Spikes of the clustered units found by template matching in ``filtered`` (band-passed, one segment).
 
@@ -136,7 +137,7 @@ def find_unit_spikes(
         templates,
         method=params.method,
         method_kwargs=kwargs,
-        job_kwargs={"n_jobs": n_jobs, "chunk_duration": "10s", "progress_bar": progress},
+        job_kwargs={"n_jobs": n_jobs, "chunk_duration": f"{chunk_duration_s:g}s", "progress_bar": progress},
     )
     found = found[found["cluster_index"] >= 0]
     out = np.zeros(len(found), dtype=SPIKE_DTYPE)

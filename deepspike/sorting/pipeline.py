@@ -304,9 +304,9 @@ def _multichannel_templates(result: SortResult, filtered: Any, params: SortParam
     """Each unit's template on every channel, ``[units, samples, channels]`` on the encoder's window grid in noise
     units (mean of at most 200 spikes, cut at their peak channel's peak time), unit ``i`` = label ``i``."""
     from deepspike.sorting.multichannel import probe_templates
-    from deepspike.spikes.extract import ExtractParams
+    from deepspike.spikes.extract import ExtractParams, chunk_seconds
 
-    chunk = ExtractParams.from_config(params.extract).chunk_duration_s
+    chunk = chunk_seconds(filtered, ExtractParams.from_config(params.extract))
     units, tpl, _ = probe_templates(
         filtered, result.labels, result.sample_index, result.channel, result.noise_levels, result.spec, chunk,
         params.seed,
@@ -372,11 +372,12 @@ def _open(recording: Any, options: dict[str, Any] | None) -> Any:
 
 def _extract(filtered: Any, params: SortParams, spec: WindowSpec) -> tuple[Any, dict[str, float]]:
     """Foundation stages (detect, windows; chunked) on the band-passed recording, with the encoder's window spec."""
-    from deepspike.spikes.extract import ExtractParams, extract_spikes
+    from deepspike.spikes.extract import ExtractParams, chunk_seconds, extract_spikes
 
     timings: dict[str, float] = {}
     with timed(timings, "extract"):
         ex = ExtractParams.from_config(params.extract, filtered=True)  # already band-passed by _filtered
+        ex.chunk_duration_s = chunk_seconds(filtered, ex)
         spikes = extract_spikes(filtered, params=ex, spec=spec, progress=params.progress)
     spikes_spec = getattr(spikes, "spec", None)
     if spikes_spec is not None:
@@ -388,7 +389,7 @@ def _filtered(recording: Any, params: SortParams, folder: Path | None, key: str)
     """The band-passed recording, one segment, computed once (every later stage reads it again): in memory when it
     fits ``filter_cache_mb``, else in a float32 file in ``folder`` (None: lazy, filtered at every read)."""
     from deepspike.recording.preprocess import bandpass, cached
-    from deepspike.spikes.extract import ExtractParams
+    from deepspike.spikes.extract import ExtractParams, chunk_seconds
 
     ex = ExtractParams.from_config(params.extract)
     filtered = bandpass(recording, ex.freq_min, ex.freq_max, ex.filtered)
@@ -396,7 +397,8 @@ def _filtered(recording: Any, params: SortParams, folder: Path | None, key: str)
         from spikeinterface.core import concatenate_recordings
 
         filtered = concatenate_recordings([filtered])
-    return cached(filtered, params.filter_cache_mb, folder, ex.chunk_duration_s, params.workers(), key, params.progress)
+    chunk = chunk_seconds(filtered, ex)
+    return cached(filtered, params.filter_cache_mb, folder, chunk, params.workers(), key, params.progress)
 
 
 def _one_event_per_spike(recording: Any, spikes: Any, params: SortParams) -> tuple[np.ndarray, Any]:
@@ -431,10 +433,10 @@ def _cluster_neighbourhoods(
     neighbouring channels that are one neuron (``sorting.multichannel``)."""
     from deepspike.sorting.clustering.cluster import ClusterResult
     from deepspike.sorting.multichannel import clustering_keys, merge_across_neighbourhoods, neighbourhood_features
-    from deepspike.spikes.extract import ExtractParams
+    from deepspike.spikes.extract import ExtractParams, chunk_seconds
     from deepspike.spikes.windows import extract_neighbour_windows
 
-    chunk = ExtractParams.from_config(params.extract).chunk_duration_s
+    chunk = chunk_seconds(filtered, ExtractParams.from_config(params.extract))
     keys = clustering_keys(near)[channel]
     layout = np.full((len(near), int(near.sum(axis=1).max())), -1, dtype=np.int64)  # each channel's neighbours
     for c in range(len(near)):
@@ -494,7 +496,7 @@ def _match(
     """
     from deepspike.sorting.matching import find_unit_spikes, pair_with_detected
     from deepspike.spikes.detect import dead_time_samples
-    from deepspike.spikes.extract import ExtractParams
+    from deepspike.spikes.extract import ExtractParams, chunk_seconds
     from deepspike.spikes.windows import extract_windows
 
     ex = ExtractParams.from_config(params.extract)
@@ -502,7 +504,7 @@ def _match(
     footprint = params.multichannel.footprint_sigma if is_multichannel(near) else 0.0
     found = find_unit_spikes(
         filtered, sample_index, labels, channel, noise, params.matching, params.seed, near, params.workers(), footprint,
-        params.progress,
+        params.progress, chunk_seconds(filtered, ex),
     )  # fmt: skip
     pair, new = pair_with_detected(sample_index, channel, found, dead_time_samples(ex.dead_time_ms, fs), near)
     take = (pair >= 0) & (params.matching.relabel | (labels < 0))
@@ -512,7 +514,7 @@ def _match(
     added = added[_not_repeated(added, sample_index, labels, dead_time_samples(ex.dead_time_ms, fs))]
     peaks = np.zeros(len(added), dtype=[("sample_index", "i8"), ("channel_index", "i8")])
     peaks["sample_index"], peaks["channel_index"] = added["sample_index"], added["channel"]
-    new_waves, kept = extract_windows(filtered, peaks, noise, spec, ex.chunk_duration_s)
+    new_waves, kept = extract_windows(filtered, peaks, noise, spec, chunk_seconds(filtered, ex))
     added = added[kept]
     sample_index = np.concatenate([sample_index, added["sample_index"]])
     order = np.argsort(sample_index, kind="stable")

@@ -50,6 +50,7 @@ class ExtractParams:
     polarity: str = _default("polarity")
     dead_time_ms: float = _default("dead_time_ms")
     chunk_duration_s: float = _default("chunk_duration_s")
+    chunk_mb: float = _default("chunk_mb")
     n_jobs: int = _default("n_jobs")
 
     @classmethod
@@ -81,6 +82,8 @@ class ExtractParams:
             raise DeepSpikeError(f"extract.freq_min ({self.freq_min}) must be below extract.freq_max ({self.freq_max})")
         if not isinstance(self.filtered, (bool, np.bool_)):
             raise DeepSpikeError(f"extract.filtered must be true or false, got {self.filtered!r}")
+        if not is_number(self.chunk_mb) or not self.chunk_mb > 0:
+            raise DeepSpikeError(f"extract.chunk_mb must be > 0 (MB of traces per chunk), got {self.chunk_mb!r}")
         if self.polarity not in POLARITIES:
             raise DeepSpikeError(f"extract.polarity must be one of {POLARITIES}, got {self.polarity!r}")
         try:
@@ -88,6 +91,14 @@ class ExtractParams:
         except DeepSpikeError as err:
             raise DeepSpikeError(f"extract.{err}") from None
         return self
+
+
+def chunk_seconds(recording: Any, params: ExtractParams) -> float:
+    """Seconds of ``recording`` per chunk: ``chunk_duration_s``, shorter where its channels would take more than
+    ``chunk_mb`` of float32 traces (so memory per chunk does not grow with the channel count)."""
+    fs = float(recording.get_sampling_frequency())
+    by_size = params.chunk_mb * 2**20 / (4.0 * max(1, recording.get_num_channels()) * fs)
+    return float(min(params.chunk_duration_s, max(by_size, 0.1)))
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
