@@ -118,7 +118,7 @@ def run_sort(
                 )
             return emb, cluster_spikes(
                 emb[ok], waves[ok], channel[ok], amp_noise[ok], params.cluster, _threshold(params.extract),
-                params.workers(),
+                params.workers(), times=sample_index[ok] / fs,
             )  # fmt: skip
 
     finetuned = None
