@@ -8,7 +8,7 @@ import pytest
 
 from deepspike.errors import DeepSpikeError
 from deepspike.sorting.clustering.cluster import cluster_spikes
-from deepspike.sorting.clustering.merge import coincidence_ratio
+from deepspike.sorting.clustering.merge import MIN_EXPECTED_ABSENT, coincidence_ratio
 from deepspike.sorting.clustering.params import ClusterParams
 
 L = 20
@@ -48,6 +48,14 @@ def test_coincidences_tell_one_neuron_from_two() -> None:
     half = rng.random(len(a)) < 0.5
     assert coincidence_ratio(a[half], a[~half], (0.5, 2.0)) == 0.0  # one neuron's pieces: refractory
     assert coincidence_ratio(a[:5], b[:5], (0.5, 2.0)) is None  # too few spikes to tell
+
+
+def test_a_crowded_minute_is_too_short_to_read_no_coincidence_as_one_neuron() -> None:
+    """Two 8 Hz neurons over 60 s expect ~12 chance coincidences: enough to call them two, not to merge on none."""
+    rng = np.random.default_rng(4)
+    a, b = _train(8.0, rng, 60.0), _train(8.0, rng, 60.0)
+    assert coincidence_ratio(a, b, (0.5, 2.0)) is not None
+    assert coincidence_ratio(a, b, (0.5, 2.0), MIN_EXPECTED_ABSENT) is None
 
 
 def test_unit_of_forty_thousand_spikes_stays_one() -> None:

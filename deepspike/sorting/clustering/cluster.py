@@ -22,6 +22,14 @@ single-channel), then the per-channel units are cleaned up with the waveforms:
    pieces of one skewed or curved cluster do not. This is the split/merge test of ISO-SPLIT (MountainSort),
    here as a kernel-density valley-to-peak ratio. BIC alone split noisy units into up to 9 clusters for 3.
 
+Given spike ``times`` (single-channel sorts), the merges also ask the spikes' timing (``cluster.refractory_*``),
+a test whose answer does not grow with the spike count as BIC, d' and density valleys do: two neurons firing along
+each other leave about the chance count of near-coincident spikes (0.5-2 ms apart) between their clusters, pieces of
+one neuron leave none. Pieces of one neuron (similar templates: cut by BIC on tens of thousands of spikes, or by a
+slow amplitude drift) are merged whatever their amplitude ratio and d'; pairs that fire as two neurons are never
+merged; a small cluster whose spikes sit next to a much larger unit's far more often than chance (collisions, echoes:
+thousands in an hour) is noise.
+
 The published iterative scheme (``iterative=True``) runs before step 1: for thresholds from high to low, the
 spikes above the threshold are split in two and the component that looks like noise (low template SNR, large
 residual or broad) is dropped; the survivors then get the final clustering.
