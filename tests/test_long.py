@@ -112,3 +112,17 @@ def test_refractory_options_are_checked(key: str, value: object) -> None:
 def test_times_must_match_the_spikes() -> None:
     with pytest.raises(DeepSpikeError, match="times"):
         cluster_spikes(np.zeros((30, 3)), times=np.zeros(10))
+
+
+@pytest.mark.slow
+def test_bench_hour_sorts_into_its_three_units() -> None:
+    """``bench/sort.py``'s hour of one channel (3 units, ~72,000 spikes each; 0.876 with 6 units before issue 24)."""
+    from deepspike.evaluation.compare import compare_to_ground_truth
+    from deepspike.recording.synthetic import templated_recording
+    from deepspike.sorting.pipeline import run_sort
+
+    units = [(-160.0, 0.10, 0.15, 0.4), (110.0, 0.20, 0.15, 0.6), (-100.0, 0.28, 0.1, 0.8)]
+    rec, gt = templated_recording(units, [20.0, 25.0, 15.0], HOUR, seed=0)
+    result = run_sort(rec)
+    assert len(result.unit_ids) == 3
+    assert compare_to_ground_truth(result.sorting, gt)["accuracy"].mean() >= 0.977
