@@ -693,12 +693,15 @@ def templated_recording(
     seed: int = 0,
     noise_level: float = 10.0,
     sampling_frequency: float = 24000.0,
+    drift: Sequence[float] | None = None,
 ) -> tuple[Any, Any]:
     """(recording, ground truth): one channel with hand-shaped units, for tests and benches that need exact units.
 
     Each unit is ``(amplitude, width_ms, rebound_ratio, rebound_delay_ms)``: a Gaussian main peak of that height and
     width minus a 2.5x broader rebound ``rebound_ratio`` as high, ``rebound_delay_ms`` after it (1 ms before and 2 ms
     after the peak); SpikeInterface's generator adds white noise of ``noise_level`` and places the spikes.
+    ``drift`` (one value per unit, e.g. 0.25): each unit's amplitude scales linearly from ``1 - drift`` at the start
+    to ``1 + drift`` at the end (a chronic electrode's slow drift); the GT sorting carries it as ``gt_drift``.
     """
     import spikeinterface.core as sc
 
@@ -707,12 +710,50 @@ def templated_recording(
     t = (np.arange(nb + na) - nb) / fs * 1e3
     tpl = np.stack([a * (np.exp(-0.5 * (t / w) ** 2) - r * np.exp(-0.5 * ((t - d) / (2.5 * w)) ** 2))
                     for a, w, r, d in units])  # fmt: skip
+    if drift is not None:
+        return _drifting(tpl, firing_rates, duration_s, seed, noise_level, fs, drift)
     return sc.generate_ground_truth_recording(
         durations=[float(duration_s)], sampling_frequency=fs, num_channels=1, num_units=len(units),
         templates=tpl[:, :, None].astype(np.float32), ms_before=1.0, ms_after=2.0,
         generate_sorting_kwargs={"firing_rates": [float(f) for f in firing_rates], "refractory_period_ms": 4.0},
         noise_kwargs={"noise_levels": float(noise_level), "strategy": "on_the_fly"}, seed=seed,
     )  # fmt: skip
+
+
+def _drifting(
+    tpl: np.ndarray,
+    firing_rates: Sequence[float],
+    duration_s: float,
+    seed: int,
+    noise_level: float,
+    fs: float,
+    drift: Sequence[float],
+) -> tuple[Any, Any]:
+    """``templated_recording`` with each unit's amplitude scaled by ``1 + drift * (2 t / duration - 1)``."""
+    from spikeinterface.core.generate import InjectTemplatesRecording, generate_sorting
+    from spikeinterface.generation import NoiseGeneratorRecording
+
+    drift = np.asarray(drift, dtype=np.float64)
+    if drift.shape != (len(tpl),) or not np.all(np.abs(drift) < 1):
+        raise DeepSpikeError(f"drift must hold one value in (-1, 1) per unit ({len(tpl)}), got {drift.tolist()}")
+    sorting = generate_sorting(
+        num_units=len(tpl), sampling_frequency=fs, durations=[float(duration_s)],
+        firing_rates=[float(f) for f in firing_rates], refractory_period_ms=4.0, seed=seed,
+    )  # fmt: skip
+    spikes = sorting.to_spike_vector()
+    t = spikes["sample_index"] / (fs * float(duration_s))
+    factor = (1.0 + drift[spikes["unit_index"]] * (2.0 * t - 1.0)).astype(np.float32)
+    noise = NoiseGeneratorRecording(
+        num_channels=1, sampling_frequency=fs, durations=[float(duration_s)], noise_levels=float(noise_level),
+        dtype="float32", seed=seed, strategy="on_the_fly", noise_block_size=int(fs),
+    )  # fmt: skip
+    recording = InjectTemplatesRecording(
+        sorting, tpl[:, :, None].astype(np.float32), nbefore=int(1e-3 * fs), amplitude_factor=factor,
+        parent_recording=noise,
+    )  # fmt: skip
+    recording.annotate(is_filtered=True)
+    sorting.set_property("gt_drift", drift)
+    return recording, sorting
 
 
 def _complete(folder: Path, gt_folder: Path) -> bool:

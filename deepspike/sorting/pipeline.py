@@ -144,7 +144,7 @@ def _run(
                 )
             return emb, cluster_spikes(
                 emb[ok], waves[ok], channel[ok], amp_noise[ok], params.cluster, _threshold(params.extract),
-                params.workers(),
+                params.workers(), times=sample_index[ok] / fs,
             )  # fmt: skip
 
     finetuned = None

@@ -22,6 +22,14 @@ single-channel), then the per-channel units are cleaned up with the waveforms:
    pieces of one skewed or curved cluster do not. This is the split/merge test of ISO-SPLIT (MountainSort),
    here as a kernel-density valley-to-peak ratio. BIC alone split noisy units into up to 9 clusters for 3.
 
+Given spike ``times`` (single-channel sorts), the merges also ask the spikes' timing (``cluster.refractory_*``),
+a test whose answer does not grow with the spike count as BIC, d' and density valleys do: two neurons firing along
+each other leave about the chance count of near-coincident spikes (0.5-2 ms apart) between their clusters, pieces of
+one neuron leave none. Pieces of one neuron (similar templates: cut by BIC on tens of thousands of spikes, or by a
+slow amplitude drift) are merged whatever their amplitude ratio and d'; pairs that fire as two neurons are never
+merged; a small cluster whose spikes sit next to a much larger unit's far more often than chance (collisions, echoes:
+thousands in an hour) is noise.
+
 The published iterative scheme (``iterative=True``) runs before step 1: for thresholds from high to low, the
 spikes above the threshold are split in two and the component that looks like noise (low template SNR, large
 residual or broad) is dropped; the survivors then get the final clustering.
@@ -50,7 +58,12 @@ from deepspike.sorting.clustering.cleanup import (
     residual_variance,
 )
 from deepspike.sorting.clustering.gmm import _gmm
-from deepspike.sorting.clustering.merge import merge_similar_units, merge_unimodal_units
+from deepspike.sorting.clustering.merge import (
+    Refractory,
+    drop_overlap_units,
+    merge_similar_units,
+    merge_unimodal_units,
+)
 from deepspike.sorting.clustering.methods import propose
 from deepspike.sorting.clustering.mixture import fit_subset, quiet_fit
 from deepspike.sorting.clustering.params import NOISE, ClusterParams
@@ -81,10 +94,12 @@ def cluster_spikes(
     params: ClusterParams | None = None,
     threshold: float | None = None,
     n_jobs: int = 1,
+    times: np.ndarray | None = None,
 ) -> ClusterResult:
     """Cluster spikes channel by channel; ``waves`` (noise units) enable the SNR check and the merge;
     ``amplitude`` (noise units) with the detection ``threshold`` the pile-up check (``cluster.noise_margin``);
-    ``n_jobs`` threads fit the mixtures of the BIC sweep (same result for any count)."""
+    ``n_jobs`` threads fit the mixtures of the BIC sweep (same result for any count); ``times`` (seconds) the
+    refractory test of the merges (``cluster.refractory_*``)."""
     params = params or ClusterParams()
     emb = np.asarray(embeddings, dtype=np.float64)
     if emb.ndim != 2:
@@ -97,7 +112,10 @@ def cluster_spikes(
 
     # Small dense algebra (d <= ~16): BLAS threads only add overhead (measured 3-6x slower with 2+ threads).
     with threadpool_limits(limits=1):
-        return _cluster_channels(emb, waves, channel, amplitude, params, threshold, n_jobs)
+        t = None if times is None else np.asarray(times, dtype=np.float64)
+        if t is not None and t.shape != (n,):
+            raise DeepSpikeError(f"times must hold one time (seconds) per spike ({n}), got shape {t.shape}")
+        return _cluster_channels(emb, waves, channel, amplitude, params, threshold, n_jobs, t)
 
 
 def _cluster_channels(
@@ -108,6 +126,7 @@ def _cluster_channels(
     params: ClusterParams,
     threshold: float | None = None,
     n_jobs: int = 1,
+    times: np.ndarray | None = None,
 ) -> ClusterResult:
     n = emb.shape[0]
     labels = np.full(n, NOISE, dtype=np.int64)
@@ -117,7 +136,8 @@ def _cluster_channels(
         idx = np.flatnonzero(channel == ch)
         w = None if waves is None else waves[idx]
         a = None if amplitude is None else np.asarray(amplitude)[idx]
-        lab, ch_info = _cluster_one_channel(emb[idx], w, a, params, threshold, n_jobs)
+        t = None if times is None else times[idx]
+        lab, ch_info = _cluster_one_channel(emb[idx], w, a, params, threshold, n_jobs, t)
         info["channels"][int(ch)] = ch_info
         lab = _renumber_by_size(lab)
         labels[idx[lab >= 0]] = lab[lab >= 0] + next_id
@@ -134,6 +154,7 @@ def _cluster_one_channel(
     p: ClusterParams,
     threshold: float | None,
     n_jobs: int = 1,
+    times: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     n = emb.shape[0]
     labels = np.full(n, NOISE, dtype=np.int64)
@@ -167,14 +188,25 @@ def _cluster_one_channel(
     labels = _drop_small(labels, p.min_spikes)
     if amplitude is not None and threshold is not None:
         labels, info["dropped_pileup"] = drop_threshold_pileups(labels, amplitude, threshold, p.noise_margin)
+    refractory = _refractory(times, p)
     if waves is not None:
         labels, info["dropped_low_snr"] = _drop_low_snr(labels, waves, p.min_snr)
         labels, info["dropped_incoherent"] = _drop_incoherent(labels, waves, p.max_residual)
         labels, info["merged"] = merge_similar_units(
-            labels, waves, p.merge_similarity, p.merge_amplitude_ratio, X, p.merge_max_dprime
+            labels, waves, p.merge_similarity, p.merge_amplitude_ratio, X, p.merge_max_dprime, refractory
         )
-    labels, info["merged_unimodal"] = merge_unimodal_units(labels, X, p.merge_valley, p.seed)
+    labels, info["merged_unimodal"] = merge_unimodal_units(labels, X, p.merge_valley, p.seed, refractory)
+    if refractory is not None and np.isfinite(p.refractory_overlap):
+        labels, info["dropped_overlap"] = drop_overlap_units(labels, refractory, p.refractory_overlap)
     return labels, info
+
+
+def _refractory(times: np.ndarray | None, p: ClusterParams) -> Refractory | None:
+    """The merges' refractory test, when spike times are known and ``cluster.refractory_ms`` is set."""
+    if times is None or p.refractory_ms is None:
+        return None
+    lags = (float(p.refractory_ms[0]), float(p.refractory_ms[1]))
+    return Refractory(times, lags, p.refractory_split, p.refractory_merge)
 
 
 def _standardize(emb: np.ndarray) -> np.ndarray:

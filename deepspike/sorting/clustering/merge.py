@@ -1,8 +1,12 @@
-"""Merge tests between units: near-identical templates whose clusters overlap (d'), and pairs whose union is
-unimodal on their discriminant axis (``valley_ratio``, ISO-SPLIT's test as a density valley-to-peak ratio).
+"""Merge tests between units: near-identical templates whose clusters overlap (d'), pairs whose union is
+unimodal on their discriminant axis (``valley_ratio``, ISO-SPLIT's test as a density valley-to-peak ratio), and,
+given spike times, the refractory test (``coincidence_ratio``): the union of two neurons holds as many near-coincident
+spikes as chance gives, one neuron's pieces hold none, whatever their spike counts.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -12,6 +16,34 @@ from deepspike.sorting.clustering.params import ClusterParams
 MAX_BANDWIDTHS = (
     200.0  # valley_ratio: clusters whose centres lie farther apart than this many KDE bandwidths have a gap
 )
+MIN_EXPECTED = 10.0  # coincidence_ratio: fewer chance coincidences than this expected: the test says nothing
+MIN_EXPECTED_ABSENT = 50.0  # ... to read "none" (merge, or collisions) it needs more: similar neurons' collisions
+# hide in the dead time, so a crowded minute (~10-50 expected) showed few; the report draw's 15-16-unit channels lost
+# 2 units each at 10 (0.466 -> 0.316); an hour of two ~10 Hz units expects thousands
+COLLISION_SHARE = 0.2  # drop_overlap_units: a collision cluster holds at most this share of its partner's spikes (an
+# echo unit or a synchronous neuron as large as its partner is kept: the dev set's easy_00 lost two units without it)
+
+
+@dataclass(frozen=True)
+class Refractory:
+    """Spike times (seconds) of the clustered spikes and the refractory test's options (``cluster.refractory_*``)."""
+
+    times: np.ndarray
+    lags_ms: tuple[float, float]
+    split: float  # coincidence ratio at or above which two units are two neurons (never merged)
+    merge: float  # ratio at or below which two units with matching shapes are one neuron (merged)
+
+    def ratio(self, a: np.ndarray, b: np.ndarray, min_expected: float = MIN_EXPECTED) -> float | None:
+        """``coincidence_ratio`` of the spikes selected by masks ``a`` and ``b``."""
+        return coincidence_ratio(self.times[a], self.times[b], self.lags_ms, min_expected)
+
+    def two_neurons(self, a: np.ndarray, b: np.ndarray) -> bool:
+        r = self.ratio(a, b)
+        return r is not None and r >= self.split
+
+    def one_neuron(self, a: np.ndarray, b: np.ndarray) -> bool:
+        r = self.ratio(a, b, MIN_EXPECTED_ABSENT)
+        return r is not None and r <= self.merge
 
 
 def merge_similar_units(
@@ -21,12 +53,15 @@ def merge_similar_units(
     amplitude_ratio: float | None = None,
     features: np.ndarray | None = None,
     max_dprime: float | None = None,
+    refractory: Refractory | None = None,
 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """Merge unit pairs whose templates have cosine >= ``similarity`` and peak-to-peak ratio <= ``amplitude_ratio``
     and, given ``features``, whose clusters overlap there (d' along the line between their means < ``max_dprime``):
     similar templates alone also merge distinct units of near-equal size, which the embedding still separates.
-    None takes the ``ClusterParams`` default (``cluster.merge_similarity``, ``merge_amplitude_ratio``,
-    ``merge_max_dprime``).
+    Given ``refractory``, a pair whose union fires as two neurons do is never merged, and a pair of similar
+    templates whose union keeps the refractory period is merged whatever its amplitude ratio and d' (pieces of one
+    neuron cut by amplitude drift). None takes the ``ClusterParams`` default (``cluster.merge_similarity``,
+    ``merge_amplitude_ratio``, ``merge_max_dprime``).
 
     Greedy, most similar pair first, templates recomputed after each merge; returns (labels, merged pairs).
     """
@@ -45,9 +80,8 @@ def merge_similar_units(
         for i, a in enumerate(ids):
             for b in ids[i + 1 :]:
                 sim, ratio = _template_similarity(tpl[a], tpl[b])
-                if sim >= best_sim and ratio <= amplitude_ratio:
-                    if features is not None and dprime(features[labels == a], features[labels == b]) >= max_dprime:
-                        continue
+                if sim >= best_sim and _mergeable(labels == a, labels == b, ratio, features, refractory,
+                                                  amplitude_ratio, max_dprime):  # fmt: skip
                     best, best_sim = (a, b), sim
         if best is None:
             return labels, merged
@@ -55,12 +89,37 @@ def merge_similar_units(
         merged.append(best)
 
 
+def _mergeable(
+    a: np.ndarray,
+    b: np.ndarray,
+    ratio: float,
+    features: np.ndarray | None,
+    refractory: Refractory | None,
+    amplitude_ratio: float,
+    max_dprime: float,
+) -> bool:
+    """Whether two units of similar templates (masks ``a``, ``b``) are one: see ``merge_similar_units``."""
+    if refractory is not None:
+        if refractory.two_neurons(a, b):
+            return False
+        if refractory.one_neuron(a, b):
+            return True
+    if ratio > amplitude_ratio:
+        return False
+    return features is None or dprime(features[a], features[b]) < max_dprime
+
+
 def merge_unimodal_units(
-    labels: np.ndarray, features: np.ndarray, max_ratio: float | None = None, seed: int | None = None
+    labels: np.ndarray,
+    features: np.ndarray,
+    max_ratio: float | None = None,
+    seed: int | None = None,
+    refractory: Refractory | None = None,
 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """Merge unit pairs with no density dip between them (``valley_ratio`` above ``max_ratio``), the flattest
     pair first, ratios recomputed after each merge; returns (labels, merged pairs). ``max_ratio >= 1``: never.
-    None takes the ``ClusterParams`` default (``cluster.merge_valley``, ``seed``)."""
+    Given ``refractory``, a pair whose union fires as two neurons do is not merged (two neurons drifting through the
+    same amplitudes leave no dip). None takes the ``ClusterParams`` default (``cluster.merge_valley``, ``seed``)."""
     d = ClusterParams()
     max_ratio = d.merge_valley if max_ratio is None else max_ratio
     seed = d.seed if seed is None else seed
@@ -76,7 +135,9 @@ def merge_unimodal_units(
         for i, a in enumerate(ids):
             for b in ids[i + 1 :]:
                 if (a, b) not in cache:
-                    cache[(a, b)] = valley_ratio(features[labels == a], features[labels == b], rng)
+                    ma, mb = labels == a, labels == b
+                    two = refractory is not None and refractory.two_neurons(ma, mb)
+                    cache[(a, b)] = 0.0 if two else valley_ratio(features[ma], features[mb], rng)
                 if cache[(a, b)] > best_ratio:
                     best, best_ratio = (a, b), cache[(a, b)]
         if best is None:
@@ -121,6 +182,48 @@ def valley_ratio(xa: np.ndarray, xb: np.ndarray, rng: np.random.Generator | None
         return 1.0
     peak = min(between[0], between[-1])
     return float(between.min() / peak) if peak > 0 else 1.0
+
+
+def drop_overlap_units(labels: np.ndarray, refractory: Refractory, max_ratio: float) -> tuple[np.ndarray, list[int]]:
+    """Units whose spikes fall near the spikes of a unit ``1 / COLLISION_SHARE`` times larger ``max_ratio`` times more
+    often than chance (collisions of two spikes, echoes of a big one) set to noise; template matching then resolves
+    those spikes. Their number grows with the recording (thousands in an hour), so unlike in a minute they form
+    clusters of their own."""
+    ids, counts = np.unique(labels[labels >= 0], return_counts=True)
+    order = [int(u) for u in ids[np.argsort(-counts, kind="stable")]]
+    size = dict(zip(ids.tolist(), counts.tolist(), strict=True))
+    dropped: list[int] = []
+    for i, u in enumerate(order):
+        mu = labels == u
+        for v in order[:i]:
+            small = size[u] <= COLLISION_SHARE * size[v]
+            r = refractory.ratio(mu, labels == v, MIN_EXPECTED_ABSENT) if small and v not in dropped else None
+            if r is not None and r >= max_ratio:
+                dropped.append(u)
+                break
+    return (np.where(np.isin(labels, dropped), -1, labels) if dropped else labels), dropped
+
+
+def coincidence_ratio(
+    ta: np.ndarray, tb: np.ndarray, lags_ms: tuple[float, float], min_expected: float = MIN_EXPECTED
+) -> float | None:
+    """Near-coincident spikes of two trains (times in seconds: consecutive spikes of their union at lags in
+    ``lags_ms``) over the count two independent trains give by chance; None when chance gives under
+    ``min_expected`` (too few spikes or too short a recording to tell). About 1: two neurons; about 0: one neuron's
+    pieces (its refractory period). The lower lag skips the detector's dead time, where no pair survives."""
+    if len(ta) == 0 or len(tb) == 0:
+        return None
+    lo, hi = lags_ms[0] / 1000.0, lags_ms[1] / 1000.0
+    t = np.concatenate([ta, tb])
+    span = float(np.ptp(t))
+    expected = 2.0 * (hi - lo) * len(ta) * len(tb) / span if span > 0 else 0.0
+    if expected < min_expected:
+        return None
+    order = np.argsort(t, kind="stable")
+    which = np.concatenate([np.zeros(len(ta), bool), np.ones(len(tb), bool)])[order]
+    gaps = np.diff(t[order])
+    cross = (which[1:] != which[:-1]) & (gaps >= lo) & (gaps < hi)
+    return float(cross.sum()) / expected
 
 
 def dprime(xa: np.ndarray, xb: np.ndarray) -> float:

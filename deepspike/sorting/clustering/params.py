@@ -49,6 +49,10 @@ class ClusterParams:
     kmeans_criterion: str = conf_field("cluster/kmeans.yaml", "kmeans_criterion")
     kmeans_min_silhouette: float = conf_field("cluster/kmeans.yaml", "kmeans_min_silhouette")
     branch_dims: int = conf_field(COMMON, "branch_dims")
+    refractory_ms: list[float] | None = conf_field(COMMON, "refractory_ms")
+    refractory_split: float = conf_field(COMMON, "refractory_split")
+    refractory_merge: float = conf_field(COMMON, "refractory_merge")
+    refractory_overlap: float = conf_field(COMMON, "refractory_overlap")
     iterative: bool = conf_field(COMMON, "iterative")
     iterative_thresholds: list[float] = conf_field(COMMON, "iterative_thresholds")
     seed: int = conf_field("sort.yaml", "seed")  # the run's seed (top-level `seed`), not a cluster.* key
@@ -90,11 +94,23 @@ class ClusterParams:
             raise DeepSpikeError("cluster.min_snr must be >= 0 and cluster.dpgmm_concentration > 0")
         if not isinstance(self.branch_dims, (int, np.integer)) or self.branch_dims < 0:
             raise bad("branch_dims", "must be an integer >= 0 (principal components of each unit's re-split; 0 = off)")
+        self._check_refractory(bad)
         if self.hdbscan_min_samples is not None and self.hdbscan_min_samples < 1:
             raise bad("hdbscan_min_samples", "must be null or a positive integer")
         self.iterative_thresholds = sorted((float(t) for t in self.iterative_thresholds), reverse=True)
         if any(t <= 0 for t in self.iterative_thresholds):
             raise bad("iterative_thresholds", "thresholds are noise-sigma amplitudes, all > 0")
+
+    def _check_refractory(self, bad: Any) -> None:
+        r = self.refractory_ms
+        if r is not None and (len(r) != 2 or not 0 <= float(r[0]) < float(r[1]) <= 10):
+            raise bad("refractory_ms", "must be null (off) or [low, high] lags in ms with 0 <= low < high <= 10")
+        if not self.refractory_overlap > 1:
+            raise bad(
+                "refractory_overlap", "must be > 1 (times the chance count of near-coincident spikes; .inf = off)"
+            )
+        if not 0 <= self.refractory_merge < self.refractory_split:
+            raise bad("refractory_merge", f"must be >= 0 and below cluster.refractory_split={self.refractory_split!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> ClusterParams:
