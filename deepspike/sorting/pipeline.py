@@ -26,6 +26,7 @@ from deepspike.sorting.clustering.cluster import cluster_spikes
 from deepspike.sorting.clustering.mixture import fits_in_threads
 from deepspike.sorting.clustering.params import NOISE
 from deepspike.sorting.features import checkpoint_path, finetune_encoder, load_sort_encoder, spike_features
+from deepspike.sorting.motion import correct_motion
 from deepspike.sorting.multichannel import is_multichannel, nearest_gap
 from deepspike.sorting.params import SortParams
 from deepspike.sorting.result import SnippetSortResult, SortResult, build_sorting, timed
@@ -84,7 +85,7 @@ def run_sort(
     params: SortParams | None = None,
     recording_options: dict[str, Any] | None = None,
 ) -> SortResult:
-    """The pipeline with per-stage wall times in ``result.timings`` (load, extract, encode, cluster)."""
+    """The pipeline with per-stage wall times in ``result.timings`` (load, filter, motion, extract, encode, cluster)."""
     params = params or SortParams()
     timings: dict[str, float] = {}
     source = recording if isinstance(recording, (str, os.PathLike)) else None
@@ -95,6 +96,9 @@ def run_sort(
     spec = encoder.window_spec if encoder is not None else WindowSpec()
     with timed(timings, "filter"):
         filtered = _filtered(recording, params)
+    with timed(timings, "motion"):
+        moved = correct_motion(filtered, params.motion, params.workers(), params.progress, params.filter_cache_mb)
+    filtered = moved.recording  # drift taken out (or the band-passed recording itself): every later stage reads it
     spikes, extract_timings = _extract(filtered, params, spec)
     timings.update(extract_timings)
     near, spikes = _one_event_per_spike(recording, spikes, params)
@@ -173,7 +177,10 @@ def run_sort(
         timings=timings,
         info=clustered.info,
         finetuned=finetuned,
+        motion=moved.motion,
+        motion_peaks=moved.peaks if moved.motion is not None else None,
     )
+    result.info["motion"] = moved.info
     if multi and (labels >= 0).any():
         with timed(timings, "write"):
             result.templates = _multichannel_templates(result, filtered, params)
