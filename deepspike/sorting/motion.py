@@ -41,8 +41,9 @@ class MotionParams:
 
     enabled: Any = conf_field(CONF, "motion.enabled")  # "auto" | True | False
     preset: str = conf_field(CONF, "motion.preset")
-    min_extent_um: float = conf_field(CONF, "motion.min_extent_um")
     min_channels: int = conf_field(CONF, "motion.min_channels")
+    min_extent_um: float = conf_field(CONF, "motion.min_extent_um")
+    max_width_um: float = conf_field(CONF, "motion.max_width_um")
     bin_s: float | None = conf_field(CONF, "motion.bin_s")
 
     def __post_init__(self) -> None:
@@ -57,6 +58,8 @@ class MotionParams:
             raise bad("preset", f"choose one of {PRESETS} (SpikeInterface's motion presets)")
         if not is_number(self.min_extent_um) or self.min_extent_um <= 0:
             raise bad("min_extent_um", "must be > 0 micrometres (e.g. 200: least vertical extent of a shank)")
+        if not is_number(self.max_width_um) or self.max_width_um <= 0:
+            raise bad("max_width_um", "must be > 0 micrometres (e.g. 100: most width across a shank)")
         if isinstance(self.min_channels, bool) or not isinstance(self.min_channels, (int, np.integer)):
             raise bad("min_channels", "must be an integer >= 2 (least contacts of a shank)")
         if self.min_channels < 2:
@@ -93,21 +96,26 @@ class MotionCorrection:
 
 def can_correct(recording: Any, params: MotionParams) -> tuple[bool, str]:
     """(whether ``auto`` corrects this recording, why). Drift is estimated from how the depths of many peaks move
-    together, so it takes one group (shank) of at least ``min_channels`` contacts spanning ``min_extent_um``."""
+    together, so it takes one group (shank) of at least ``min_channels`` contacts spanning ``min_extent_um`` in
+    depth, and no wider than ``max_width_um`` (a shank, along which the correction runs; not a 2-D grid)."""
     n = recording.get_num_channels()
     if n < 2:
         return False, "one channel: no depth to estimate drift along"
     if not recording.has_probe():
         return False, "no probe geometry: contact depths unknown"
-    depth = np.asarray(recording.get_channel_locations(), dtype=np.float64)[:, 1]
+    pos = np.asarray(recording.get_channel_locations(), dtype=np.float64)
     groups = channel_groups(recording)
-    best = max((np.ptp(depth[groups == g]), int((groups == g).sum())) for g in np.unique(groups))
-    if best[1] < params.min_channels or best[0] < params.min_extent_um:
-        return False, (
-            f"largest group has {best[1]} contacts over {best[0]:.0f} um; auto needs >= {params.min_channels} "
-            f"over >= {params.min_extent_um:g} um (motion.min_channels, motion.min_extent_um)"
-        )
-    return True, f"{best[1]} contacts over {best[0]:.0f} um"
+    shapes = [(int((groups == g).sum()), np.ptp(pos[groups == g, 1]), np.ptp(pos[groups == g, 0]))
+              for g in np.unique(groups)]  # fmt: skip
+    for count, depth, width in sorted(shapes, reverse=True):
+        if count >= params.min_channels and depth >= params.min_extent_um and width <= params.max_width_um:
+            return True, f"{count} contacts over {depth:.0f} um, {width:.0f} um wide"
+    count, depth, width = max(shapes)
+    return False, (
+        f"largest group: {count} contacts over {depth:.0f} um, {width:.0f} um wide; auto needs >= "
+        f"{params.min_channels} contacts (motion.min_channels) over >= {params.min_extent_um:g} um "
+        f"(motion.min_extent_um), <= {params.max_width_um:g} um wide (motion.max_width_um)"
+    )
 
 
 def _refused(recording: Any) -> str | None:
@@ -219,7 +227,7 @@ def motion_summary(motion: Any) -> dict[str, Any]:
     """Plain numbers about a ``Motion`` (``result.info["motion"]``, the console): bins and displacement range."""
     disp = np.asarray(motion.displacement[0], dtype=np.float64)
     return {
-        "rigid": bool(disp.shape[1] == 1),
+        "rigid": bool(np.allclose(disp, disp[:, :1])),  # one depth window, or all windows moving alike
         "temporal_bins": int(disp.shape[0]),
         "spatial_bins": int(disp.shape[1]),
         "max_abs_displacement_um": float(np.max(np.abs(disp))) if disp.size else 0.0,
