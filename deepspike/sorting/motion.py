@@ -29,7 +29,8 @@ from deepspike.sorting.multichannel import channel_groups
 log = logging.getLogger(__name__)
 
 CONF = "sort.yaml"
-PRESETS = ("dredge", "dredge_fast", "rigid_fast", "nonrigid_fast_and_accurate", "nonrigid_accurate", "kilosort_like")
+# SpikeInterface's presets that run in 0.105.3 ("dredge" fails there: its batching_mode="offline" is refused)
+PRESETS = ("dredge_fast", "rigid_fast", "nonrigid_fast_and_accurate", "nonrigid_accurate", "kilosort_like")
 OPTIONAL_PRESETS = {"medicine": "medicine"}  # preset: the package it needs (not a DeepSpike dependency)
 RIGID_FALLBACK = "Switching to rigid motion"  # SpikeInterface's warning when the probe is shorter than 2 depth windows
 PEAK_DTYPE = np.dtype([("time_s", "f8"), ("depth_um", "f4"), ("amplitude", "f4")])  # the raster of plots/motion.png
