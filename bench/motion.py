@@ -2,6 +2,7 @@
 
     python bench/motion.py --set dev                # choose the preset: dev seeds 101, 102 (64 ch, 60 s, 20 units)
     python bench/motion.py --set report             # before / after on seed 7 (128 ch, 120 s, 30 units, +-25 um)
+    python bench/motion.py --set nonrigid           # seed 8 (128 ch, 60 s, 30 units; drift x0.2 to x1 with depth)
     python bench/motion.py --seeds 7 --channels 128 --duration 120 --units 30 --runs off,dredge_fast,static
 
 Each recording is ``deepspike.recording.synthetic.generate_drifting_probe_recording`` (SpikeInterface's drifting
@@ -35,7 +36,7 @@ SETS = {
             "runs": ["off", "dredge_fast", "rigid_fast", "nonrigid_fast_and_accurate", "kilosort_like"]},
     "report": {"seeds": [7], "channels": 128, "duration": 120.0, "units": 30, "drift": 25.0, "gradient": None,
                "runs": ["static", "static-dredge_fast", "off", "dredge_fast"]},
-    "nonrigid": {"seeds": [8], "channels": 64, "duration": 120.0, "units": 20, "drift": 25.0, "gradient": 0.5,
+    "nonrigid": {"seeds": [8], "channels": 128, "duration": 60.0, "units": 30, "drift": 25.0, "gradient": 0.2,
                  "runs": ["static", "off", "dredge_fast"]},
 }  # fmt: skip
 
