@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -236,13 +237,11 @@ def motion_summary(motion: Any) -> dict[str, Any]:
     }
 
 
-def save_motion(correction_motion: Any, peaks: np.ndarray, folder: Any) -> None:
+def save_motion(motion: Any, peaks: np.ndarray, folder: str | Path) -> None:
     """``folder``: SpikeInterface's ``Motion.save`` format (``spatial_bins_um.npy``, ``displacement_seg0.npy``
     [time bins, depth bins] um, ``temporal_bins_s_seg0.npy``, ``spikeinterface_info.json``; load with
     ``spikeinterface.core.motion.Motion.load``) plus ``peaks.npy`` (``PEAK_DTYPE``: the peaks it was estimated
     from)."""
-    from pathlib import Path
-
     folder = Path(folder)
-    correction_motion.save(folder)
+    motion.save(folder)
     np.save(folder / "peaks.npy", peaks)
