@@ -686,6 +686,63 @@ def generate_probe_recording(
     return recording, sorting
 
 
+@dataclass
+class Drift:
+    """The generator's true drift: ``times_s`` [T], ``displacement_um`` [T, units] (each unit's depth shift)."""
+
+    times_s: np.ndarray
+    displacement_um: np.ndarray
+    unit_depth_um: np.ndarray
+
+
+def generate_drifting_probe_recording(
+    seed: int,
+    duration_s: float = 120.0,
+    num_channels: int = 128,
+    num_units: int = 30,
+    drift_um: float = 25.0,
+    period_s: float = 60.0,
+    non_rigid_gradient: float | None = None,
+    in_memory: bool = True,
+) -> tuple[Any, Any, Any, Drift]:
+    """(static, drifting, GT sorting, true drift): SpikeInterface's ``generate_drifting_recording`` on a
+    Neuropixels-1.0-like shank (4 staggered columns, 16 um apart, a row every 20 um: 10 um of depth per contact)
+    with a zigzag drift of +-``drift_um`` starting at 0 s; ``non_rigid_gradient`` (0-1) scales it along the
+    shank (SpikeInterface's non-rigid option). Both recordings have the same spikes. ``in_memory``: traces computed
+    once (the generator computes them on every read otherwise).
+    """
+    from probeinterface import generate_multi_columns_probe
+    from spikeinterface.core import NumpyRecording
+    from spikeinterface.generation import generate_drifting_recording
+
+    if num_channels % 4:
+        raise DeepSpikeError(f"num_channels={num_channels}: must be a multiple of 4 (4 columns)")
+    probe = generate_multi_columns_probe(num_columns=4, num_contact_per_column=num_channels // 4, xpitch=16.0,
+                                         ypitch=40.0, y_shift_per_column=[20.0, 0.0, 20.0, 0.0])  # fmt: skip
+    probe.set_device_channel_indices(np.arange(num_channels))
+    motion = {"drift_mode": "zigzag", "non_rigid_gradient": non_rigid_gradient, "t_start_drift": 0.0,
+              "t_end_drift": None, "period_s": float(period_s)}  # fmt: skip
+    static, drifting, sorting, extra = generate_drifting_recording(
+        num_units=int(num_units), duration=float(duration_s), probe=probe, seed=int(seed), extra_outputs=True,
+        generate_displacement_vector_kwargs={"displacement_sampling_frequency": 5.0, "drift_start_um": [0, drift_um],
+                                             "drift_stop_um": [0, -drift_um], "drift_step_um": 1,
+                                             "motion_list": [motion]},
+    )  # fmt: skip
+    if in_memory:
+        static, drifting = (_materialized(r, NumpyRecording) for r in (static, drifting))
+    fs = float(extra["displacement_sampling_frequency"])
+    disp = np.asarray(extra["unit_displacements"], dtype=np.float64)[..., 1]  # [T, units] along the shank
+    drift = Drift(np.arange(len(disp)) / fs, disp, np.asarray(extra["unit_locations"])[:, 1])
+    return static, drifting, sorting, drift
+
+
+def _materialized(recording: Any, numpy_recording: Any) -> Any:
+    traces = recording.get_traces(segment_index=0)
+    out = numpy_recording([traces], sampling_frequency=recording.get_sampling_frequency())
+    recording.copy_metadata(out)
+    return out
+
+
 def templated_recording(
     units: Sequence[tuple[float, float, float, float]],
     firing_rates: Sequence[float],

@@ -155,6 +155,12 @@ def summary(result: SortResult, out: Path | None = None) -> str:
     if result.finetuned is not None:
         ft = result.finetuned.spec["provenance"]["finetune"]
         lines.append(f"  fine-tuned encoder: kept {ft.get('kept')} ({ft.get('reason')}), {ft.get('seconds', 0):.1f}s")
+    motion = result.info.get("motion") or {}
+    if motion.get("corrected"):
+        most = motion["max_abs_displacement_um"]
+        lines.append(
+            f"  motion corrected ({motion['preset']}): up to {most:.1f} um, {motion['temporal_bins']} time bins"
+        )
     for row in units.head(SUMMARY_UNIT_LINES).itertuples(index=False):
         why = f" ({row.label_reason})" if row.label_reason else ""
         lines.append(

@@ -321,6 +321,10 @@ def _write_tables(result: SortResult, folder: Path, config: dict[str, Any] | Non
     np.save(folder / "embeddings.npy", result.embeddings)
     if result.templates is not None:
         np.save(folder / "templates.npy", result.templates)
+    if result.motion is not None:
+        from deepspike.sorting.motion import save_motion
+
+        save_motion(result.motion, result.motion_peaks, folder / "motion")
     if result.finetuned is not None:
         from deepspike.model.export import save_encoder
 

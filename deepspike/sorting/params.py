@@ -13,6 +13,7 @@ from deepspike.errors import DeepSpikeError
 from deepspike.recording.probes import check_probe_spec
 from deepspike.sorting.clustering.params import ClusterParams
 from deepspike.sorting.matching import MatchParams
+from deepspike.sorting.motion import MotionParams
 from deepspike.sorting.multichannel import MultichannelParams
 from deepspike.sorting.quality import CurationParams
 
@@ -48,6 +49,7 @@ class SortParams:
     cluster: ClusterParams = field(default_factory=ClusterParams)
     matching: MatchParams = field(default_factory=MatchParams)
     multichannel: MultichannelParams = field(default_factory=MultichannelParams)
+    motion: MotionParams = field(default_factory=MotionParams)
     curation: CurationParams = field(default_factory=CurationParams)
 
     def __post_init__(self) -> None:
@@ -87,6 +89,7 @@ class SortParams:
             self.cluster = ClusterParams.from_dict({"seed": self.seed, **dict(self.cluster or {})})
         self.matching = MatchParams.from_dict(self.matching)
         self.multichannel = MultichannelParams.from_dict(self.multichannel)
+        self.motion = MotionParams.from_dict(self.motion)
         self.curation = CurationParams.from_dict(self.curation)
         self.extract = dict(self.extract or {})
         self.finetune_options = dict(self.finetune_options or {})
@@ -132,6 +135,7 @@ class SortParams:
         d["cluster"] = self.cluster.to_dict()
         d["matching"] = self.matching.to_dict()
         d["multichannel"] = self.multichannel.to_dict()
+        d["motion"] = self.motion.to_dict()
         d["curation"] = self.curation.to_dict()
         if self.probe is not None and not isinstance(self.probe, str):
             d["probe"] = str(self.probe)  # a Path or a probeinterface object, named in the run's config

@@ -31,6 +31,7 @@ from deepspike.sorting.clustering.cluster import cluster_spikes
 from deepspike.sorting.clustering.mixture import fits_in_threads
 from deepspike.sorting.clustering.params import NOISE
 from deepspike.sorting.features import checkpoint_path, finetune_encoder, load_sort_encoder, spike_features
+from deepspike.sorting.motion import correct_motion
 from deepspike.sorting.multichannel import is_multichannel, nearest_gap
 from deepspike.sorting.params import SortParams
 from deepspike.sorting.result import SnippetSortResult, SortResult, build_sorting, timed
@@ -92,7 +93,7 @@ def run_sort(
     recording_options: dict[str, Any] | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> SortResult:
-    """The pipeline with per-stage wall times in ``result.timings`` (load, extract, encode, cluster).
+    """The pipeline with per-stage wall times in ``result.timings`` (load, filter, motion, extract, encode, cluster).
 
     ``cache_dir`` (``sort.py`` and ``sort(out=DIR)`` pass ``DIR/.deepspike-cache``) keeps each finished stage of a
     recording given by path (``sorting.cache``), so a killed sort resumes there, and the band-passed traces when they
@@ -122,7 +123,14 @@ def _run(
     base = digest(identity, recording_options, str(params.probe), params.extract, params.filter_cache_disk)
     with timed(timings, "filter"):
         filtered = _filtered(recording, params, work if params.filter_cache_disk else None, base)
-    spikes_key = digest(base, params.multichannel.to_dict(), spec.to_dict())
+    motion_key = digest(base, params.motion.to_dict())
+    with timed(timings, "motion"):
+        moved = correct_motion(
+            filtered, params.motion, params.workers(), params.progress, params.filter_cache_mb,
+            estimate=_cached_motion(cache, motion_key),
+        )  # fmt: skip
+    filtered = moved.recording  # drift taken out (or the band-passed recording itself): every later stage reads it
+    spikes_key = digest(motion_key, params.multichannel.to_dict(), spec.to_dict())
     near, sp = _spikes(recording, filtered, params, spec, cache, spikes_key, timings)
     multi = is_multichannel(near)
     waves, noise, channel, amp_noise, sample_index = (
@@ -218,12 +226,30 @@ def _run(
         timings=timings,
         info=info,
         finetuned=finetuned,
+        motion=moved.motion,
+        motion_peaks=moved.peaks if moved.motion is not None else None,
     )
+    result.info["motion"] = moved.info
     if multi and (labels >= 0).any():
         with timed(timings, "write"):
             result.templates = _multichannel_templates(result, filtered, params)
     result.sorting = build_sorting(result)
     return result
+
+
+def _cached_motion(cache: StageCache, key: str) -> Any:
+    """The motion estimate through the stage cache (``motion`` stage: the displacement and its peaks)."""
+    from deepspike.sorting.motion import estimate_motion, motion_arrays, motion_from_arrays
+
+    def estimate(filtered: Any, params: Any, n_jobs: int, progress: bool) -> tuple[Any, np.ndarray, dict]:
+        got = cache.load("motion", key)
+        if got is not None:
+            return (*motion_from_arrays(got), {})
+        motion, peaks, run_times = estimate_motion(filtered, params, n_jobs, progress)
+        cache.save("motion", key, motion_arrays(motion, peaks))
+        return motion, peaks, run_times
+
+    return estimate
 
 
 def _spikes(

@@ -1,7 +1,8 @@
 """PNG figures of a sort, bounded in time and readable from 5 to 150+ units.
 
 ``plots/embeddings.png`` (a subsample, units by colour and marker), ``plots/counts.png`` and ``plots/quality.png``
-(per unit, coloured by curation label, with the thresholds), ``plots/waveforms_<page>.png`` (at most
+(per unit, coloured by curation label, with the thresholds), ``plots/motion.png`` (when drift was corrected: the
+peaks' depth over time with the estimated motion over them), ``plots/waveforms_<page>.png`` (at most
 ``UNITS_PER_PAGE`` units a page; on a probe each unit's template on its own channels, laid out as the contacts
 are) and ``summary.png`` (one page: the largest units, the labels, the timings and the ground-truth scores).
 
@@ -31,6 +32,7 @@ LEGEND_UNITS = 12  # up to this many units the embedding plot has a legend, beyo
 NOISE_COLOR = (0.6, 0.6, 0.6)
 LABEL_COLORS = {"good": "#2ca02c", "mua": "#ff7f0e", "noise": "#7f7f7f"}
 MARKERS = "o^sDvP*X"
+MOTION_LINES = 6  # depths whose estimated path is drawn on plots/motion.png
 
 
 def unit_styles(unit_ids: list[int]) -> dict[int, tuple[Any, str]]:
@@ -226,10 +228,44 @@ def plot_all(result: Any, folder: str | Path) -> list[Path]:
     written.append(_save(fig, folder / "plots" / "counts.png"))
 
     written.append(_save(quality_figure(result, units), folder / "plots" / "quality.png"))
+    if getattr(result, "motion", None) is not None:
+        written.append(_save(motion_figure(result.motion, result.motion_peaks, result.params.seed),
+                             folder / "plots" / "motion.png"))  # fmt: skip
     for page, fig in enumerate(waveform_pages(result, units), start=1):
         written.append(_save(fig, folder / "plots" / f"waveforms_{page}.png"))
     written.append(_save(summary_figure(result, units), folder / "summary.png"))
     return written
+
+
+def motion_figure(motion: Any, peaks: np.ndarray, seed: int = 0) -> Any:
+    """The peaks the drift was estimated from (depth before correction vs time, darker = larger; at most
+    ``MAX_POINTS``) with the estimated motion drawn over them: the path of ``MOTION_LINES`` depths across the probe
+    (rigid: parallel lines), which follow the bands of peaks where the estimate is right."""
+    fig = Figure(figsize=(12, 6))
+    ax = fig.add_axes((0.07, 0.1, 0.9, 0.82))
+    times = np.asarray(motion.temporal_bins_s[0], dtype=np.float64)
+    disp = np.asarray(motion.displacement[0])
+    depth = peaks["depth_um"].astype(np.float64) if len(peaks) else np.asarray(motion.spatial_bins_um, np.float64)
+    if len(peaks):
+        pts = peaks[_subsample(len(peaks), MAX_POINTS, seed)]
+        amp = np.abs(pts["amplitude"].astype(np.float64))
+        lo, hi = np.percentile(amp, [5, 95])
+        colors = np.zeros((len(pts), 4))
+        colors[:, 3] = np.clip((amp - lo) / max(hi - lo, 1e-9), 0.0, 1.0) * 0.75 + 0.15
+        ax.scatter(pts["time_s"], pts["depth_um"], s=3, c=colors, linewidths=0, rasterized=True)
+    lines = []
+    for d in np.linspace(*np.percentile(depth, [5, 95]), MOTION_LINES):
+        lines.append(
+            np.column_stack([times, d + motion.get_displacement_at_time_and_depth(times, np.full_like(times, d))])
+        )
+    ax.add_collection(LineCollection(lines, colors="#d62728", linewidths=1.5))
+    ax.set_xlim(0, max(float(times[-1] + times[0]), 1e-3) if len(times) else 1.0)  # last bin centre + half a bin
+    ax.set_ylim(float(depth.min()) - 20, float(depth.max()) + 20)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("depth along the probe (um)")
+    ax.set_title(f"drift: peaks (darker = larger) and the estimated motion at {MOTION_LINES} depths (red; "
+                 f"displacement up to {np.max(np.abs(disp)) if disp.size else 0:.1f} um)")  # fmt: skip
+    return fig
 
 
 def quality_figure(result: Any, units: Any) -> Any:

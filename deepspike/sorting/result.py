@@ -48,6 +48,8 @@ class SortResult:
     info: dict[str, Any] = field(default_factory=dict)
     finetuned: Any = None  # the adapted Encoder when finetune=True (written as encoder_finetuned.safetensors)
     templates: np.ndarray | None = None  # multi-channel: [units, samples, channels] noise units (templates.npy)
+    motion: Any = None  # the estimated drift (SpikeInterface Motion) when motion correction ran (motion/)
+    motion_peaks: np.ndarray | None = None  # the peaks it was estimated from (sorting.motion.PEAK_DTYPE)
 
     @property
     def unit_ids(self) -> list[int]:

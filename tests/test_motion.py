@@ -1,0 +1,110 @@
+"""Motion (drift) correction (deepspike.sorting.motion): the estimate follows the generator's drift, a drifting
+recording sorts better corrected, auto stays off where drift cannot be estimated, bad options name their key,
+and the result folder holds motion/ and plots/motion.png."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from deepspike.errors import DeepSpikeError
+from deepspike.sorting.motion import MotionParams, can_correct, correct_motion
+from deepspike.sorting.params import SortParams
+
+
+@pytest.fixture(scope="module")
+def drifting() -> tuple[Any, Any, Any, Any]:
+    """(static, drifting, GT, true drift): 32 contacts over 310 um, 30 s, 8 units, zigzag +-25 um."""
+    from deepspike.recording.synthetic import generate_drifting_probe_recording
+
+    return generate_drifting_probe_recording(11, duration_s=30.0, num_channels=32, num_units=8, period_s=20.0)
+
+
+def _bandpassed(recording: Any) -> Any:
+    from deepspike.recording.preprocess import bandpass
+
+    return bandpass(recording, 300.0, 6000.0)
+
+
+def test_estimate_follows_the_true_drift(drifting: tuple[Any, Any, Any, Any]) -> None:
+    _, rec, _, drift = drifting
+    done = correct_motion(_bandpassed(rec), MotionParams(enabled=True))
+    assert done.info["corrected"] and done.motion is not None
+    assert done.recording.get_num_channels() == rec.get_num_channels()  # no channel removed at the borders
+    depth = np.full(len(drift.times_s), float(np.median(drift.unit_depth_um)))
+    est = done.motion.get_displacement_at_time_and_depth(drift.times_s, depth)
+    true = drift.displacement_um.mean(axis=1)
+    assert np.ptp(true) > 40  # the generator drifted by +-25 um
+    assert np.corrcoef(est, true)[0, 1] > 0.95
+    rms = np.sqrt(np.mean(((est - est.mean()) - (true - true.mean())) ** 2))
+    assert rms < 4.0, f"estimate off by {rms:.1f} um RMS"
+
+
+def test_auto_is_off_for_a_tetrode_and_a_single_channel() -> None:
+    from deepspike.recording.synthetic import generate_probe_recording, generate_recording
+
+    tetrode, _ = generate_probe_recording(0, duration_s=2.0, probe="tetrode", num_units=2)
+    ok, why = can_correct(tetrode, MotionParams())
+    assert not ok and "4 contacts" in why
+    single = generate_recording(0, duration_s=2.0)[0]
+    ok, why = can_correct(single, MotionParams())
+    assert not ok and "one channel" in why
+    assert correct_motion(single, MotionParams()).recording is single
+    with pytest.raises(DeepSpikeError, match=r"motion.enabled=true.*one channel"):
+        correct_motion(single, MotionParams(enabled=True))
+
+
+def test_auto_is_on_for_a_shank(drifting: tuple[Any, Any, Any, Any]) -> None:
+    ok, why = can_correct(drifting[1], MotionParams())
+    assert ok, why
+    assert not can_correct(drifting[1], MotionParams(min_extent_um=400.0))[0]
+    assert not can_correct(drifting[1], MotionParams(min_channels=33))[0]
+    assert not can_correct(drifting[1], MotionParams(max_width_um=40.0))[0]  # 4 columns over 48 um
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ({"preset": "foo"}, "motion.preset='foo'"),
+        ({"enabled": "yes"}, "motion.enabled='yes'"),
+        ({"min_extent_um": -1}, "motion.min_extent_um=-1"),
+        ({"max_width_um": 0}, "motion.max_width_um=0"),
+        ({"min_channels": 1}, "motion.min_channels=1"),
+        ({"bin_s": 0}, "motion.bin_s=0"),
+        ({"binsize": 2}, "unknown motion option"),
+    ],
+)
+def test_bad_options_name_the_key(options: dict[str, Any], key: str) -> None:
+    with pytest.raises(DeepSpikeError, match=key.replace(".", r"\.").replace("(", r"\(")):
+        SortParams(motion=options)
+
+
+def test_result_folder_holds_motion_and_its_plot(drifting: tuple[Any, Any, Any, Any], tmp_path: Path) -> None:
+    from spikeinterface.core.motion import Motion
+
+    from deepspike import sort
+
+    sorting = sort(drifting[1], out=tmp_path / "out", motion={"enabled": True})
+    result = sorting.deepspike
+    assert result.info["motion"]["corrected"] and "motion" in result.timings
+    saved = Motion.load(tmp_path / "out" / "motion")
+    np.testing.assert_allclose(saved.displacement[0], result.motion.displacement[0])
+    peaks = np.load(tmp_path / "out" / "motion" / "peaks.npy")
+    assert len(peaks) == result.info["motion"]["n_peaks"] > 0
+    png = tmp_path / "out" / "plots" / "motion.png"
+    assert png.is_file() and png.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_drifting_recording_sorts_better_corrected() -> None:
+    from deepspike import sort
+    from deepspike.evaluation.compare import compare_to_ground_truth
+    from deepspike.recording.synthetic import generate_drifting_probe_recording
+
+    _, rec, gt, _ = generate_drifting_probe_recording(12, duration_s=60.0, num_channels=64, num_units=15)
+    off = compare_to_ground_truth(sort(rec, motion={"enabled": False}), gt)["accuracy"].mean()
+    on = compare_to_ground_truth(sort(rec), gt)["accuracy"].mean()  # auto: on for 64 contacts over 620 um
+    assert on > off + 0.1, (on, off)
