@@ -84,3 +84,18 @@ def test_sigkill_midway_then_rerun_resumes_and_equals_an_uninterrupted_sort(prob
     for table in ("spikes.csv", "units.csv"):
         pd.testing.assert_frame_equal(pd.read_csv(out / table), pd.read_csv(whole / table))
     assert not (out / CACHE_DIR).exists() and not (out / PARTIAL_MARKER).exists()  # the result replaced the cache
+
+
+def test_the_motion_estimate_round_trips_through_the_stage_cache() -> None:
+    """A resumed probe sort reads the drift estimate back instead of estimating it again."""
+    from spikeinterface.core.motion import Motion
+
+    from deepspike.sorting.motion import PEAK_DTYPE, motion_arrays, motion_from_arrays
+
+    rng = np.random.default_rng(0)
+    motion = Motion([rng.normal(size=(30, 5))], [np.arange(30) + 0.5], np.linspace(0, 400, 5), direction="y")
+    peaks = np.zeros(4, dtype=PEAK_DTYPE)
+    back, got_peaks = motion_from_arrays(motion_arrays(motion, peaks))
+    assert np.array_equal(back.displacement[0], motion.displacement[0])
+    assert np.array_equal(back.temporal_bins_s[0], motion.temporal_bins_s[0])
+    assert np.array_equal(back.spatial_bins_um, motion.spatial_bins_um) and got_peaks.dtype == PEAK_DTYPE

@@ -239,7 +239,7 @@ def motion_arrays(motion: Any, peaks: np.ndarray) -> dict[str, np.ndarray]:
 
 def motion_from_arrays(arrays: dict[str, np.ndarray]) -> tuple[Any, np.ndarray]:
     """The ``Motion`` and peaks :func:`motion_arrays` saved."""
-    from spikeinterface.sortingcomponents.motion import Motion
+    from spikeinterface.core.motion import Motion
 
     motion = Motion([arrays["displacement"]], [arrays["temporal_bins_s"]], arrays["spatial_bins_um"], direction="y")
     return motion, arrays["peaks"]
