@@ -69,3 +69,14 @@ def conf_field(relpath: str, key: str = "") -> Any:
 def is_number(x: Any) -> bool:
     """A real number given for an option (Python and numpy count booleans as integers; options do not)."""
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+
+
+def known_options(cls: Any, d: Any, block: str) -> dict[str, Any]:
+    """``d`` (a Hydra or plain mapping) as a dict of ``cls``'s fields; an unknown key fails naming the ``block`` of
+    ``conf/sort.yaml`` and the keys it knows (every options dataclass reads its block this way)."""
+    d = dict(d or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise DeepSpikeError(f"unknown {block} option(s) {unknown}; known: {sorted(known)} (see conf/sort.yaml)")
+    return d

@@ -164,7 +164,6 @@ def on_disk(
     a memory-mapped recording with the same metadata; ``filtered`` itself when the disk lacks room (a warning). A
     file already there with the same ``key`` (``filtered.json``, written after the file is complete) is reused."""
     import shutil
-    from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
 
     folder = Path(folder)
@@ -186,6 +185,18 @@ def on_disk(
         )
         return filtered
     traces = np.memmap(path, dtype=np.float32, mode="w+", shape=(n, c))
+    _fill(filtered, traces, chunk_duration_s, n_jobs, progress, "band-pass to disk")
+    traces.flush()
+    meta.write_text(json.dumps({"key": key}))
+    return _binary(filtered, path)
+
+
+def _fill(filtered: Any, traces: np.ndarray, chunk_duration_s: float, n_jobs: int, progress: bool, what: str) -> None:
+    """Compute ``filtered``'s traces into ``traces`` (``[samples, channels]``, in memory or memory-mapped) chunk by
+    chunk, ``n_jobs`` threads at once (scipy's filters release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = traces.shape[0]
     step = max(1, int(chunk_duration_s * filtered.get_sampling_frequency()))
 
     def fill(start: int) -> None:
@@ -194,10 +205,7 @@ def on_disk(
 
     with ThreadPoolExecutor(max(1, int(n_jobs))) as pool:
         starts = range(0, n, step)
-        list(bar(pool.map(fill, starts), progress, len(starts), "band-pass to disk"))
-    traces.flush()
-    meta.write_text(json.dumps({"key": key}))
-    return _binary(filtered, path)
+        list(bar(pool.map(fill, starts), progress, len(starts), what))
 
 
 def _binary(filtered: Any, path: Any) -> Any:
@@ -225,7 +233,6 @@ def in_memory(
     Channel ids, probe and properties are kept (``copy_metadata``). ``n_jobs`` threads filter chunks in parallel
     (scipy's filters release the GIL).
     """
-    from concurrent.futures import ThreadPoolExecutor
 
     from spikeinterface.core import NumpyRecording
 
@@ -233,15 +240,7 @@ def in_memory(
     if filtered.get_num_segments() != 1 or n * c * 4 > max_mb * 2**20:
         return filtered
     traces = np.empty((n, c), dtype=np.float32)
-    step = max(1, int(chunk_duration_s * filtered.get_sampling_frequency()))
-
-    def fill(start: int) -> None:
-        stop = min(n, start + step)
-        traces[start:stop] = filtered.get_traces(segment_index=0, start_frame=start, end_frame=stop)
-
-    with ThreadPoolExecutor(max(1, int(n_jobs))) as pool:
-        starts = range(0, n, step)
-        list(bar(pool.map(fill, starts), progress, len(starts), "band-pass"))
+    _fill(filtered, traces, chunk_duration_s, n_jobs, progress, "band-pass")
     cached = NumpyRecording([traces], sampling_frequency=filtered.get_sampling_frequency(),
                             channel_ids=filtered.channel_ids)  # fmt: skip
     filtered.copy_metadata(cached)

@@ -19,12 +19,12 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from deepspike.defaults import conf_field, is_number
+from deepspike.defaults import conf_field, is_number, known_options
 from deepspike.errors import DeepSpikeError
 from deepspike.sorting.multichannel import is_multichannel
 
@@ -81,13 +81,9 @@ class MatchParams:
     @classmethod
     def from_dict(cls, d: Any) -> MatchParams:
         """From a (Hydra) mapping; unknown keys are rejected with the list of known ones."""
-        if isinstance(d, MatchParams):
+        if isinstance(d, cls):
             return d
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DeepSpikeError(f"unknown matching option(s) {unknown}; known: {sorted(known)} (see conf/sort.yaml)")
+        d = known_options(cls, d, "matching")
         if "method_kwargs" in d:
             d["method_kwargs"] = dict(d["method_kwargs"] or {})
         return cls(**d)

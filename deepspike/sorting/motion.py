@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from deepspike.defaults import conf_field, is_number
+from deepspike.defaults import conf_field, is_number, known_options
 from deepspike.errors import DeepSpikeError
 from deepspike.sorting.multichannel import channel_groups
 
@@ -74,11 +74,7 @@ class MotionParams:
         """From a (Hydra) mapping; unknown keys are rejected with the list of known ones."""
         if isinstance(d, cls):
             return d
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DeepSpikeError(f"unknown motion option(s) {unknown}; known: {sorted(known)} (see conf/sort.yaml)")
+        d = known_options(cls, d, "motion")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from deepspike.defaults import conf_field, is_number
+from deepspike.defaults import conf_field, is_number, known_options
 from deepspike.errors import DeepSpikeError
 
 log = logging.getLogger(__name__)
@@ -78,11 +78,7 @@ class MultichannelParams:
     def from_dict(cls, d: Any) -> MultichannelParams:
         if isinstance(d, cls):
             return d
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DeepSpikeError(f"unknown multichannel option(s) {unknown}; known: {sorted(known)}")
+        d = known_options(cls, d, "multichannel")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:

@@ -17,13 +17,13 @@ The thresholds are declared once, with comments and their conventions, in the ``
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from deepspike.defaults import conf_field, is_number
+from deepspike.defaults import conf_field, is_number, known_options
 from deepspike.errors import DeepSpikeError
 
 CONF = "sort.yaml"
@@ -89,11 +89,7 @@ class CurationParams:
         """From a (Hydra) mapping; unknown keys are rejected with the list of known ones."""
         if isinstance(d, cls):
             return d
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DeepSpikeError(f"unknown curation option(s) {unknown}; known: {sorted(known)} (see conf/sort.yaml)")
+        d = known_options(cls, d, "curation")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
