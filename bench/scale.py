@@ -10,8 +10,10 @@ contact pair every 20 um; ``deepspike.recording.probes``), one unit per 4 channe
 its noise on the fly: ``generate_s`` is one full read of the raw traces in its own process (what reading a file of
 that size costs instead), reported beside the sort's own ``wall_s`` (which includes that read once: the band-passed
 traces are then cached in memory or on disk, ``filter_cache_mb`` / ``filter_cache_disk``). Stage times come from
-``result.timings``. The PNG plots wall time and peak RSS against channels x minutes; the slope of log(time) against
-log(size) says whether the cost grows faster than linearly (1.0 = linear). Goal (issue 24): a 384-channel hour on a
+``result.timings``; ``peak_anon_gb`` is the peak anonymous memory (RssAnon, sampled every 0.1 s), i.e. RSS without
+the file pages of the memory-mapped band-passed traces, which the kernel drops under pressure. The PNG plots wall
+time and peak RSS against channels x minutes; the slope of log(time) against log(size) says whether the cost grows
+faster than linearly (1.0 = linear). Goal (issue 24): a 384-channel hour on a
 24 GB, 2-core machine with RSS under 8 GB and cost no faster than linear.
 """
 
@@ -30,9 +32,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, save_figure, write_results
 
 CASE = """
-import json, resource, sys, time, warnings
+import json, resource, sys, threading, time, warnings
 warnings.filterwarnings("ignore")
 import numpy as np
+anon = [0]
+def watch():  # RssAnon: the process's own memory, without the file pages of memory-mapped traces
+    while True:
+        for line in open("/proc/self/status"):
+            if line.startswith("RssAnon"):
+                anon[0] = max(anon[0], int(line.split()[1]))
+        time.sleep(0.1)
+threading.Thread(target=watch, daemon=True).start()
 channels, minutes, mode = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 from spikeinterface.core import generate_ground_truth_recording
 from deepspike.recording.probes import probe_from_spec
@@ -54,6 +64,7 @@ else:
            "accuracy": float(rows["accuracy"].mean()), "units": len(sorting.unit_ids),
            "num_units_gt": len(gt.unit_ids), **cats}
 out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+out["peak_anon_gb"] = anon[0] / 2**20
 print(json.dumps(out))
 """
 
