@@ -208,6 +208,15 @@ def _fill(filtered: Any, traces: np.ndarray, chunk_duration_s: float, n_jobs: in
         list(bar(pool.map(fill, starts), progress, len(starts), what))
 
 
+def _same_identity(filtered: Any, computed: Any) -> Any:
+    """``computed`` (its traces computed once) with ``filtered``'s channels, probe and properties, and its name, so
+    error messages keep naming the file."""
+    filtered.copy_metadata(computed)
+    name = recording_name(filtered)
+    computed.annotate(name=name[1:-1] if name[:1] in "'\"" else name)
+    return computed
+
+
 def _binary(filtered: Any, path: Any) -> Any:
     """The float32 file ``path`` as a memory-mapped recording with ``filtered``'s channels, probe and name."""
     from spikeinterface.core import BinaryRecordingExtractor
@@ -216,10 +225,7 @@ def _binary(filtered: Any, path: Any) -> Any:
         file_paths=[str(path)], sampling_frequency=filtered.get_sampling_frequency(),
         num_channels=filtered.get_num_channels(), dtype="float32", channel_ids=filtered.channel_ids, time_axis=0,
     )  # fmt: skip
-    filtered.copy_metadata(disk)
-    name = recording_name(filtered)
-    disk.annotate(name=name[1:-1] if name[:1] in "'\"" else name)
-    return disk
+    return _same_identity(filtered, disk)
 
 
 def in_memory(
@@ -243,7 +249,4 @@ def in_memory(
     _fill(filtered, traces, chunk_duration_s, n_jobs, progress, "band-pass")
     cached = NumpyRecording([traces], sampling_frequency=filtered.get_sampling_frequency(),
                             channel_ids=filtered.channel_ids)  # fmt: skip
-    filtered.copy_metadata(cached)
-    name = recording_name(filtered)  # error messages keep naming the file
-    cached.annotate(name=name[1:-1] if name[:1] in "'\"" else name)
-    return cached
+    return _same_identity(filtered, cached)

@@ -68,10 +68,8 @@ class SortConfig:
         if self.checkpoint is not None:
             from deepspike.sorting.features import checkpoint_path
 
-            try:  # from the current directory, else the repository / checkpoints/: one path for every later stage
-                self.checkpoint = str(checkpoint_path(self.checkpoint))
-            except DeepSpikeError as e:
-                raise DeepSpikeError(f"checkpoint={self.checkpoint}: {e}") from e
+            # from the current directory, else the repository / checkpoints/ (the error names the paths tried)
+            self.checkpoint = str(checkpoint_path(self.checkpoint))
 
 
 def run_from_config(cfg: Any) -> SortResult:

@@ -34,9 +34,9 @@ def digest(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def recording_identity(source: Any) -> dict[str, Any] | None:
-    """Name, size and modification time of every file of a recording path (cheap: an hour of 384 channels is
-    tens of GB, too much to hash at each start); None for an in-memory recording (not cached)."""
+def path_identity(source: Any) -> dict[str, Any] | None:
+    """Name, size and modification time of every file of a path (a recording, an encoder; cheap: an hour of 384
+    channels is tens of GB, too much to hash at each start); None for no path (an in-memory recording: not cached)."""
     if source is None:
         return None
     p = Path(source).expanduser().resolve()

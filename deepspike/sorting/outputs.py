@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from deepspike.errors import DeepSpikeError, OutputExistsError
-from deepspike.sorting.cache import CACHE_DIR
+from deepspike.sorting.cache import CACHE_DIR, PARTIAL_MARKER
 from deepspike.sorting.result import SortResult, timed
 
 RESULT_MARKER = ".deepspike-result"
@@ -67,8 +67,6 @@ def check_output(out: str | os.PathLike, overwrite: bool, inputs: Sequence[Any] 
 
 def _only_a_partial_sort(out: Path) -> bool:
     """Whether ``out`` holds only what a sort that did not finish left (its stage cache): resumed, not refused."""
-    from deepspike.sorting.cache import CACHE_DIR, PARTIAL_MARKER
-
     return (out / PARTIAL_MARKER).is_file() and {p.name for p in out.iterdir()} <= {PARTIAL_MARKER, CACHE_DIR}
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from deepspike.recording.preprocess import bar
 from deepspike.recording.probes import attach_probe
-from deepspike.sorting.cache import StageCache, digest, recording_identity
+from deepspike.sorting.cache import StageCache, digest, path_identity
 from deepspike.sorting.clustering.cleanup import secondary_peaks
 from deepspike.sorting.clustering.cluster import cluster_spikes
 from deepspike.sorting.clustering.mixture import fits_in_threads
@@ -118,9 +118,9 @@ def _run(
         recording = _open(recording, recording_options)
         recording = attach_probe(recording, params.probe, source, required=params.needs_geometry())
     spec = encoder.window_spec if encoder is not None else WindowSpec()
-    identity = recording_identity(source)
+    identity = path_identity(source)
     cache = StageCache(cache_dir if identity is not None else None)
-    base = digest(identity, recording_options, str(params.probe), params.extract, params.filter_cache_disk)
+    base = digest(identity, recording_options, str(params.probe), params.extract)
     with timed(timings, "filter"):
         filtered = _filtered(recording, params, work if params.filter_cache_disk else None, base)
     motion_key = digest(base, params.motion.to_dict())
@@ -139,7 +139,9 @@ def _run(
     fs = float(recording.get_sampling_frequency())
     echo = secondary_peaks(sample_index, channel, amp_noise, int(params.echo_ms * fs / 1000), params.echo_ratio)
     ok = ~echo
-    units_key = digest(spikes_key, params.to_dict(), _encoder_identity(encoder, checkpoint))
+    units_key = digest(
+        spikes_key, params.to_dict(), None if encoder is None else path_identity(checkpoint_path(checkpoint))
+    )
     resumable = not params.finetune  # an adapted encoder is not cached: fine-tuning resumes from the spikes
 
     def features_and_units(enc: Any) -> tuple[np.ndarray, Any]:
@@ -276,14 +278,6 @@ def _spikes(
     return near, arrays
 
 
-def _encoder_identity(encoder: Any, checkpoint: Any) -> Any:
-    """What identifies the encoder in a stage key: its file's size and modification time (None: PCA)."""
-    if encoder is None:
-        return None
-    p = checkpoint_path(checkpoint)
-    return [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] if p.exists() else str(p)
-
-
 def _checked_finetune(
     parent: Any, adapted: Any, parent_run: tuple[np.ndarray, Any], run: Any, params: SortParams
 ) -> tuple[np.ndarray, Any, Any]:
@@ -398,12 +392,11 @@ def _open(recording: Any, options: dict[str, Any] | None) -> Any:
 
 def _extract(filtered: Any, params: SortParams, spec: WindowSpec) -> tuple[Any, dict[str, float]]:
     """Foundation stages (detect, windows; chunked) on the band-passed recording, with the encoder's window spec."""
-    from deepspike.spikes.extract import ExtractParams, chunk_seconds, extract_spikes
+    from deepspike.spikes.extract import ExtractParams, extract_spikes
 
     timings: dict[str, float] = {}
     with timed(timings, "extract"):
         ex = ExtractParams.from_config(params.extract, filtered=True)  # already band-passed by _filtered
-        ex.chunk_duration_s = chunk_seconds(filtered, ex)
         spikes = extract_spikes(filtered, params=ex, spec=spec, progress=params.progress)
     spikes_spec = getattr(spikes, "spec", None)
     if spikes_spec is not None:

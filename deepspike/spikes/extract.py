@@ -221,7 +221,7 @@ def _detect_and_cut(
         threshold=params.threshold,
         polarity=params.polarity,
         dead_time_ms=params.dead_time_ms,
-        chunk_duration_s=params.chunk_duration_s,
+        chunk_duration_s=chunk_seconds(filtered, params),
         n_jobs=params.n_jobs,
         progress=progress,
     )
