@@ -108,3 +108,31 @@ def test_drifting_recording_sorts_better_corrected() -> None:
     off = compare_to_ground_truth(sort(rec, motion={"enabled": False}), gt)["accuracy"].mean()
     on = compare_to_ground_truth(sort(rec), gt)["accuracy"].mean()  # auto: on for 64 contacts over 620 um
     assert on > off + 0.1, (on, off)
+
+
+def test_time_overlap_tells_turns_from_neurons_firing_together() -> None:
+    from deepspike.sorting.multichannel import time_overlap
+
+    rng = np.random.default_rng(0)
+    span = 60.0 * 24000
+    a, b = (np.sort(rng.uniform(0, span, 300)) for _ in range(2))
+    assert time_overlap(a, b, span) > 0.8  # two neurons through the whole recording
+    both = np.sort(rng.uniform(0, span, 600))
+    up = (both // (10 * 24000)) % 2 == 0  # the probe up for 10 s, down for 10 s: one neuron's two parts
+    assert time_overlap(both[up], both[~up], span) < 0.2  # bins not aligned with the turns: a little in common
+    assert time_overlap(a[:20], b[:20], span) == 1.0  # too few spikes to tell: never a merge
+
+
+def test_parts_of_a_drifting_neuron_taking_turns_are_merged() -> None:
+    """After motion correction a neuron's spikes can still split by drift phase inside one neighbourhood (the
+    residual shifts its waveform across contacts); those parts fire in turns and must become one unit again."""
+    from deepspike import sort
+    from deepspike.evaluation.compare import compare_with_categories
+    from deepspike.recording.synthetic import generate_drifting_probe_recording
+
+    _, rec, gt, _ = generate_drifting_probe_recording(13, duration_s=60.0, num_channels=32, num_units=10, period_s=30.0)
+    (before, split), (after, merged) = (
+        compare_with_categories(sort(rec, multichannel={"merge_turns": t}), gt) for t in (0.0, 0.35)
+    )
+    assert merged["num_redundant"] < split["num_redundant"], (split, merged)
+    assert after["accuracy"].mean() > before["accuracy"].mean() + 0.03

@@ -43,6 +43,7 @@ class MultichannelParams:
     merge_similarity: float = conf_field(CONF, "multichannel.merge_similarity")
     merge_amplitude_ratio: float = conf_field(CONF, "multichannel.merge_amplitude_ratio")
     merge_refractory_ms: float = conf_field(CONF, "multichannel.merge_refractory_ms")
+    merge_turns: float = conf_field(CONF, "multichannel.merge_turns")
     footprint_sigma: float = conf_field(CONF, "multichannel.footprint_sigma")
 
     def __post_init__(self) -> None:
@@ -69,6 +70,8 @@ class MultichannelParams:
             raise bad("merge_amplitude_ratio", "must be >= 1")
         if not is_number(self.merge_refractory_ms) or self.merge_refractory_ms < 0:
             raise bad("merge_refractory_ms", "must be >= 0 ms (0 = no refractory check)")
+        if not is_number(self.merge_turns) or not 0 <= self.merge_turns <= 1:
+            raise bad("merge_turns", "must be in [0, 1] (e.g. 0.35; 0 = never merge units of one neighbourhood)")
         if not is_number(self.footprint_sigma) or self.footprint_sigma < 0:
             raise bad(
                 "footprint_sigma", "must be >= 0 noise sigmas (e.g. 1.0; 0 = templates on the neighbourhood only)"
@@ -279,10 +282,11 @@ def merge_across_neighbourhoods(
     chunk_duration_s: float,
     seed: int = 0,
 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Merge units clustered in different neighbourhoods whose peak channels are neighbours and whose templates on
-    every channel agree (``template_match`` >= ``merge_similarity``, amplitudes within ``merge_amplitude_ratio``):
-    a neuron between two contacts has its events split by peak channel. Greedy, most similar pair first;
-    returns (labels numbered 0..k-1, merged pairs)."""
+    """Merge units whose peak channels are neighbours and whose templates on every channel agree (``template_match``
+    >= ``merge_similarity``, amplitudes within ``merge_amplitude_ratio``): a neuron between two contacts has its
+    events split by peak channel. Two units of one neighbourhood (its clustering split them) merge only if they
+    also take turns in time (``time_overlap`` <= ``merge_turns``): the parts of a drifting neuron. Greedy, most
+    similar pair first; returns (labels numbered 0..k-1, merged pairs)."""
     labels = labels.copy()
     merged: list[tuple[int, int]] = []
     if params.merge_similarity >= 1.0 or not (labels >= 0).any():
@@ -297,22 +301,25 @@ def merge_across_neighbourhoods(
     span = float(max(1, filtered.get_num_samples(0)))
     checked: dict[tuple[int, int], bool] = {}
 
-    def refractory_ok(i: int, j: int) -> bool:
-        if window <= 0:
-            return True
+    def one_unit(i: int, j: int) -> bool:
         if (i, j) not in checked:
             ta, tb = (np.sort(sample_index[labels == units[k]]) for k in (i, j))
-            checked[(i, j)] = one_neuron(ta, tb, window, span)
+            ok = window <= 0 or one_neuron(ta, tb, window, span)
+            if keys[home[i]] == keys[home[j]]:  # one neighbourhood: the timing of the parts decides
+                ok = ok and time_overlap(ta, tb, span) <= params.merge_turns
+            checked[(i, j)] = ok
         return checked[(i, j)]
 
     while True:
         best, best_sim = None, params.merge_similarity
         for i in np.flatnonzero(alive):
             for j in np.flatnonzero(alive):
-                if j <= i or keys[home[i]] == keys[home[j]] or not adj[home[i], home[j]]:
+                if j <= i or not adj[home[i], home[j]]:
+                    continue
+                if keys[home[i]] == keys[home[j]] and params.merge_turns <= 0:
                     continue
                 sim, ratio = template_match(tpl[i], tpl[j])
-                if sim >= best_sim and ratio <= params.merge_amplitude_ratio and refractory_ok(i, j):
+                if sim >= best_sim and ratio <= params.merge_amplitude_ratio and one_unit(i, j):
                     best, best_sim = (i, j), sim
         if best is None:
             return _renumber(labels), merged
@@ -336,6 +343,23 @@ def one_neuron(ta: np.ndarray, tb: np.ndarray, window: float, span: float, max_f
     if expected < 2.0:
         return True
     return int((nearest_gap(tb, ta) < window).sum()) <= max_fraction * expected
+
+
+def time_overlap(ta: np.ndarray, tb: np.ndarray, span: float, per_bin: int = 10, max_bins: int = 50) -> float:
+    """Share of two spike trains' time histograms in common, in [0, 1]: about 1 for two neurons firing through the
+    recording, near 0 for the parts of one neuron that drift split, which fire in turns (one while the probe is
+    up, the other while it is down). Bins hold ``per_bin`` spikes of the smaller train on average (at most
+    ``max_bins``); below 4 bins the trains are too short to tell and 1 is returned (no merge).
+
+    Measured on generated drifting probes (dev seeds 101, 102: 64 channels, 60 s, +-25 um, corrected): the split
+    parts of one neuron 0.00-0.35, two neurons with matching templates 0.45-0.89, fragments of a static unit 0.65+.
+    """
+    bins = min(max_bins, min(len(ta), len(tb)) // per_bin)
+    if bins < 4:
+        return 1.0
+    ha = np.histogram(ta, bins, (0.0, span))[0] / len(ta)
+    hb = np.histogram(tb, bins, (0.0, span))[0] / len(tb)
+    return float(np.minimum(ha, hb).sum())
 
 
 def nearest_gap(ref: np.ndarray, t: np.ndarray) -> np.ndarray:
