@@ -7,7 +7,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -42,9 +43,23 @@ class StreamLoader(DataLoader):
     _skip = 0  # batches to drop at the start of the next iteration (load_state_dict)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self._positioned(self._batches)
+
+    def in_process(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The batches ``iter(self)`` yields (resume position included), with the workers run in this process.
+
+        A DataLoader takes worker messages (``transfer_batches`` batches each) from its workers in turn, skipping
+        the workers that are done; here each worker's ``ShardStream.slot_batches`` is read in that same order. It
+        lets a check walk many ranks x workers (``bench/loader_scale.py``) without starting a process per worker;
+        a test checks it against ``iter(self)``.
+        """
+        return self._positioned(lambda skip: _round_robin(self.dataset, self.num_workers))
+
+    def _positioned(self, source: Callable[[int], Iterator[dict]]) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches of ``source(skip)`` after the resume position, counting ``_position`` for ``state_dict``."""
         skip, self._skip = self._skip, 0
         self._position = 0
-        for batch in self._batches(skip):
+        for batch in source(skip):
             self._position += 1
             if self._position > skip:
                 yield batch
@@ -91,6 +106,20 @@ class StreamLoader(DataLoader):
         self._skip = int(state["batches"]) if int(state["batches"]) < len(self) else 0
         if int(state["batches"]) >= len(self):  # saved at the end of an epoch: the next one starts clean
             ds.set_epoch(int(state["epoch"]) + 1)
+
+
+def _round_robin(ds: ShardStream, num_workers: int) -> Iterator[dict[str, torch.Tensor]]:
+    """The workers' batches in a DataLoader's order: one message from each worker still running, in turn."""
+    per_message = ds.transfer_batches if num_workers > 0 else 1
+    live = [ds.slot_batches(w) for w in range(max(1, num_workers))]
+    while live:
+        running = []
+        for worker in live:
+            message = list(islice(worker, per_message))
+            if message:
+                running.append(worker)
+                yield from message
+        live = running
 
 
 def _layout_key(ds: ShardStream) -> dict[str, Any]:

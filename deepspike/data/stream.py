@@ -572,6 +572,18 @@ class ShardStream(IterableDataset):
             return _grouped(batches, self.transfer_batches, self.ring)
         return (_to_batch(*b) for b in batches)
 
+    def slot_batches(self, worker: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """The batches DataLoader worker ``worker`` of this rank yields this epoch, computed in this process.
+
+        Exactly what ``__iter__`` yields inside that worker (slot ``rank * nw + worker``), so the partition and
+        resume at many ranks x workers can be checked without starting their processes (``bench/loader_scale.py``,
+        ``StreamLoader.in_process``).
+        """
+        nw = max(1, self.num_workers)
+        if not 0 <= worker < nw:
+            raise ValueError(f"worker {worker} is outside this stream's {nw} worker slot(s) per rank")
+        return (_to_batch(*b) for b in self._slot(worker, nw))
+
     def _slot(self, worker: int, nw: int) -> Iterator[tuple]:
         """The batches of slot ``rank * nw + worker`` for the current epoch."""
         epoch = self._epoch.get()
