@@ -495,3 +495,35 @@ def test_a_peer_that_runs_too_long_is_a_row_with_the_error(tiny: Path, tmp_path:
         rows.loc["spykingcircus2", "accuracy"]
     )
     assert rows.loc["spykingcircus2", "wall_s"] >= 1.0
+
+
+def test_timeout_kills_the_worker_and_its_children(tmp_path: Path) -> None:
+    """A peer sorter that spawns its own processes must not leave them running past the bench's timeout."""
+    import os
+    import sys
+    import time
+
+    from deepspike.evaluation.bench import run_worker
+
+    pid_file = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        "print('started', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    t0 = time.perf_counter()
+    code, out = run_worker([sys.executable, "-c", script], 3.0, dict(os.environ))
+    assert code is None and "started" in out
+    assert time.perf_counter() - t0 < 30
+    child = int(pid_file.read_text())
+    for _ in range(50):  # the kill is asynchronous: give the kernel a moment to reap
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        stat = Path(f"/proc/{child}/stat")
+        assert stat.is_file() and stat.read_text().split()[2] == "Z", "the worker's child outlived the timeout"

@@ -13,11 +13,13 @@ Finished runs are kept in ``out/runs/`` and reused when the same job comes again
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -304,15 +306,13 @@ def run_pair(rec: Recording, spec: SorterSpec, conf: BenchConfig, runs: Path) ->
     job_file = runs / f"{key}.job.json"
     write_json_atomic(job_file, job, default=str)
     t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "deepspike.evaluation.bench", "--run-one", str(job_file)],
-            capture_output=True, text=True, timeout=conf.timeout_s, env=_worker_env(),
-        )  # fmt: skip
-        crash = f"worker exited with status {proc.returncode}: {_tail(proc.stderr)}" if proc.returncode else ""
-        (runs / f"{key}.log").write_text(proc.stdout + proc.stderr)
-    except subprocess.TimeoutExpired:
+    cmd = [sys.executable, "-m", "deepspike.evaluation.bench", "--run-one", str(job_file)]
+    returncode, out = run_worker(cmd, conf.timeout_s, _worker_env())
+    if returncode is None:
         crash = f"timed out after {conf.timeout_s:g} s (raise timeout_s=...)"
+    else:
+        crash = f"worker exited with status {returncode}: {_tail(out)}" if returncode else ""
+        (runs / f"{key}.log").write_text(out)
     wall = time.perf_counter() - t0
     shutil.rmtree(job["workdir"], ignore_errors=True)  # the sorter's own scratch folder, made for this run
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {"job": job, "error": crash, "sort_s": None}
@@ -322,6 +322,22 @@ def run_pair(rec: Recording, spec: SorterSpec, conf: BenchConfig, runs: Path) ->
     if meta["error"]:
         return None, wall, meta.get("sort_s") or float("nan"), meta["error"]
     return _load_sorting(result), wall, meta["sort_s"], ""
+
+
+def run_worker(cmd: list[str], timeout_s: float, env: dict[str, str]) -> tuple[int | None, str]:
+    """(exit status, stdout + stderr) of ``cmd``, or (None, output so far) when it ran past ``timeout_s``. The worker
+    runs in its own process group, killed whole on timeout: a peer sorter's own children (job pools, a MATLAB or
+    numba server) would otherwise outlive it and load the machine for the next run."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)  # fmt: skip
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+        return proc.returncode, out
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        return None, out
 
 
 def _worker_env() -> dict[str, str]:
