@@ -136,3 +136,19 @@ def test_parts_of_a_drifting_neuron_taking_turns_are_merged() -> None:
     )
     assert merged["num_redundant"] < split["num_redundant"], (split, merged)
     assert after["accuracy"].mean() > before["accuracy"].mean() + 0.03
+
+
+def test_phy_export_reads_the_corrected_traces(drifting: tuple[Any, Any, Any, Any]) -> None:
+    """The Phy export's waveforms, templates and PC features come from the traces the sort read (drift corrected),
+    not from the drifting band-passed ones."""
+    from deepspike import sort
+    from deepspike.recording.preprocess import bandpass
+    from deepspike.sorting.motion import corrected_view
+    from deepspike.sorting.outputs import _phy_analyzer
+
+    result = sort(drifting[1], motion={"enabled": True}).deepspike
+    seen = _phy_analyzer(result)[0].recording.get_traces(start_frame=30_000, end_frame=31_000)
+    band = bandpass(drifting[1], result.params.extract["freq_min"], result.params.extract["freq_max"])
+    corrected = corrected_view(band, result.motion, result.params.motion.preset)
+    np.testing.assert_allclose(seen, corrected.get_traces(start_frame=30_000, end_frame=31_000), atol=1e-3)
+    assert not np.allclose(seen, band.get_traces(start_frame=30_000, end_frame=31_000), atol=1e-1)

@@ -215,14 +215,19 @@ def _interpolated(filtered: Any, motion: Any, preset: str, cache_mb: float, n_jo
     """The preset's interpolation on the recording's own channels (``force_extrapolate``: none removed), computed
     into memory when it fits ``cache_mb``: later stages read it up to 7 times, and kriging costs as much as filtering.
     """
+    from deepspike.recording.preprocess import in_memory
+
+    return in_memory(corrected_view(filtered, motion, preset), cache_mb, n_jobs=n_jobs)
+
+
+def corrected_view(filtered: Any, motion: Any, preset: str) -> Any:
+    """The lazy drift-corrected recording: ``preset``'s interpolation of ``filtered`` by ``motion`` on the
+    recording's own channels (``force_extrapolate``: none removed), as the sort read it."""
     from spikeinterface.preprocessing.motion import motion_options_preset
     from spikeinterface.sortingcomponents.motion import interpolate_motion
 
-    from deepspike.recording.preprocess import in_memory
-
     kwargs = {**motion_options_preset[preset]["interpolate_motion_kwargs"], "border_mode": "force_extrapolate"}
-    corrected = interpolate_motion(filtered, motion, **kwargs)
-    return in_memory(corrected, cache_mb, n_jobs=n_jobs)
+    return interpolate_motion(filtered, motion, **kwargs)
 
 
 def motion_arrays(motion: Any, peaks: np.ndarray) -> dict[str, np.ndarray]:

@@ -362,7 +362,10 @@ def _export_phy(result: SortResult, folder: Path, final: Path) -> None:
 
     Phy's trace view reads ``params.py``'s ``dat_path``: the source file itself when Phy can read it (one
     interleaved binary file: ``hp_filtered = False``, Phy filters it), else a float32 copy of the band-passed traces
-    (``recording.dat``, ``hp_filtered = True``). ``cluster_group.tsv`` holds the curation labels (good / mua /
+    (``recording.dat``, ``hp_filtered = True``). Where motion was corrected, waveforms, templates and PC features
+    come from the corrected traces (as the sort's), while a source file read in place shows the traces as recorded
+    (Kilosort's Phy folders show its drift-corrected copy instead: a full float32 copy of the recording).
+    ``cluster_group.tsv`` holds the curation labels (good / mua /
     noise, as Kilosort pre-fills it); the quality metrics are ``cluster_<metric>.tsv`` columns.
     """
     from spikeinterface.exporters import export_to_phy
@@ -402,6 +405,10 @@ def _phy_analyzer(result: SortResult) -> tuple[Any, dict[str, Any]]:
 
     params = result.params
     lazy = bandpass(result.recording, **_band(params.extract))
+    if result.motion is not None:  # templates and PCs of the traces the sort read, not of the drifting ones
+        from deepspike.sorting.motion import corrected_view
+
+        lazy = corrected_view(lazy, result.motion, params.motion.preset)
     filt = in_memory(lazy, params.filter_cache_mb, 10.0, params.workers()) if lazy.get_num_segments() == 1 else lazy
     job = {"n_jobs": params.workers() if filt is lazy else 1, "chunk_duration": "10s", "progress_bar": False}
     sparse = filt.get_num_channels() > 1 and filt.has_probe()
