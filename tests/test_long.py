@@ -88,16 +88,31 @@ def test_slowly_drifting_unit_stays_one() -> None:
         assert np.bincount(lab[lab >= 0]).max() > 0.95 * len(lab)
 
 
-def test_concurrent_neurons_of_one_shape_stay_two() -> None:
-    """Same shape, amplitudes 1.6x apart, firing all along: two neurons (their union breaks the refractory period)."""
+@pytest.mark.parametrize("turns", [0.0, 0.35])
+def test_concurrent_neurons_of_one_shape_stay_two(turns: float) -> None:
+    """Same shape, amplitudes 1.6x apart, firing all along: two neurons (their union breaks the refractory period,
+    and they fire together, not in turns)."""
     rng = np.random.default_rng(3)
     t1, t2 = _train(10.0, rng, 600.0), _train(10.0, rng, 600.0)
     shape = -np.exp(-0.5 * (T / 1.5) ** 2)
     waves = np.concatenate([_unit(16 * shape, t1, np.ones(len(t1)), rng), _unit(10 * shape, t2, np.ones(len(t2)), rng)])
-    labels = _sort(waves, np.concatenate([t1, t2]))
+    labels = _sort(waves, np.concatenate([t1, t2]), merge_turns=turns)
     truth = np.repeat([0, 1], [len(t1), len(t2)])
     assert len(np.unique(labels[labels >= 0])) == 2
     assert len(np.unique(labels[truth == 0][labels[truth == 0] >= 0])) == 1
+
+
+def test_a_sparse_neuron_cut_by_drift_is_merged_by_its_turns() -> None:
+    """A 2 Hz neuron whose amplitude steps from 0.75 to 1.25 of its mean mid-way through 10 minutes: two clouds 1.67x
+    apart, too few spikes for the refractory test (far below MIN_EXPECTED_ABSENT chance coincidences); its two parts
+    fire in turns, so cluster.merge_turns makes them one unit again, and without it they stay two."""
+    rng = np.random.default_rng(5)
+    t = _train(2.0, rng, 600.0)
+    gain = np.where(t < 300.0, 0.75, 1.25)
+    waves = _unit(-14 * np.exp(-0.5 * (T / 1.5) ** 2), t, gain, rng)
+    assert len(np.unique((off := _sort(waves, t))[off >= 0])) == 2
+    on = _sort(waves, t, merge_turns=0.35)
+    assert len(np.unique(on[on >= 0])) == 1 and (on >= 0).mean() > 0.95
 
 
 @pytest.mark.parametrize(

@@ -111,7 +111,7 @@ def test_drifting_recording_sorts_better_corrected() -> None:
 
 
 def test_time_overlap_tells_turns_from_neurons_firing_together() -> None:
-    from deepspike.sorting.multichannel import time_overlap
+    from deepspike.sorting.clustering.merge import time_overlap
 
     rng = np.random.default_rng(0)
     span = 60.0 * 24000

@@ -21,6 +21,7 @@ import numpy as np
 
 from deepspike.defaults import conf_field, is_number, known_options
 from deepspike.errors import DeepSpikeError
+from deepspike.sorting.clustering.merge import time_overlap
 
 log = logging.getLogger(__name__)
 
@@ -343,23 +344,6 @@ def one_neuron(ta: np.ndarray, tb: np.ndarray, window: float, span: float, max_f
     if expected < 2.0:
         return True
     return int((nearest_gap(tb, ta) < window).sum()) <= max_fraction * expected
-
-
-def time_overlap(ta: np.ndarray, tb: np.ndarray, span: float, per_bin: int = 10, max_bins: int = 50) -> float:
-    """Share of two spike trains' time histograms in common, in [0, 1]: about 1 for two neurons firing through the
-    recording, near 0 for the parts of one neuron that drift split, which fire in turns (one while the probe is
-    up, the other while it is down). Bins hold ``per_bin`` spikes of the smaller train on average (at most
-    ``max_bins``); below 4 bins the trains are too short to tell and 1 is returned (no merge).
-
-    Measured on generated drifting probes (dev seeds 101, 102: 64 channels, 60 s, +-25 um, corrected): the split
-    parts of one neuron 0.00-0.35, two neurons with matching templates 0.45-0.89, fragments of a static unit 0.65+.
-    """
-    bins = min(max_bins, min(len(ta), len(tb)) // per_bin)
-    if bins < 4:
-        return 1.0
-    ha = np.histogram(ta, bins, (0.0, span))[0] / len(ta)
-    hb = np.histogram(tb, bins, (0.0, span))[0] / len(tb)
-    return float(np.minimum(ha, hb).sum())
 
 
 def nearest_gap(ref: np.ndarray, t: np.ndarray) -> np.ndarray:

@@ -206,7 +206,7 @@ def _refractory(times: np.ndarray | None, p: ClusterParams) -> Refractory | None
     if times is None or p.refractory_ms is None:
         return None
     lags = (float(p.refractory_ms[0]), float(p.refractory_ms[1]))
-    return Refractory(times, lags, p.refractory_split, p.refractory_merge)
+    return Refractory(times, lags, p.refractory_split, p.refractory_merge, p.merge_turns)
 
 
 def _standardize(emb: np.ndarray) -> np.ndarray:

@@ -26,12 +26,15 @@ COLLISION_SHARE = 0.2  # drop_overlap_units: a collision cluster holds at most t
 
 @dataclass(frozen=True)
 class Refractory:
-    """Spike times (seconds) of the clustered spikes and the refractory test's options (``cluster.refractory_*``)."""
+    """Spike times (seconds) of the clustered spikes and the timing tests' options (``cluster.refractory_*``,
+    ``cluster.merge_turns``)."""
 
     times: np.ndarray
     lags_ms: tuple[float, float]
     split: float  # coincidence ratio at or above which two units are two neurons (never merged)
     merge: float  # ratio at or below which two units with matching shapes are one neuron (merged)
+    turns: float = 0.0  # time_overlap at or below which two units with matching shapes are one neuron (0 = off)
+    span: float | None = None  # the recording's length (s); None = up to the last spike
 
     def ratio(self, a: np.ndarray, b: np.ndarray, min_expected: float = MIN_EXPECTED) -> float | None:
         """``coincidence_ratio`` of the spikes selected by masks ``a`` and ``b``."""
@@ -44,6 +47,13 @@ class Refractory:
     def one_neuron(self, a: np.ndarray, b: np.ndarray) -> bool:
         r = self.ratio(a, b, MIN_EXPECTED_ABSENT)
         return r is not None and r <= self.merge
+
+    def take_turns(self, a: np.ndarray, b: np.ndarray) -> bool:
+        """Whether the two units fire in turns (the parts of one neuron that drift cut by amplitude)."""
+        if self.turns <= 0:
+            return False
+        span = self.span if self.span is not None else float(self.times.max(initial=0.0))
+        return time_overlap(np.sort(self.times[a]), np.sort(self.times[b]), span) <= self.turns
 
 
 def merge_similar_units(
@@ -102,7 +112,7 @@ def _mergeable(
     if refractory is not None:
         if refractory.two_neurons(a, b):
             return False
-        if refractory.one_neuron(a, b):
+        if refractory.one_neuron(a, b) or refractory.take_turns(a, b):
             return True
     if ratio > amplitude_ratio:
         return False
@@ -202,6 +212,24 @@ def drop_overlap_units(labels: np.ndarray, refractory: Refractory, max_ratio: fl
                 dropped.append(u)
                 break
     return (np.where(np.isin(labels, dropped), -1, labels) if dropped else labels), dropped
+
+
+def time_overlap(ta: np.ndarray, tb: np.ndarray, span: float, per_bin: int = 10, max_bins: int = 50) -> float:
+    """Share of two spike trains' time histograms in common, in [0, 1]: about 1 for two neurons firing through the
+    recording, near 0 for the parts of one neuron that drift split, which fire in turns (one while the probe is
+    up, the other while it is down). Bins hold ``per_bin`` spikes of the smaller train on average (at most
+    ``max_bins``); below 4 bins the trains are too short to tell and 1 is returned (no merge).
+
+    Measured on generated drifting probes (dev seeds 101, 102: 64 channels, 60 s, +-25 um, corrected): the split
+    parts of one neuron 0.00-0.35, two neurons with matching templates 0.45-0.89, fragments of a static unit 0.65+.
+    Times in any unit, ``span`` (the recording's length) in the same.
+    """
+    bins = min(max_bins, min(len(ta), len(tb)) // per_bin)
+    if bins < 4:
+        return 1.0
+    ha = np.histogram(ta, bins, (0.0, span))[0] / len(ta)
+    hb = np.histogram(tb, bins, (0.0, span))[0] / len(tb)
+    return float(np.minimum(ha, hb).sum())
 
 
 def coincidence_ratio(

@@ -53,6 +53,7 @@ class ClusterParams:
     refractory_split: float = conf_field(COMMON, "refractory_split")
     refractory_merge: float = conf_field(COMMON, "refractory_merge")
     refractory_overlap: float = conf_field(COMMON, "refractory_overlap")
+    merge_turns: float = conf_field(COMMON, "merge_turns")
     iterative: bool = conf_field(COMMON, "iterative")
     iterative_thresholds: list[float] = conf_field(COMMON, "iterative_thresholds")
     seed: int = conf_field("sort.yaml", "seed")  # the run's seed (top-level `seed`), not a cluster.* key
@@ -109,6 +110,8 @@ class ClusterParams:
             raise bad(
                 "refractory_overlap", "must be > 1 (times the chance count of near-coincident spikes; .inf = off)"
             )
+        if not isinstance(self.merge_turns, (int, float)) or not 0 <= self.merge_turns <= 1:
+            raise bad("merge_turns", "must be in [0, 1] (share of two units' spike-time histograms in common; 0 = off)")
         if not 0 <= self.refractory_merge < self.refractory_split:
             raise bad("refractory_merge", f"must be >= 0 and below cluster.refractory_split={self.refractory_split!r}")
 
