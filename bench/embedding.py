@@ -154,25 +154,34 @@ def martinez_cases() -> list[tuple[str, str, np.ndarray, np.ndarray, float, int,
     return cases
 
 
-def synthetic_cases(draw: str) -> list[tuple[str, str, np.ndarray, np.ndarray, float, int, float | None]]:
-    """Windows of GT-matched detections, in noise units on the default window grid (``noise=1``)."""
+def synthetic_cases(
+    draw: str,
+    tiers: dict[str, dict[str, Any]] | None = None,
+    per_tier: int = RECORDINGS_PER_TIER,
+    duration_s: float = SYNTH_DURATION_S,
+) -> list[tuple[str, str, np.ndarray, np.ndarray, float, int, float | None]]:
+    """Windows of GT-matched detections, in noise units on the default window grid (``noise=1``).
+
+    ``tiers`` (default ``TIERS``): ``generate_recording`` options per tier, in the order that fixes their seeds; a
+    ``num_units`` pair is drawn per seed; a ``recipe`` tier draws everything from the recipe, its rate included."""
     from deepspike.recording.synthetic import generate_recording
     from deepspike.spec import WindowSpec
     from deepspike.spikes.extract import extract_spikes
 
     spec = WindowSpec()
     cases = []
-    for t, (tier, opts) in enumerate(TIERS.items()):
-        for i in range(RECORDINGS_PER_TIER):
+    for t, (tier, opts) in enumerate((TIERS if tiers is None else tiers).items()):
+        for i in range(per_tier):
             seed = DRAW_SEEDS[draw] + 100 * t + i
             o = dict(opts)
-            if isinstance(o["num_units"], tuple):
+            if isinstance(o.get("num_units"), tuple):
                 lo, hi = o["num_units"]
                 o["num_units"] = int(np.random.default_rng(seed).integers(lo, hi + 1))
-            rec, gt = generate_recording(seed, duration_s=SYNTH_DURATION_S, sampling_frequency=SYNTH_FS, **o)
+            rate = "random" if "recipe" in o else SYNTH_FS
+            rec, gt = generate_recording(seed, duration_s=duration_s, sampling_frequency=rate, **o)
             spikes = extract_spikes(rec, spec=spec, gt=gt)
             keep = spikes.labels >= 0
-            cases.append((f"synth_{tier}", f"seed{seed}_units{o['num_units']}", spikes.waves[keep],
+            cases.append((f"synth_{tier}", f"seed{seed}_units{len(gt.unit_ids)}", spikes.waves[keep],
                           spikes.labels[keep], spec.sampling_frequency, spec.n_before, 1.0))  # fmt: skip
     return cases
 

@@ -527,3 +527,67 @@ def test_timeout_kills_the_worker_and_its_children(tmp_path: Path) -> None:
     else:
         stat = Path(f"/proc/{child}/stat")
         assert stat.is_file() and stat.read_text().split()[2] == "Z", "the worker's child outlived the timeout"
+
+
+# ------------------------------------------------------------------- bench/features.py (issue 25, item 1)
+
+
+def _features_bench():
+    """bench/features.py as a module (bench/ is scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("features_bench", REPO / "bench" / "features.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gap_share_needs_room_and_the_goals_read_each_kind_of_set() -> None:
+    fb = _features_bench()
+    assert fb.gap(0.9, 0.8, 0.85) == pytest.approx({"minus_pca": 0.05, "share": 0.5})
+    assert fb.gap(0.83, 0.8, 0.9) == pytest.approx({"minus_pca": 0.1, "share": None})  # room 0.03: no share
+    assert fb.gap(0.9, 0.8, 0.7)["share"] == pytest.approx(-1.0)  # worse than PCA: a negative share
+
+    def one(kind: str, ceiling: float, pca: float, enc: float) -> dict:
+        return {"kind": kind, "gap": {"encoder:x": fb.gap(ceiling, pca, enc)}}
+
+    sets = {"a": one("single", 0.9, 0.8, 0.86), "b": one("single", 0.95, 0.94, 0.925),
+            "c": one("single", 1.0, 0.6, 0.7), "m": one("multi", 0.99, 0.98, 0.985)}  # fmt: skip
+    g = fb.goals(sets, ["encoder:x"])
+    single, multi = g["single"]["encoder:x"], g["multi"]["encoder:x"]
+    assert single["worst_set"] == "b" and single["worst_minus_pca"] == pytest.approx(-0.015)
+    assert single["never_worse_met"] is False
+    assert single["sets_with_room"] == 2 and single["mean_share"] == pytest.approx((0.6 + 0.25) / 2)
+    assert single["share_met"] is True
+    assert multi["never_worse_met"] is True and multi["mean_share"] is None and multi["share_met"] is None
+
+
+def test_features_bench_quick_path_computes_the_gap_shares(tmp_path: Path) -> None:
+    fb = _features_bench()
+    out = tmp_path / "features.json"
+    fb.main(["--quick", "--checkpoints", "bundled", "--out", str(out)])
+    doc = json.loads(out.read_text())
+    assert out.with_suffix(".png").exists()
+    sets = doc["sets"]
+    assert {s["kind"] for s in sets.values()} == {"single", "multi"}
+    features = ["encoder:deepspike_synth_v1", "hybrid:deepspike_synth_v1"]
+    for name, s in sets.items():
+        recs = s["recordings"].values()
+        m = s["mean"]
+        for r in recs:
+            assert r["pca"] == r[f"pca_{doc['pca_components'][s['kind']]}"]
+            assert all(0.0 <= r[k] <= 1.0 for k in ["ceiling", "pca", *features])
+        assert m["ceiling"] == pytest.approx(np.mean([r["ceiling"] for r in recs]))
+        assert s["room"] == pytest.approx(m["ceiling"] - m["pca"])
+        for f in features:
+            g = s["gap"][f]
+            assert g["minus_pca"] == pytest.approx(m[f] - m["pca"]), name
+            if s["room"] >= doc["room"]:
+                assert g["share"] == pytest.approx((m[f] - m["pca"]) / (m["ceiling"] - m["pca"])), name
+            else:
+                assert g["share"] is None, name
+    for kind, by_feature in doc["goals"].items():
+        for f, goal in by_feature.items():
+            margins = [s["gap"][f]["minus_pca"] for s in sets.values() if s["kind"] == kind]
+            assert goal["worst_minus_pca"] == pytest.approx(min(margins))
+            assert goal["never_worse_met"] == (min(margins) >= -fb.NEVER_WORSE)

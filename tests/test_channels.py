@@ -12,6 +12,7 @@ from deepspike.sorting.multichannel import (
     MultichannelParams,
     clustering_keys,
     deduplicate_events,
+    neighbourhood_features,
     neighbourhoods,
     template_match,
 )
@@ -85,6 +86,28 @@ def test_bad_multichannel_options_name_the_key() -> None:
         MultichannelParams(combine="sum")
     with pytest.raises(DeepSpikeError, match="unknown multichannel option"):
         MultichannelParams.from_dict({"radius": 50})
+
+
+def test_hybrid_neighbourhood_features_put_the_windows_beside_the_embeddings_at_equal_weight() -> None:
+    """features=hybrid on a neighbourhood: the combined embeddings beside the concatenated windows, each block at
+    unit total variance, so the encoder's units (here a factor 100) do not decide which block dominates."""
+    from deepspike.spec import WindowSpec
+
+    waves = np.random.default_rng(0).normal(size=(300, 4, 20)).astype(np.float32) * 3.0
+    params = MultichannelParams(n_components=0)
+
+    def embed(scale: float):
+        return lambda x: x[:, :5] * scale  # a stand-in encoder: 5 dimensions per channel
+
+    plain = neighbourhood_features(waves, embed(1.0), params, WindowSpec(), 0)
+    hybrid = neighbourhood_features(waves, embed(1.0), params, WindowSpec(), 0, hybrid=True)
+    assert plain.shape == (300, 4 * 5) and hybrid.shape == (300, 4 * 5 + 4 * 20)
+    for block in (hybrid[:, :20], hybrid[:, 20:]):
+        assert block.var(axis=0).sum() == pytest.approx(1.0, rel=1e-3)
+    rescaled = neighbourhood_features(waves, embed(100.0), params, WindowSpec(), 0, hybrid=True)
+    np.testing.assert_allclose(rescaled, hybrid, atol=1e-5)
+    reduced = neighbourhood_features(waves, embed(1.0), MultichannelParams(n_components=6), WindowSpec(), 0, True)
+    assert reduced.shape == (300, 6)
 
 
 def test_neighbour_windows_of_the_peak_channel_equal_the_detected_windows() -> None:

@@ -110,6 +110,27 @@ def test_encoder_accuracy(gt_recording, encoder_path) -> None:
     assert compare_to_ground_truth(sorting, gt)["accuracy"].mean() >= 0.9
 
 
+def test_hybrid_features_put_the_embedding_beside_pca_for_every_spike(gt_recording, encoder_path) -> None:
+    """features=hybrid: the embedding and the recording's PCA at equal total variance, for the detected spikes and
+    those template matching adds alike (PCA refitted on all of them, not fitted on the added ones alone)."""
+    from deepspike.sorting.features import embed_waves, load_sort_encoder, pca_features
+    from deepspike.sorting.multichannel import side_by_side
+
+    rec, gt = gt_recording
+    params = SortParams(features="hybrid")
+    result = run_sort(rec, encoder_path, params)
+    assert result.info["n_matched_new"] > 0  # the matched spikes' features are part of what is checked
+    encoder = load_sort_encoder(encoder_path)
+    emb = embed_waves(encoder, result.waves)
+    expected = side_by_side(emb, pca_features(result.waves, result.spec, params.pca_components, params.seed))
+    assert result.embeddings.shape == (len(result.waves), emb.shape[1] + params.pca_components)
+    np.testing.assert_allclose(result.embeddings, expected, atol=1e-4)
+    for block in (result.embeddings[:, : emb.shape[1]], result.embeddings[:, emb.shape[1] :]):
+        assert block.var(axis=0).sum() == pytest.approx(1.0, rel=1e-3)
+    assert compare_to_ground_truth(result.sorting, gt)["accuracy"].mean() >= 0.9
+    SortParams(features="hybrid", finetune=True)  # the encoder of hybrid features can be fine-tuned
+
+
 # ----------------------------------------------------------------------------------------- API, outputs
 
 
@@ -293,7 +314,7 @@ def test_spec_mismatched_artifact(gt_recording, tmp_path) -> None:
 def test_unknown_option() -> None:
     with pytest.raises(DeepSpikeError, match="unknown sort option"):
         SortParams.from_options({"clusterr": "gmm"})
-    with pytest.raises(DeepSpikeError, match="features"):
+    with pytest.raises(DeepSpikeError, match=r"features.*'hybrid'"):
         SortParams(features="umap")
 
 

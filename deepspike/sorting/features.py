@@ -1,5 +1,6 @@
 """Features of each spike window: the frozen encoder's embedding (numpy inference on the CPU, torch on a GPU or when
-fine-tuning) or the model-free PCA baseline, and the encoder artifact's loading with its checks.
+fine-tuning), the model-free PCA baseline, or both side by side (``features=hybrid``), and the encoder artifact's
+loading with its checks.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 
 from deepspike.errors import DeepSpikeError, SpecMismatchError
 from deepspike.paths import CHECKPOINT_DIR, resolve_repo_path
+from deepspike.sorting.multichannel import side_by_side
 from deepspike.sorting.params import SortParams
 from deepspike.spec import WindowSpec, normalize
 
@@ -78,10 +80,14 @@ def finetune_encoder(encoder: Any, waves: np.ndarray, params: SortParams, data: 
 
 
 def spike_features(encoder: Any, waves: np.ndarray, params: SortParams, spec: WindowSpec) -> np.ndarray:
-    """The clustering features: the encoder's embeddings, or the PCA baseline without an encoder."""
-    if encoder is not None:
-        return embed_waves(encoder, waves, params.batch_size, params.device)
-    return pca_features(waves, spec, params.pca_components, params.seed)
+    """The clustering features: the encoder's embeddings, the PCA baseline without an encoder, or with
+    ``features=hybrid`` the embeddings and this recording's PCA side by side (``side_by_side``)."""
+    if encoder is None:
+        return pca_features(waves, spec, params.pca_components, params.seed)
+    emb = embed_waves(encoder, waves, params.batch_size, params.device)
+    if params.features != "hybrid":
+        return emb
+    return side_by_side(emb, pca_features(waves, spec, params.pca_components, params.seed))
 
 
 def embed_waves(encoder: Any, waves: np.ndarray, batch_size: int = 16384, device: str = "auto") -> np.ndarray:

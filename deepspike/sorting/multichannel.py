@@ -179,18 +179,21 @@ def neighbourhood_features(
     params: MultichannelParams,
     spec: Any,
     seed: int,
+    hybrid: bool = False,
 ) -> np.ndarray:
     """Features ``[n, D]`` of events from their windows ``[n, K, L]`` on the neighbourhood's K channels.
 
     With an encoder, ``embed`` (the frozen single-channel model: windows ``[m, L]`` -> ``[m, d]``) embeds every
     channel's window and ``params.combine`` joins them; without one (None: ``features=pca``), the baseline is PCA
-    of the concatenated normalized windows. Then at most ``params.n_components`` principal components are kept.
+    of the concatenated normalized windows; ``hybrid`` (``features=hybrid``): both, side by side at equal total
+    variance (``side_by_side``). Then at most ``params.n_components`` principal components are kept.
     """
     from deepspike.spec import normalize
 
     n, k, length = waves.shape
+    windows = normalize(np.ascontiguousarray(waves.reshape(n, k * length)), spec) if embed is None or hybrid else None
     if embed is None:
-        feats = normalize(np.ascontiguousarray(waves.reshape(n, k * length)), spec)
+        feats = windows
     else:
         emb = np.asarray(embed(waves.reshape(n * k, length)), dtype=np.float32).reshape(n, k, -1)
         peak = waves[:, :, spec.n_before]  # each channel at the event's peak time (noise units, signed)
@@ -202,7 +205,22 @@ def neighbourhood_features(
         else:  # pooled: one embedding for the event, plus where it is (each channel's peak, scaled as model input)
             pooled = (emb * weight[:, :, None]).sum(axis=1) / np.maximum(weight.sum(axis=1, keepdims=True), 1e-6)
             feats = np.concatenate([pooled, peak / float(spec.norm_scale)], axis=1)
+        if hybrid:
+            feats = side_by_side(feats, windows)
     return _reduce(np.asarray(feats, dtype=np.float32), params.n_components, seed)
+
+
+def side_by_side(*blocks: np.ndarray) -> np.ndarray:
+    """Feature blocks ``[n, d_i]`` concatenated, each centred and scaled to unit total variance, so that neither
+    block outweighs the other by its units or its number of dimensions (the clustering scales all dimensions
+    together)."""
+    out = []
+    for b in blocks:
+        b = np.asarray(b, dtype=np.float64)
+        b = b - b.mean(axis=0) if len(b) else b
+        total = float(np.sqrt(b.var(axis=0).sum())) if len(b) else 0.0
+        out.append(b / total if total > 0 else b)
+    return np.concatenate(out, axis=1).astype(np.float32)
 
 
 def _reduce(x: np.ndarray, n_components: int, seed: int, max_fit: int = 50_000) -> np.ndarray:

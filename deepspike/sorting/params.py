@@ -17,7 +17,7 @@ from deepspike.sorting.motion import MotionParams
 from deepspike.sorting.multichannel import MultichannelParams
 from deepspike.sorting.quality import CurationParams
 
-FEATURES = ("encoder", "pca")
+FEATURES = ("encoder", "pca", "hybrid")
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -55,7 +55,8 @@ class SortParams:
     def __post_init__(self) -> None:
         if self.features not in FEATURES:
             raise DeepSpikeError(
-                f"features={self.features!r}: choose 'encoder' (the frozen model) or 'pca' (model-free baseline)"
+                f"features={self.features!r}: choose 'encoder' (the frozen model), 'pca' (model-free baseline) or "
+                "'hybrid' (both side by side)"
             )
         if self.device not in DEVICES:
             raise DeepSpikeError(f"device={self.device!r}: choose one of {DEVICES}")
@@ -93,8 +94,8 @@ class SortParams:
         self.curation = CurationParams.from_dict(self.curation)
         self.extract = dict(self.extract or {})
         self.finetune_options = dict(self.finetune_options or {})
-        if self.finetune and self.features != "encoder":
-            raise DeepSpikeError("finetune=true adapts the encoder: it needs features=encoder, not features=pca")
+        if self.finetune and self.features == "pca":
+            raise DeepSpikeError("finetune=true adapts the encoder: it needs features=encoder or hybrid, not pca")
         if self.finetune:
             from deepspike.model.finetune import FinetuneParams
 

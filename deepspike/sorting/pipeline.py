@@ -30,7 +30,13 @@ from deepspike.sorting.clustering.cleanup import secondary_peaks
 from deepspike.sorting.clustering.cluster import cluster_spikes
 from deepspike.sorting.clustering.mixture import fits_in_threads
 from deepspike.sorting.clustering.params import NOISE
-from deepspike.sorting.features import checkpoint_path, finetune_encoder, load_sort_encoder, spike_features
+from deepspike.sorting.features import (
+    checkpoint_path,
+    embed_waves,
+    finetune_encoder,
+    load_sort_encoder,
+    spike_features,
+)
 from deepspike.sorting.motion import correct_motion
 from deepspike.sorting.multichannel import is_multichannel, nearest_gap
 from deepspike.sorting.params import SortParams
@@ -114,7 +120,7 @@ def _run(
     timings: dict[str, float] = {}
     source = recording if isinstance(recording, (str, os.PathLike)) else None
     with timed(timings, "load"):
-        encoder = load_sort_encoder(checkpoint, params) if params.features == "encoder" else None
+        encoder = load_sort_encoder(checkpoint, params) if params.features != "pca" else None
         recording = _open(recording, recording_options)
         recording = attach_probe(recording, params.probe, source, required=params.needs_geometry())
     spec = encoder.window_spec if encoder is not None else WindowSpec()
@@ -200,10 +206,10 @@ def _run(
             info["n_matched_new"] = n_new
         if n_new:
             with timed(timings, "encode"):
-                if encoder is not None:  # the frozen encoder embeds each spike alone: embed only the added ones
+                if params.features == "encoder":  # the frozen encoder embeds each spike alone: only the added ones
                     added = waves[np.argsort(order, kind="stable")[len(emb) :]]
                     emb = np.concatenate([emb, spike_features(encoder, added, params, spec)])[order]
-                else:  # PCA is fitted on all spikes: refit
+                else:  # PCA (alone or in hybrid features) is fitted on all spikes: refit
                     emb = spike_features(encoder, waves, params, spec)
     if done is None and resumable:
         arrays = {"sample_index": sample_index, "channel": channel, "amplitude": amp_noise, "waves": waves,
@@ -357,7 +363,7 @@ def sort_snippets(
     params = SortParams.from_options(options)
     timings: dict[str, float] = {}
     with timed(timings, "load"):
-        encoder = load_sort_encoder(checkpoint, params) if params.features == "encoder" else None
+        encoder = load_sort_encoder(checkpoint, params) if params.features != "pca" else None
     spec = encoder.window_spec if encoder is not None else WindowSpec()
     waves, sigma = conform_snippets(snippets, sampling_frequency, spec, peak_index, noise=noise)
 
@@ -462,7 +468,7 @@ def _cluster_neighbourhoods(
         layout[c, : near[c].sum()] = np.flatnonzero(near[c])
     every = extract_neighbour_windows(filtered, sample_index, channel, layout[channel], noise, spec, chunk)  # one pass
     cluster = replace(params.cluster, covariance_type=params.multichannel.covariance_type)
-    embed = None if encoder is None else (lambda x: spike_features(encoder, x, params, spec))
+    embed = None if encoder is None else (lambda x: embed_waves(encoder, x, params.batch_size, params.device))
     labels = np.full(len(sample_index), NOISE, dtype=np.int64)
     info: dict[str, Any] = {"method": params.cluster.method, "neighbourhoods": {}}
 
@@ -470,7 +476,7 @@ def _cluster_neighbourhoods(
         idx = np.flatnonzero(keys == key)
         chans = np.flatnonzero(near[channel[idx[0]]])
         w = every[idx, : len(chans)]
-        feats = neighbourhood_features(w, embed, params.multichannel, spec, params.seed)
+        feats = neighbourhood_features(w, embed, params.multichannel, spec, params.seed, params.features == "hybrid")
         res = cluster_spikes(
             feats, w.reshape(len(idx), -1), None, amplitude[idx], cluster, _threshold(params.extract), inner
         )
