@@ -30,15 +30,15 @@ def _train(rng: np.random.Generator, rate: float, duration_s: float) -> np.ndarr
 
 
 def _collisions_recording(seed: int = 0, duration_s: float = 40.0):
-    """Three neurons on 8 channels (a, b large; d with a's waveform, one channel away, half as large) and the units
-    a per-neighbourhood clustering made of their overlaps: a's spikes with one of b's 0.2-1 ms away (a collision
-    unit), and a second event 1 ms before some of a's spikes (a duplicate unit). Returns (recording, labels,
-    sample_index)."""
+    """Three neurons on 8 channels (a, b large; d with a's waveform, one channel away, half as large, firing almost
+    as often) and the units a per-neighbourhood clustering made of their overlaps: a's spikes with one of b's
+    0.2-1 ms away (a collision unit), and a second event 1 ms before some of a's spikes (a duplicate unit). Returns
+    (recording, labels, sample_index)."""
     from spikeinterface.core import NumpyRecording
 
     rng = np.random.default_rng(seed)
     tpl = {"a": _template(2.0, 1.0, 20.0), "b": _template(5.5, 1.6, 15.0), "d": _template(3.0, 1.0, 10.0)}
-    a, b, d = _train(rng, 15.0, duration_s), _train(rng, 10.0, duration_s), _train(rng, 4.0, duration_s)
+    a, b, d = _train(rng, 15.0, duration_s), _train(rng, 10.0, duration_s), _train(rng, 12.0, duration_s)
     collide = np.zeros(len(a), dtype=bool)
     collide[rng.choice(len(a), 80, replace=False)] = True
     lag = rng.choice([-1, 1], 80) * rng.integers(6, 30, 80)  # b fires 0.2-1 ms before or after a
@@ -86,7 +86,8 @@ def test_collision_and_duplicate_units_are_dropped_and_neurons_kept() -> None:
 
 def test_a_neuron_explained_by_a_similar_one_is_kept_by_what_its_template_adds() -> None:
     """d's spikes are explained by a's template to 0.6 of their energy: a share threshold above that drops it,
-    unless the residual it leaves without its own template, well above the noise, keeps it."""
+    unless the residual it leaves without its own template, well above the noise, keeps it (d has more than half
+    of a's spikes: a neuron beside it, not a part of it)."""
     rec, labels, times = _collisions_recording()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -15,15 +15,17 @@ with the templates of the kept larger units, once with the unit's own template a
 the own template adds is measured twice, as a median over the sample: its share of the explained energy (about 0
 for a collision or a duplicate event, most of it for a neuron, whose spikes fit no other template), and the
 residual its spikes keep without it, per sample in noise variances (the excess). A unit whose share is below
-``multichannel.explained_share`` and whose excess is below ``MIN_EXCESS`` is dropped: its spikes get no unit, and
-template matching then finds the neurons there. The excess keeps two neurons of near-identical templates apart: on
-a generated probe one neuron's template had a cosine of 0.96 with another's (share 0.07) but its spikes kept twice
-the noise's variance without it. Counts enter only through the order of the visit and a fixed-size sample of
-spikes, so the decision does not drift with the recording's length.
+``multichannel.explained_share`` is dropped, unless it is a neuron beside a near twin: its excess at least
+``MIN_EXCESS`` and at least ``PEER_SIZE`` of its partner's spikes (on generated probes two neurons had templates of
+cosine 0.96, a share of 0.07, but kept 1.6-2.3 noise variances per sample without their own template; collisions
+and a spike's other phases are a small part of their neuron's spikes). A dropped unit's spikes get no unit, and
+template matching then finds the neurons there. Counts enter only through the order of the visit, a ratio of two
+units' counts and a fixed-size sample of spikes, so the decision does not drift with the recording's length.
 
-Thresholds chosen on dev seeds 11, 12 (bench/scale.py: 32 channels x 10 min, 64 channels x 1 min): neurons had
-shares from 0.16 up (one at 0.07 with an excess of 2.0), the units of collisions and duplicate events at most 0.05
-with an excess of at most 0.6 (docs/multichannel.md, Collisions and duplicate events).
+Thresholds chosen on dev seeds (bench/scale.py: 32 channels x 10 min, seeds 11-13; 64 channels x 1 min, seeds 11,
+12): neurons had shares from 0.17 up but for the two twins (0.07, protected) and a 67-spike piece of a neuron no
+unit found (0.01); the units of collisions and duplicate events at most 0.05, with an excess up to 1.4 (a 35-spike
+unit) (docs/multichannel.md, Collisions and duplicate events).
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-WINDOW_MS = (1.5, 2.0)  # template extent before / after the peak: a big spike's slow phases included
-SHIFT_MS = 1.5  # a template is placed this far at most from the event's peak: a colliding spike's lag, or a big
+WINDOW_MS = (2.0, 2.5)  # template extent before / after the peak: a big spike's slow phases included
+SHIFT_MS = 2.5  # a template is placed this far at most from the event's peak: a colliding spike's lag, or a big
 # spike's own peak seen from an event on its other phase
 STEPS = 2  # templates fitted per spike: the unit's neuron and one colliding spike
 SPIKES = 60  # spikes tested per unit (a fixed sample: the same test at any recording length)
@@ -42,7 +44,9 @@ SCALE = (2 / 3, 1.5)  # range of a fitted template's amplitude: one neuron's (mu
 MAX_CHANNELS = 32  # channels tested per unit: its largest (every channel where it shows, on most probes)
 LIVE_SIGMA = 1.0  # a template channel that peaks below this many noise sigmas holds no spike
 MIN_EXCESS = 1.0  # noise variances per sample: spikes that keep this much more residual without their unit's template
-# hold something no larger unit explains (a neuron, whatever its share): the noise's own variance again
+# hold something no larger unit explains (the noise's own variance again) ...
+PEER_SIZE = 0.5  # ... and a unit with at least this share of its partner's spikes is a neuron beside it, whatever its
+# share (collisions and a spike's other phases are a small part of their neuron's spikes)
 
 
 def drop_explained_units(
@@ -59,10 +63,9 @@ def drop_explained_units(
     input label: ``share`` and ``excess`` (``own_share``), ``partner`` (the unit fitted first to most of its
     spikes without its own template), ``dropped``.
 
-    A unit is dropped when its share is below ``min_share`` and its excess below ``min_excess``: two neurons of
-    near-identical templates (cosine 0.96 on a generated probe) differ by a small share of a large spike's
-    energy, still well above the noise. ``noise``: sigma per channel in the traces' units. ``min_share`` 0 tests
-    nothing."""
+    A unit is dropped when its share is below ``min_share``, unless its excess is at least ``min_excess`` and it
+    has at least ``PEER_SIZE`` of its partner's spikes (two neurons of near-identical templates). ``noise``: sigma
+    per channel in the traces' units. ``min_share`` 0 tests nothing."""
     units, counts = np.unique(labels[labels >= 0], return_counts=True)
     if min_share <= 0 or len(units) < 2:
         return labels, {}
@@ -82,9 +85,11 @@ def drop_explained_units(
         if not others or len(snippets[i]) == 0:
             continue
         share, excess, first = own_share(snippets[i] * scale[c], tpl[i][:, c], tpl[others][:, :, c], shift)
-        kept[i] = share >= min_share or excess >= min_excess
+        partner = others[first]
+        peer = excess >= min_excess and counts[i] >= PEER_SIZE * counts[partner]
+        kept[i] = share >= min_share or peer
         tests[int(units[i])] = {"share": round(share, 4), "excess": round(excess, 3),
-                                "partner": int(units[others[first]]), "dropped": not bool(kept[i])}  # fmt: skip
+                                "partner": int(units[partner]), "dropped": not bool(kept[i])}  # fmt: skip
     out = np.where(np.isin(labels, units[~kept]), -1, labels)
     ids = np.unique(out[out >= 0])
     out[out >= 0] = np.searchsorted(ids, out[out >= 0])

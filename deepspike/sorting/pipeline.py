@@ -491,9 +491,12 @@ def _cluster_neighbourhoods(
     labels, info["merged_across"] = merge_across_neighbourhoods(
         filtered, labels, sample_index, channel, near, noise, spec, params.multichannel, chunk, params.seed
     )
-    labels, tests = drop_explained_units(
-        filtered, labels, sample_index, noise, params.multichannel.explained_share, params.seed, params.workers()
-    )
+    spent: dict[str, float] = {}
+    with timed(spent, "explained"):  # part of the cluster stage's time
+        labels, tests = drop_explained_units(
+            filtered, labels, sample_index, noise, params.multichannel.explained_share, params.seed, params.workers()
+        )
+    info["explained_s"] = round(spent["explained"], 2)
     info["explained"] = {str(u): t for u, t in tests.items()}
     info["dropped_explained"] = sorted(u for u, t in tests.items() if t["dropped"])
     info["n_units"] = int(labels.max()) + 1 if (labels >= 0).any() else 0
