@@ -46,6 +46,7 @@ class MultichannelParams:
     merge_refractory_ms: float = conf_field(CONF, "multichannel.merge_refractory_ms")
     merge_turns: float = conf_field(CONF, "multichannel.merge_turns")
     footprint_sigma: float = conf_field(CONF, "multichannel.footprint_sigma")
+    explained_share: float = conf_field(CONF, "multichannel.explained_share")
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> DeepSpikeError:
@@ -77,6 +78,8 @@ class MultichannelParams:
             raise bad(
                 "footprint_sigma", "must be >= 0 noise sigmas (e.g. 1.0; 0 = templates on the neighbourhood only)"
             )
+        if not is_number(self.explained_share) or not 0 <= self.explained_share < 1:
+            raise bad("explained_share", "must be in [0, 1) (e.g. 0.1; 0 = keep every unit)")
 
     @classmethod
     def from_dict(cls, d: Any) -> MultichannelParams:

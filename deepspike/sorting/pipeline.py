@@ -454,9 +454,11 @@ def _cluster_neighbourhoods(
     channel: np.ndarray,
     amplitude: np.ndarray,
 ) -> Any:
-    """Cluster the events of each neighbourhood on their multi-channel features, then merge the units of
-    neighbouring channels that are one neuron (``sorting.multichannel``)."""
+    """Cluster the events of each neighbourhood on their multi-channel features, merge the units of neighbouring
+    channels that are one neuron (``sorting.multichannel``), and drop the units that other units' templates explain
+    (collisions, duplicate events: ``sorting.explained``)."""
     from deepspike.sorting.clustering.cluster import ClusterResult
+    from deepspike.sorting.explained import drop_explained_units
     from deepspike.sorting.multichannel import clustering_keys, merge_across_neighbourhoods, neighbourhood_features
     from deepspike.spikes.extract import ExtractParams, chunk_seconds
     from deepspike.spikes.windows import extract_neighbour_windows
@@ -495,6 +497,14 @@ def _cluster_neighbourhoods(
     labels, info["merged_across"] = merge_across_neighbourhoods(
         filtered, labels, sample_index, channel, near, noise, spec, params.multichannel, chunk, params.seed
     )
+    spent: dict[str, float] = {}
+    with timed(spent, "explained"):  # part of the cluster stage's time
+        labels, tests = drop_explained_units(
+            filtered, labels, sample_index, noise, params.multichannel.explained_share, params.seed, params.workers()
+        )
+    info["explained_s"] = round(spent["explained"], 2)
+    info["explained"] = {str(u): t for u, t in tests.items()}
+    info["dropped_explained"] = sorted(u for u, t in tests.items() if t["dropped"])
     info["n_units"] = int(labels.max()) + 1 if (labels >= 0).any() else 0
     info["n_noise"] = int((labels == NOISE).sum())
     return ClusterResult(labels=labels, info=info)
