@@ -55,7 +55,7 @@ def _manifest(path: Path | None = None) -> dict:
 
 def corpus(workers: int = 1, build: bool = True) -> dict:
     """Build (or reuse) the corpus and check it is the run's; return the corpus record."""
-    if build:
+    if build and not (ROOT / CORPUS_DIR / "manifest.json").exists():  # a finished corpus is only checked
         exe = Path(sys.executable).with_name("deepspike-corpus")
         cmd = [str(exe) if exe.exists() else "deepspike-corpus", *CORPUS, f"workers={workers}"]
         subprocess.run(cmd, cwd=ROOT, check=True)

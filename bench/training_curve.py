@@ -75,6 +75,52 @@ def collect(runs_dir: Path = RUNS) -> list[dict]:
     return runs
 
 
+REFS = ROOT / "bench" / "results" / "training_curve_references.json"
+REFERENCES = {  # the same validation windows through fixed features (horizontal lines on the figure)
+    "PCA (3 per recording)": None,
+    "deepspike_foundation_v2": "checkpoints/deepspike_foundation_v2.safetensors",
+    "deepspike_synth_v1": "checkpoints/deepspike_synth_v1.safetensors",
+}
+
+
+def references(corpus: str = "data/corpora/broad_v3", batches: int = 120, max_spikes: int = 3000) -> dict:
+    """``val/score`` of fixed features on the windows the run validates on: the first ``batches`` validation batches
+    of 1024 (``trainer.limit_val_batches``, ``data.val_batch_size``), GMM at the true unit count per recording with
+    the module's seed and subsample (``deepspike.model.collapse.gmm_scores``), averaged over recordings."""
+    import numpy as np
+    from sklearn.decomposition import PCA
+
+    from deepspike.data.loader import make_loader
+    from deepspike.model.collapse import gmm_scores
+    from deepspike.model.export import load_encoder
+
+    loader = make_loader(corpus, split="val", batch_size=1024, shuffle=False, seed=3, num_workers=0,
+                         return_labels=True, drop_last=False)  # fmt: skip
+    waves, labels, recs = [], [], []
+    for i, b in enumerate(loader):
+        if i >= batches:
+            break
+        waves.append(np.asarray(b["wave"], dtype=np.float32))
+        labels.append(np.asarray(b["label"]))
+        recs.append(np.asarray(b["rec"]))
+    w, lab, rec = np.concatenate(waves), np.concatenate(labels), np.concatenate(recs)
+    out = {"windows": len(w), "recordings": len(np.unique(rec))}
+    for name, path in REFERENCES.items():
+        emb = w if path is None else load_encoder(ROOT / path).embed(w)
+        accs = []
+        for r in np.unique(rec):
+            x = emb[rec == r]
+            if path is None:
+                x = PCA(3, random_state=0).fit_transform(x)
+            a, _ = gmm_scores(x, lab[rec == r], seed=0, max_spikes=max_spikes)
+            if a == a:
+                accs.append(a)
+        out[name] = float(np.mean(accs))
+        print(f"{name}: {out[name]:.3f} on {len(accs)} validation recordings")
+    REFS.write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
 def plot(runs: list[dict], out: Path) -> None:
     import matplotlib
 
@@ -98,9 +144,14 @@ def plot(runs: list[dict], out: Path) -> None:
             last = max(p["step"] for p in pts)
             for k in range(1, int(last * BATCH / n) + 1):
                 ax.axvline(k * n / BATCH, color=color, ls=":", lw=0.6)
+    refs = json.loads(REFS.read_text()) if REFS.exists() else {}
+    for j, name in enumerate(REFERENCES):
+        if name in refs:
+            for a in (ax, bx):
+                a.axhline(refs[name], color=f"C{j + 5}", ls="--", lw=0.9, label=f"{name}: {refs[name]:.3f}")
     ax.set_xlabel("optimizer step (batch 1024)")
     ax.set_ylabel("val/score (GMM accuracy vs ground truth)")
-    ax.set_title("metric vs steps (grey: segment ends; dotted: passes over the corpus)", fontsize=9)
+    ax.set_title("metric vs steps (grey: segment ends; dotted: passes over the corpus)", fontsize=9, pad=30)
     top = ax.secondary_xaxis("top", functions=(lambda s: s * BATCH / 1e6, lambda w: w * 1e6 / BATCH))
     top.set_xlabel("windows seen (M)")
     ax.legend(fontsize=8, loc="lower right")
@@ -117,7 +168,10 @@ def plot(runs: list[dict], out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "training_curve.png"))
+    ap.add_argument("--references", action="store_true", help="first score PCA and the shipped encoders (~1 min)")
     a = ap.parse_args()
+    if a.references:
+        references()
     runs = collect()
     out = Path(a.out)
     plot(runs, out)
@@ -130,7 +184,8 @@ def main() -> None:
             "first": v[0] if v else None, "last": v[-1] if v else None,
             "best": max(v, key=lambda p: p["val_score"]) if v else None,
         })  # fmt: skip
-    doc = {"metric": "val/score", "batch": BATCH, "summary": summary, "runs": runs}
+    refs = json.loads(REFS.read_text()) if REFS.exists() else None
+    doc = {"metric": "val/score", "batch": BATCH, "references": refs, "summary": summary, "runs": runs}
     out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
     for s in summary:
         f, la = s["first"], s["last"]
