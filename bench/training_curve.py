@@ -151,11 +151,14 @@ def plot(runs: list[dict], out: Path) -> None:
                 a.axhline(refs[name], color=f"C{j + 5}", ls="--", lw=0.9, label=f"{name}: {refs[name]:.3f}")
     ax.set_xlabel("optimizer step (batch 1024)")
     ax.set_ylabel("val/score (GMM accuracy vs ground truth)")
-    ax.set_title("metric vs steps (grey: segment ends; dotted: passes over the corpus)", fontsize=9, pad=30)
+    fig.suptitle("val/score vs steps (grey: segment ends; dotted: passes over the largest corpus) and vs passes",
+                 fontsize=10)  # fmt: skip
     top = ax.secondary_xaxis("top", functions=(lambda s: s * BATCH / 1e6, lambda w: w * 1e6 / BATCH))
     top.set_xlabel("windows seen (M)")
     ax.legend(fontsize=8, loc="lower right")
     bx.set_xscale("log")
+    bx.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    bx.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     bx.set_xlabel("passes over the training corpus (windows seen / corpus size)")
     bx.set_title("metric vs data reuse (curves: corpus sizes)", fontsize=9)
     bx.legend(fontsize=8, loc="lower right")
