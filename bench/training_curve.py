@@ -26,18 +26,26 @@ BATCH = 1024  # conf/experiment/foundation_v2.yaml data.batch_size (the v3 run's
 
 
 def _rows(files: list[Path]) -> dict[str, dict[int, float]]:
-    """Column -> {step: value} over the segments' logs (a later segment's value for a step wins)."""
+    """Column -> {optimizer step: value} over the segments' logs (a later segment's value for a step wins).
+
+    Lightning's logger step (the CSV's ``step``) is not the optimizer step: it trails it by one in a fresh run and
+    by one more after each resume (its batch counter is saved before the step that wrote the checkpoint counts), so
+    each file's offset is read from its training rows, which log ``trainer/global_step`` (steps done after the
+    row's step) beside the logger step, and applied to every row of that file.
+    """
     out: dict[str, dict[int, float]] = {}
     for f in files:
         with open(f) as fh:
-            for r in csv.DictReader(fh):
-                step = int(float(r["step"])) if r.get("step") not in (None, "") else None
-                if step is None:
+            rows = [r for r in csv.DictReader(fh) if r.get("step") not in (None, "")]
+        offsets = sorted(round(float(r["trainer/global_step"])) - int(float(r["step"]))
+                         for r in rows if r.get("trainer/global_step") not in (None, ""))  # fmt: skip
+        offset = offsets[len(offsets) // 2] if offsets else 1
+        for r in rows:
+            step = int(float(r["step"])) + offset
+            for k, v in r.items():
+                if k in ("step", "epoch") or v in (None, ""):
                     continue
-                for k, v in r.items():
-                    if k in ("step", "epoch") or v in (None, ""):
-                        continue
-                    out.setdefault(k, {})[step] = float(v)
+                out.setdefault(k, {})[step] = float(v)
     return out
 
 
@@ -60,10 +68,9 @@ def collect(runs_dir: Path = RUNS) -> list[dict]:
             continue
         cols = _rows(logs)
         n = _train_spikes(run)
-        # Lightning logs the validation of step s at row step s - 1 (the step index before the increment)
-        val = sorted((s + 1, v) for s, v in cols.get("val/score", {}).items())
-        recon = dict((s + 1, v) for s, v in cols.get("val/recon", {}).items())
-        loss = sorted((s + 1, v) for s, v in cols.get("train/loss", {}).items())
+        val = sorted(cols.get("val/score", {}).items())
+        recon = cols.get("val/recon", {})
+        loss = sorted(cols.get("train/loss", {}).items())
         segs = json.loads((run / "segments.json").read_text()) if (run / "segments.json").exists() else []
         runs.append({
             "run": run.name, "train_spikes": n,
