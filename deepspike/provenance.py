@@ -19,6 +19,14 @@ def manifest_sha256(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def corpus_content_sha256(manifest: dict[str, Any]) -> str:
+    """``manifest_sha256`` without what differs between two builds of the same corpus (the build's ``created`` time
+    and each recording's build ``seconds``): equal for a corpus rebuilt from the same seeds and settings, with the
+    recordings at the same path (recording ids hash it), so a fresh machine can check it rebuilt the very corpus."""
+    recs = [{k: v for k, v in r.items() if k != "seconds"} for r in manifest.get("recordings", [])]
+    return manifest_sha256({k: v for k, v in manifest.items() if k != "created"} | {"recordings": recs})
+
+
 def data_provenance(manifest: dict[str, Any], corpus: str) -> dict[str, Any]:
     """The fine-tuning data: recordings (path, sha256, spikes) and the corpus manifest's hash."""
     recs = [{k: r.get(k) for k in ("path", "sha256", "size", "num_spikes", "duration_s", "sampling_frequency")}

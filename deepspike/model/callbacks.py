@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import secrets
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,42 @@ class LastCheckpoint(Checkpoint):
 def _last_step(trainer: pl.Trainer) -> bool:
     """Whether training stops after the step just taken: ``max_steps`` reached, or a callback asked to stop."""
     return bool(trainer.should_stop) or 0 < trainer.max_steps <= trainer.global_step
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+class TimeBudget(pl.Callback):
+    """Stop training cleanly after ``seconds`` of wall time in this process (one segment of a long run).
+
+    Lightning's ``max_time`` (its ``Timer``) counts the time of every earlier segment too (it is restored from the
+    checkpoint), so a resumed segment with the same budget would stop at once. This counts from this process's
+    first training batch only, and stops at a step boundary with ``trainer.should_stop``: ``LastCheckpoint`` then
+    writes ``last.ckpt`` at that step (after its validation, if it validates), and a run resumed from it continues
+    exactly like one never stopped (``tests/test_long_run.py``). ``seconds`` null or <= 0: no budget. On several
+    ranks, rank 0's clock decides (all ranks stop at the same step).
+    """
+
+    def __init__(self, seconds: float | None = None) -> None:
+        self.seconds = float(seconds) if seconds else 0.0
+        self.start: float | None = None
+        self.stopped_at: int | None = None  # the step this segment stopped at, if the budget ended it
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, idx: int) -> None:
+        if self.start is None:
+            self.start = _now()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
+        if self.seconds <= 0 or self.start is None or trainer.should_stop:
+            return
+        over = _now() - self.start >= self.seconds
+        if trainer.strategy.broadcast(over, src=0):
+            trainer.should_stop = True
+            self.stopped_at = int(trainer.global_step)
+            if trainer.is_global_zero:
+                print(f"time budget of {self.seconds:.0f} s reached at step {trainer.global_step}: saving last.ckpt "
+                      "and stopping (resume with ckpt_path=.../last.ckpt)", flush=True)  # fmt: skip
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
