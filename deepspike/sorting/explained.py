@@ -47,6 +47,11 @@ MIN_EXCESS = 1.0  # noise variances per sample: spikes that keep this much more 
 # hold something no larger unit explains (the noise's own variance again) ...
 PEER_SIZE = 0.5  # ... and a unit with at least this share of its partner's spikes is a neuron beside it, whatever its
 # share (collisions and a spike's other phases are a small part of their neuron's spikes)
+COUPLED_P = 1e-3  # a unit's spikes come with the larger units' spikes (within SHIFT_MS) more often than independent
+COUPLED_RATIO = 1.5  # trains would at this significance (binomial) and by at least this factor: a collision or a
+# spike's other phase. Dev (bench_dev0 tetrodes/shanks, bench/scale.py seed 11, 32 ch x 10 min): such units had their
+# spikes beside another unit's 0.5-1.0 of the time against 0.16-0.37 by chance; the real neurons whose templates the
+# larger units explain (near twins, cosine 0.95-0.99: shares 0.005-0.09) at or below chance (0.05-0.29 vs 0.10-0.40)
 
 
 def drop_explained_units(
@@ -74,6 +79,7 @@ def drop_explained_units(
     shift = max(1, round(SHIFT_MS * fs / 1000))
     scale = np.where(noise > 0, 1.0 / np.where(noise > 0, noise, 1.0), 0.0).astype(np.float32)
     rng = np.random.default_rng(seed)
+    duration = int(filtered.get_num_samples(0))
     tpl = _templates(filtered, labels, sample_index, units, nb, na, rng, n_jobs) * scale
     chans = _unit_channels(tpl)
     snippets = _snippets(filtered, labels, sample_index, units, chans, nb + shift, na + shift, rng, n_jobs)
@@ -87,13 +93,37 @@ def drop_explained_units(
         share, excess, first = own_share(snippets[i] * scale[c], tpl[i][:, c], tpl[others][:, :, c], shift)
         partner = others[first]
         peer = excess >= min_excess and counts[i] >= PEER_SIZE * counts[partner]
-        kept[i] = share >= min_share or peer
-        tests[int(units[i])] = {"share": round(share, 4), "excess": round(excess, 3),
-                                "partner": int(units[partner]), "dropped": not bool(kept[i])}  # fmt: skip
+        together, chance, coupled = coupling(
+            sample_index[labels == units[i]], sample_index[np.isin(labels, units[others])], shift, duration
+        )
+        kept[i] = share >= min_share or peer or not coupled
+        tests[int(units[i])] = {"share": round(share, 4), "excess": round(excess, 3), "partner": int(units[partner]),
+                                "together": round(together, 3), "chance": round(chance, 3),
+                                "dropped": not bool(kept[i])}  # fmt: skip
     out = np.where(np.isin(labels, units[~kept]), -1, labels)
     ids = np.unique(out[out >= 0])
     out[out >= 0] = np.searchsorted(ids, out[out >= 0])
     return out, tests
+
+
+def coupling(times: np.ndarray, others: np.ndarray, window: int, duration: int) -> tuple[float, float, bool]:
+    """(share of ``times`` with a spike of ``others`` within ``window`` samples, that share for independent trains,
+    whether the excess is significant: ``COUPLED_P``, ``COUPLED_RATIO``).
+
+    Why timing: a near twin of a larger neuron (same shape, other amplitude) is explained by its template as well as a
+    collision is, but it fires on its own; a collision or a spike's other phase happens only beside another spike."""
+    from scipy.stats import binom
+
+    if len(times) == 0 or len(others) == 0:
+        return 0.0, 0.0, False
+    others = np.sort(others)
+    j = np.clip(np.searchsorted(others, times), 1, max(len(others) - 1, 1))
+    gap = np.minimum(np.abs(others[np.minimum(j, len(others) - 1)] - times), np.abs(others[j - 1] - times))
+    hits = int((gap <= window).sum())
+    chance = float(-np.expm1(-len(others) * (2 * window + 1) / max(duration, 1)))
+    n = len(times)
+    coupled = hits >= COUPLED_RATIO * chance * n and float(binom.sf(hits - 1, n, chance)) < COUPLED_P
+    return hits / n, chance, bool(coupled)
 
 
 def own_share(
