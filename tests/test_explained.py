@@ -32,8 +32,8 @@ def _train(rng: np.random.Generator, rate: float, duration_s: float) -> np.ndarr
 def _collisions_recording(seed: int = 0, duration_s: float = 40.0):
     """Three neurons on 8 channels (a, b large; d with a's waveform, one channel away, half as large, firing almost
     as often) and the units a per-neighbourhood clustering made of their overlaps: a's spikes with one of b's
-    0.2-1 ms away (a collision unit; b's spike, if more than 0.5 ms away, is an event of b's unit too), and a second event
-    1 ms before some of a's spikes (a duplicate unit). Returns (recording, labels, sample_index)."""
+    0.2-1 ms away (a collision unit; b's spike, if more than 0.5 ms away, is an event of b's unit too), and a
+    second event 1 ms before some of a's spikes (a duplicate unit). Returns (recording, labels, sample_index)."""
     from spikeinterface.core import NumpyRecording
 
     rng = np.random.default_rng(seed)
@@ -110,8 +110,9 @@ def test_coupling_tells_spikes_beside_others_from_independent_ones() -> None:
     assert not coupled and abs(share - chance) < 0.05 and 0.04 < chance < 0.06  # 1 - exp(-10 Hz x 5 ms)
     share, _, coupled = coupling(beside, others, window, duration)
     assert coupled and share == 1.0
-    few = coupling(beside[:2], others, window, duration)
-    assert few[0] == 1.0 and not few[2]  # two spikes prove nothing
+    mixed = np.sort(np.concatenate([independent[:100], beside[:20]]))  # 1/6 beside + chance: below COUPLED
+    share, chance, coupled = coupling(mixed, others, window, duration)
+    assert not coupled and share > chance + 0.1
     assert coupling(np.array([5, 10]), np.array([8]), 3, 100)[:2] == (1.0, pytest.approx(1 - np.exp(-7 / 100)))
 
 
