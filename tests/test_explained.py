@@ -172,3 +172,30 @@ def test_explained_share_is_validated() -> None:
     with pytest.raises(DeepSpikeError, match=r"multichannel\.explained_share"):
         MultichannelParams(explained_share=1.0)
     assert MultichannelParams(explained_share=0).explained_share == 0
+
+
+def test_a_piece_that_takes_turns_with_its_neuron_is_dropped() -> None:
+    """One neuron whose spikes a drifting probe gave two units, one per half of the recording: the smaller one is
+    explained by the larger one's template and fires in turns with it (a piece of that neuron, not a twin), so it
+    goes with the turn test (``turns``, multichannel.merge_turns) and stays without it (it is not a collision)."""
+    from spikeinterface.core import NumpyRecording
+
+    rng = np.random.default_rng(1)
+    duration_s = 40.0
+    a, b = _train(rng, 15.0, duration_s), _train(rng, 10.0, duration_s)
+    traces = rng.normal(size=(int(duration_s * FS), 8)).astype(np.float32)
+    for tpl, train in ((_template(2.0, 1.0, 20.0), a), (_template(5.5, 1.6, 15.0), b)):
+        for s in train:
+            traces[s - 45 : s + 60] += tpl
+    late = a > 0.6 * duration_s * FS
+    times = np.concatenate([a[~late], b, a[late]])
+    labels = np.repeat([0, 1, 2], [int((~late).sum()), len(b), int(late.sum())])
+    order = np.argsort(times, kind="stable")
+    rec = NumpyRecording(traces, sampling_frequency=FS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kept, without = drop_explained_units(rec, labels[order], times[order], np.ones(8), 0.1)
+        dropped, tests = drop_explained_units(rec, labels[order], times[order], np.ones(8), 0.1, turns=0.35)
+    assert without[2]["share"] < 0.1 and not without[2]["dropped"] and (kept[labels[order] == 2] >= 0).all()
+    assert tests[2]["overlap"] < 0.1 and tests[2]["dropped"] and (dropped[labels[order] == 2] == -1).all()
+    assert (dropped[labels[order] != 2] >= 0).all()  # a's first part and b keep their units

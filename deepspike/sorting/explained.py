@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from deepspike.sorting.clustering.merge import time_overlap
+
 WINDOW_MS = (2.0, 2.5)  # template extent before / after the peak: a big spike's slow phases included
 SHIFT_MS = 2.5  # a template is placed this far at most from the event's peak: a colliding spike's lag, or a big
 # spike's own peak seen from an event on its other phase
@@ -56,7 +58,11 @@ COUPLED = 0.25  # a unit whose spikes come with the larger units' spikes (within
 # independent trains would, as a share of the room above chance ((seen - chance) / (1 - chance)), is a collision or a
 # spike's other phase. Dev (bench_dev0 tetrodes/shanks, bench/scale.py seed 11 at 32 ch x 10 min, dev drift seed
 # 5001): those units 0.3-1.0; the real neurons whose shape the larger units' templates fit (near twins, cosine
-# 0.95-0.99, shares 0.005-0.09) -0.2-0.05; pieces of one neuron (not this step's business) 0.1-0.5
+# 0.95-0.99, shares 0.005-0.09) -0.2-0.05; pieces of one neuron 0.1-0.5 (kept unless they take turns, below)
+TURN_SPIKES = 5  # spikes per time bin of the turn test (clustering.merge.time_overlap): a unit the partner's template
+# explains and that fires in turns with it (overlap <= multichannel.merge_turns) is a piece of that neuron which drift
+# moved (dev drift seed 5001, corrected: 0.10-0.26); near twins fire through the recording together (0.75-0.83); at
+# 10 spikes per bin the pieces' overlaps were 0.14-0.48 (bins of ~12 s against a 60 s zigzag)
 
 
 def drop_explained_units(
@@ -68,13 +74,16 @@ def drop_explained_units(
     seed: int = 0,
     n_jobs: int = 1,
     min_excess: float = MIN_EXCESS,
+    turns: float = 0.0,
 ) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:
     """Labels with the explained units set to -1 (units renumbered 0..k-1), and each tested unit's record by its
     input label: ``share`` and ``excess`` (``own_share``), ``partner`` (the unit fitted first to most of its
     spikes without its own template), ``dropped``.
 
-    A unit is dropped when its share is below ``min_share``, unless its excess is at least ``min_excess`` and it
-    has at least ``PEER_SIZE`` of its partner's spikes (two neurons of near-identical templates). ``noise``: sigma
+    A unit is dropped when its share is below ``min_share`` and its spikes come with the larger units' (``coupling``)
+    or take turns in time with its partner's (overlap at most ``turns``: a piece of the partner's neuron that drift
+    moved; 0 = no such test), unless its excess is at least ``min_excess`` and it has at least ``PEER_SIZE`` of its
+    partner's spikes (two neurons of near-identical templates). ``noise``: sigma
     per channel in the traces' units. ``min_share`` 0 tests nothing."""
     units, counts = np.unique(labels[labels >= 0], return_counts=True)
     if min_share <= 0 or len(units) < 2:
@@ -98,13 +107,13 @@ def drop_explained_units(
         share, excess, first = own_share(snippets[i] * scale[c], tpl[i][:, c], tpl[others][:, :, c], shift)
         partner = others[first]
         peer = excess >= min_excess and counts[i] >= PEER_SIZE * counts[partner]
-        together, chance, coupled = coupling(
-            sample_index[labels == units[i]], sample_index[np.isin(labels, units[others])], shift, duration
-        )
-        kept[i] = share >= min_share or peer or not coupled
+        own_times = sample_index[labels == units[i]]
+        together, chance, coupled = coupling(own_times, sample_index[np.isin(labels, units[others])], shift, duration)
+        overlap = time_overlap(own_times, sample_index[labels == units[partner]], duration, per_bin=TURN_SPIKES)
+        kept[i] = share >= min_share or peer or not (coupled or overlap <= turns)
         tests[int(units[i])] = {"share": round(share, 4), "excess": round(excess, 3), "partner": int(units[partner]),
                                 "together": round(together, 3), "chance": round(chance, 3),
-                                "dropped": not bool(kept[i])}  # fmt: skip
+                                "overlap": round(overlap, 3), "dropped": not bool(kept[i])}  # fmt: skip
     out = np.where(np.isin(labels, units[~kept]), -1, labels)
     ids = np.unique(out[out >= 0])
     out[out >= 0] = np.searchsorted(ids, out[out >= 0])
