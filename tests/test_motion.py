@@ -43,6 +43,21 @@ def test_estimate_follows_the_true_drift(drifting: tuple[Any, Any, Any, Any]) ->
     assert rms < 4.0, f"estimate off by {rms:.1f} um RMS"
 
 
+def test_depth_windows_reach_the_estimate(drifting: tuple[Any, Any, Any, Any]) -> None:
+    """``win_step_um`` / ``win_scale_um`` reach SpikeInterface's estimate: its depth windows are 100 um apart, not
+    dredge_fast's 400."""
+    from deepspike.sorting.motion import estimate_kwargs, estimate_motion
+
+    assert estimate_kwargs(MotionParams()) == {}
+    params = MotionParams(enabled=True, win_step_um=100.0, win_scale_um=200.0, bin_s=2.0)
+    assert estimate_kwargs(params) == {"bin_s": 2.0, "win_step_um": 100.0, "win_scale_um": 200.0}
+    filtered = _bandpassed(drifting[1])
+    preset, _, _ = estimate_motion(filtered, MotionParams(enabled=True, bin_s=2.0), 1, False)
+    windows, _, _ = estimate_motion(filtered, params, 1, False)
+    assert np.allclose(np.diff(preset.spatial_bins_um), 400.0)
+    assert len(windows.spatial_bins_um) >= 2 and np.allclose(np.diff(windows.spatial_bins_um), 100.0)
+
+
 def test_auto_is_off_for_a_tetrode_and_a_single_channel() -> None:
     from deepspike.recording.synthetic import generate_probe_recording, generate_recording
 
@@ -74,6 +89,9 @@ def test_auto_is_on_for_a_shank(drifting: tuple[Any, Any, Any, Any]) -> None:
         ({"max_width_um": 0}, "motion.max_width_um=0"),
         ({"min_channels": 1}, "motion.min_channels=1"),
         ({"bin_s": 0}, "motion.bin_s=0"),
+        ({"win_step_um": 0}, "motion.win_step_um=0"),
+        ({"win_scale_um": "wide"}, "motion.win_scale_um='wide'"),
+        ({"preset": "rigid_fast", "win_step_um": 100.0}, "motion.win_step_um=100.0: motion.preset=rigid_fast"),
         ({"binsize": 2}, "unknown motion option"),
     ],
 )
