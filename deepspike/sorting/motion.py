@@ -76,9 +76,6 @@ class MotionParams:
             if value is not None and (not is_number(value) or value <= 0):
                 raise bad(name, "must be > 0 micrometres (depth windows of a non-rigid estimate, e.g. 100), or "
                           "null for the preset's")  # fmt: skip
-            if value is not None and self.preset in RIGID_PRESETS:
-                raise bad(name, f"motion.preset={self.preset} estimates one rigid displacement (no depth windows); "
-                          "choose a non-rigid preset (e.g. dredge_fast) or set it to null")  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: Any) -> MotionParams:
@@ -193,8 +190,9 @@ def _check_preset(preset: str) -> None:
 
 
 def estimate_kwargs(params: MotionParams) -> dict[str, float]:
-    """The preset's ``estimate_motion`` arguments that ``motion:`` overrides (``bin_s``, the depth windows)."""
-    keys = ("bin_s", "win_step_um", "win_scale_um")
+    """The preset's ``estimate_motion`` arguments that ``motion:`` overrides (``bin_s``, the depth windows; a rigid
+    preset has no depth windows, so it keeps ``bin_s`` only)."""
+    keys = ("bin_s",) if params.preset in RIGID_PRESETS else ("bin_s", "win_step_um", "win_scale_um")
     return {k: float(getattr(params, k)) for k in keys if getattr(params, k) is not None}
 
 
