@@ -43,6 +43,49 @@ def test_estimate_follows_the_true_drift(drifting: tuple[Any, Any, Any, Any]) ->
     assert rms < 4.0, f"estimate off by {rms:.1f} um RMS"
 
 
+def test_depth_windows_reach_the_estimate(drifting: tuple[Any, Any, Any, Any]) -> None:
+    """``win_step_um`` / ``win_scale_um`` reach SpikeInterface's estimate: its depth windows are 100 um apart, not
+    dredge_fast's 400."""
+    from deepspike.sorting.motion import estimate_kwargs, estimate_motion
+
+    assert estimate_kwargs(MotionParams(win_step_um=None, win_scale_um=None)) == {}
+    assert estimate_kwargs(MotionParams(preset="rigid_fast", win_step_um=100.0, bin_s=2.0)) == {"bin_s": 2.0}
+    params = MotionParams(enabled=True, win_step_um=100.0, win_scale_um=200.0, bin_s=2.0)
+    assert estimate_kwargs(params) == {"bin_s": 2.0, "win_step_um": 100.0, "win_scale_um": 200.0}
+    filtered = _bandpassed(drifting[1])
+    own = MotionParams(enabled=True, bin_s=2.0, win_step_um=None, win_scale_um=None)
+    preset, _, _ = estimate_motion(filtered, own, 1, False)
+    windows, _, _ = estimate_motion(filtered, params, 1, False)
+    assert np.allclose(np.diff(preset.spatial_bins_um), 400.0)
+    assert len(windows.spatial_bins_um) >= 2 and np.allclose(np.diff(windows.spatial_bins_um), 100.0)
+
+
+def test_default_windows_follow_a_non_rigid_drift() -> None:
+    """Drift that shrinks along the shank (x1 at the tip, x0.4 at the top): the default 100 um steps of 200 um
+    windows follow it at each unit's depth better than dredge_fast's own 400 um windows, which flatten the gradient
+    (issue 24 dev seeds 5001/5002: 3.8/5.2 -> 2.7/2.0 um RMS)."""
+    from deepspike.recording.synthetic import generate_drifting_probe_recording
+    from deepspike.sorting.motion import estimate_motion
+
+    _, rec, _, drift = generate_drifting_probe_recording(
+        5, duration_s=30.0, num_channels=64, num_units=16, period_s=20.0, non_rigid_gradient=0.4
+    )
+    filtered = _bandpassed(rec)
+
+    def rms(params: MotionParams) -> float:
+        motion, _, _ = estimate_motion(filtered, params, 1, False)
+        err = []
+        for u, depth in enumerate(drift.unit_depth_um):
+            est = motion.get_displacement_at_time_and_depth(drift.times_s, np.full(len(drift.times_s), depth))
+            true = drift.displacement_um[:, u]
+            err.append((est - est.mean()) - (true - true.mean()))
+        return float(np.sqrt(np.mean(np.square(err))))
+
+    default = rms(MotionParams(enabled=True))
+    wide = rms(MotionParams(enabled=True, win_step_um=None, win_scale_um=None))
+    assert default < wide - 0.5, (default, wide)
+
+
 def test_auto_is_off_for_a_tetrode_and_a_single_channel() -> None:
     from deepspike.recording.synthetic import generate_probe_recording, generate_recording
 
@@ -74,6 +117,8 @@ def test_auto_is_on_for_a_shank(drifting: tuple[Any, Any, Any, Any]) -> None:
         ({"max_width_um": 0}, "motion.max_width_um=0"),
         ({"min_channels": 1}, "motion.min_channels=1"),
         ({"bin_s": 0}, "motion.bin_s=0"),
+        ({"win_step_um": 0}, "motion.win_step_um=0"),
+        ({"win_scale_um": "wide"}, "motion.win_scale_um='wide'"),
         ({"binsize": 2}, "unknown motion option"),
     ],
 )

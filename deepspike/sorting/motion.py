@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 CONF = "sort.yaml"
 # SpikeInterface's presets that run in 0.105.3 ("dredge" fails there: its batching_mode="offline" is refused)
 PRESETS = ("dredge_fast", "rigid_fast", "nonrigid_fast_and_accurate", "nonrigid_accurate", "kilosort_like")
+RIGID_PRESETS = ("rigid_fast",)  # one displacement for the whole probe: no depth windows to size
 OPTIONAL_PRESETS = {"medicine": "medicine"}  # preset: the package it needs (not a DeepSpike dependency)
 RIGID_FALLBACK = "Switching to rigid motion"  # SpikeInterface's warning when the probe is shorter than 2 depth windows
 PEAK_DTYPE = np.dtype([("time_s", "f8"), ("depth_um", "f4"), ("amplitude", "f4")])  # the raster of plots/motion.png
@@ -47,6 +48,8 @@ class MotionParams:
     min_extent_um: float = conf_field(CONF, "motion.min_extent_um")
     max_width_um: float = conf_field(CONF, "motion.max_width_um")
     bin_s: float | None = conf_field(CONF, "motion.bin_s")
+    win_step_um: float | None = conf_field(CONF, "motion.win_step_um")
+    win_scale_um: float | None = conf_field(CONF, "motion.win_scale_um")
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> DeepSpikeError:
@@ -68,6 +71,11 @@ class MotionParams:
             raise bad("min_channels", "must be an integer >= 2 (least contacts of a shank)")
         if self.bin_s is not None and (not is_number(self.bin_s) or self.bin_s <= 0):
             raise bad("bin_s", "must be > 0 seconds (time bin of the displacement), or null for the preset's")
+        for name in ("win_step_um", "win_scale_um"):
+            value = getattr(self, name)
+            if value is not None and (not is_number(value) or value <= 0):
+                raise bad(name, "must be > 0 micrometres (depth windows of a non-rigid estimate, e.g. 100), or "
+                          "null for the preset's")  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: Any) -> MotionParams:
@@ -181,17 +189,24 @@ def _check_preset(preset: str) -> None:
         raise DeepSpikeError(f"motion.preset={preset}: needs the `{package}` package (pip install {package})")
 
 
+def estimate_kwargs(params: MotionParams) -> dict[str, float]:
+    """The preset's ``estimate_motion`` arguments that ``motion:`` overrides (``bin_s``, the depth windows; a rigid
+    preset has no depth windows, so it keeps ``bin_s`` only)."""
+    keys = ("bin_s",) if params.preset in RIGID_PRESETS else ("bin_s", "win_step_um", "win_scale_um")
+    return {k: float(getattr(params, k)) for k in keys if getattr(params, k) is not None}
+
+
 def estimate_motion(
     filtered: Any, params: MotionParams, n_jobs: int, progress: bool
 ) -> tuple[Any, np.ndarray, dict]:  # fmt: skip
-    """SpikeInterface's ``compute_motion`` with the preset (and ``bin_s``); returns the Motion, the peaks it used
-    (``PEAK_DTYPE``) and its run times."""
+    """SpikeInterface's ``compute_motion`` with the preset (and :func:`estimate_kwargs`: ``bin_s``, the depth
+    windows); returns the Motion, the peaks it used (``PEAK_DTYPE``) and its run times."""
     from spikeinterface.core import get_noise_levels
     from spikeinterface.preprocessing import compute_motion
 
     # computed (and cached on the recording) here: compute_motion's own call would show SpikeInterface's progress bar
     get_noise_levels(filtered, return_in_uV=False, n_jobs=1, progress_bar=False)
-    estimate = {} if params.bin_s is None else {"bin_s": float(params.bin_s)}
+    estimate = estimate_kwargs(params)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         motion, info = compute_motion(

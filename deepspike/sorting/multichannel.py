@@ -73,7 +73,7 @@ class MultichannelParams:
         if not is_number(self.merge_refractory_ms) or self.merge_refractory_ms < 0:
             raise bad("merge_refractory_ms", "must be >= 0 ms (0 = no refractory check)")
         if not is_number(self.merge_turns) or not 0 <= self.merge_turns <= 1:
-            raise bad("merge_turns", "must be in [0, 1] (e.g. 0.35; 0 = never merge units of one neighbourhood)")
+            raise bad("merge_turns", "must be in [0, 1] (e.g. 0.6; 0 = never merge units of one neighbourhood)")
         if not is_number(self.footprint_sigma) or self.footprint_sigma < 0:
             raise bad(
                 "footprint_sigma", "must be >= 0 noise sigmas (e.g. 1.0; 0 = templates on the neighbourhood only)"
