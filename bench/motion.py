@@ -42,13 +42,10 @@ SETS = {
 
 
 def motion_error_um(motion: Any, drift: Any) -> float:
-    """RMS error (um) of the estimated displacement at each GT unit's depth against the unit's true displacement,
-    both with their mean over time removed (the estimate's reference depth is arbitrary)."""
-    err = []
-    for u, depth in enumerate(drift.unit_depth_um):
-        est = motion.get_displacement_at_time_and_depth(drift.times_s, np.full(len(drift.times_s), depth))
-        true = drift.displacement_um[:, u]
-        err.append((est - est.mean()) - (true - true.mean()))
+    """RMS error (um) over all GT units of the estimated displacement at their depths (``motion_errors_um``)."""
+    from deepspike.sorting.motion import motion_errors_um
+
+    err = motion_errors_um(motion, drift.times_s, drift.displacement_um, drift.unit_depth_um)
     return float(np.sqrt(np.mean(np.square(err))))
 
 

@@ -51,12 +51,10 @@ def true_drift(made: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 def motion_errors(motion: Any, drift: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
     """RMS error (um) of the estimate at each GT unit's depth against its true displacement, means removed."""
+    from deepspike.sorting.motion import motion_errors_um
+
     times, disp, depths = drift
-    out = []
-    for u, depth in enumerate(depths):
-        est = motion.get_displacement_at_time_and_depth(times, np.full(len(times), depth))
-        out.append(np.sqrt(np.mean(((est - est.mean()) - (disp[:, u] - disp[:, u].mean())) ** 2)))
-    return np.asarray(out)
+    return motion_errors_um(motion, times, disp, depths)
 
 
 def one_run(path: Path, options: dict[str, Any], drift: Any) -> dict[str, Any]:

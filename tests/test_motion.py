@@ -65,7 +65,7 @@ def test_default_windows_follow_a_non_rigid_drift() -> None:
     windows follow it at each unit's depth better than dredge_fast's own 400 um windows, which flatten the gradient
     (issue 24 dev seeds 5001/5002: 3.8/5.2 -> 2.7/2.0 um RMS)."""
     from deepspike.recording.synthetic import generate_drifting_probe_recording
-    from deepspike.sorting.motion import estimate_motion
+    from deepspike.sorting.motion import estimate_motion, motion_errors_um
 
     _, rec, _, drift = generate_drifting_probe_recording(
         5, duration_s=30.0, num_channels=64, num_units=16, period_s=20.0, non_rigid_gradient=0.4
@@ -74,11 +74,7 @@ def test_default_windows_follow_a_non_rigid_drift() -> None:
 
     def rms(params: MotionParams) -> float:
         motion, _, _ = estimate_motion(filtered, params, 1, False)
-        err = []
-        for u, depth in enumerate(drift.unit_depth_um):
-            est = motion.get_displacement_at_time_and_depth(drift.times_s, np.full(len(drift.times_s), depth))
-            true = drift.displacement_um[:, u]
-            err.append((est - est.mean()) - (true - true.mean()))
+        err = motion_errors_um(motion, drift.times_s, drift.displacement_um, drift.unit_depth_um)
         return float(np.sqrt(np.mean(np.square(err))))
 
     default = rms(MotionParams(enabled=True))

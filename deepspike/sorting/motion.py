@@ -273,6 +273,20 @@ def motion_summary(motion: Any) -> dict[str, Any]:
     }
 
 
+def motion_errors_um(
+    motion: Any, times_s: np.ndarray, displacement_um: np.ndarray, depths_um: np.ndarray
+) -> np.ndarray:
+    """RMS error (um) of the estimated displacement at each unit's depth (``depths_um`` ``[units]``) against its true
+    displacement (``displacement_um`` ``[times, units]`` at ``times_s``), both with their mean over time removed (the
+    estimate's reference depth is arbitrary). For benchmarks and tests on generated drift, where the truth is known."""
+    out = []
+    for u, depth in enumerate(depths_um):
+        est = motion.get_displacement_at_time_and_depth(times_s, np.full(len(times_s), depth))
+        true = displacement_um[:, u]
+        out.append(np.sqrt(np.mean(((est - est.mean()) - (true - true.mean())) ** 2)))
+    return np.asarray(out)
+
+
 def save_motion(motion: Any, peaks: np.ndarray, folder: str | Path) -> None:
     """``folder``: SpikeInterface's ``Motion.save`` format (``spatial_bins_um.npy``, ``displacement_seg0.npy``
     [time bins, depth bins] um, ``temporal_bins_s_seg0.npy``, ``spikeinterface_info.json``; load with

@@ -499,15 +499,9 @@ def _cluster_neighbourhoods(
     )
     spent: dict[str, float] = {}
     with timed(spent, "explained"):  # part of the cluster stage's time
+        share, turns = params.multichannel.explained_share, params.multichannel.merge_turns
         labels, tests = drop_explained_units(
-            filtered,
-            labels,
-            sample_index,
-            noise,
-            params.multichannel.explained_share,
-            params.seed,
-            params.workers(),
-            turns=params.multichannel.merge_turns,
+            filtered, labels, sample_index, noise, share, params.seed, params.workers(), turns=turns
         )
     info["explained_s"] = round(spent["explained"], 2)
     info["explained"] = {str(u): t for u, t in tests.items()}
