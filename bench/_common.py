@@ -52,3 +52,19 @@ def save_figure(fig: Any, path: Path, dpi: int = 100) -> Path:
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def dotted_options(pairs: list[str]) -> dict[str, Any]:
+    """Sort options from ``KEY=VALUE`` pairs: dotted keys nest (``multichannel.explained_share=0``), values are YAML
+    (``yaml.safe_load``: ``1e-3`` stays a string, as the sort's own validation then reports)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        *path, last = key.strip().split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = yaml.safe_load(value)
+    return out

@@ -49,18 +49,11 @@ def true_drift(made: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return np.arange(len(disp)) / 5.0, disp, np.asarray(info["unit_locations"])[:, 1]
 
 
-def motion_errors(motion: Any, drift: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-    """RMS error (um) of the estimate at each GT unit's depth against its true displacement, means removed."""
-    from deepspike.sorting.motion import motion_errors_um
-
-    times, disp, depths = drift
-    return motion_errors_um(motion, times, disp, depths)
-
-
 def one_run(path: Path, options: dict[str, Any], drift: Any) -> dict[str, Any]:
     import spikeinterface.comparison as scmp
     import spikeinterface.core as sc
 
+    from deepspike.sorting.motion import motion_errors_um
     from deepspike.sorting.params import SortParams
     from deepspike.sorting.pipeline import run_sort
 
@@ -75,7 +68,7 @@ def one_run(path: Path, options: dict[str, Any], drift: Any) -> dict[str, Any]:
     if result.motion is not None:
         row["depth_windows_um"] = [round(float(b)) for b in result.motion.spatial_bins_um]
         if drift is not None:
-            err = motion_errors(result.motion, drift)
+            err = motion_errors_um(result.motion, *drift)  # drift: (times s, displacement um, depths um)
             row["motion_rms_error_um"] = round(float(err.mean()), 2)
             row["per_unit_motion_error_um"] = [round(float(e), 1) for e in err]
     return row

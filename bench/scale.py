@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, save_figure, write_results
+from _common import RESULTS, dotted_options, save_figure, write_results
 
 CASE = """
 import json, resource, sys, threading, time, warnings
@@ -102,21 +102,6 @@ def slope(rows: list[dict[str, Any]], key: str) -> float | None:
     return float(np.polyfit(x, y, 1)[0]) if np.ptp(x) > 0 else None
 
 
-def nested(pairs: list[str]) -> dict[str, Any]:
-    """Sort options from ``KEY=VALUE`` pairs (dotted keys nest: ``multichannel.explained_share=0``; values as YAML)."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        *path, last = key.split(".")
-        node = out
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = yaml.safe_load(value)
-    return out
-
-
 def units_table(rows: list[dict[str, Any]]) -> None:
     """Units found against neurons, per case and variant (issue 24: at most 1.2 x, neurons + 1 on long ones)."""
     print(f"{'case':<16} {'seed':>5} {'variant':<7} {'units':>5} {'neurons':>7} {'ratio':>5} {'accuracy':>8} "
@@ -164,7 +149,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per case")
     ap.add_argument("--name", default="scale")
     args = ap.parse_args()
-    variants = [("after", {})] if args.before is None else [("before", nested(args.before)), ("after", {})]
+    variants = [("after", {})] if args.before is None else [("before", dotted_options(args.before)), ("after", {})]
     rows = []
     for channels in args.channels:
         for minutes in args.minutes:

@@ -26,19 +26,9 @@ DEFAULT_VARIANTS = ["defaults", "matching.enabled=false"]
 
 def parse_variant(text: str) -> dict[str, Any]:
     """``a.b=1,c=x`` -> nested options for ``SortParams.from_options`` (values parsed as YAML)."""
-    import yaml
+    from _common import dotted_options
 
-    opts: dict[str, Any] = {}
-    if text == "defaults":
-        return opts
-    for item in text.split(","):
-        key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = opts
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(value)
-    return opts
+    return {} if text == "defaults" else dotted_options(text.split(","))
 
 
 def main() -> None:
